@@ -1,0 +1,20 @@
+//! Pure, synchronous heart of teleguard: no I/O, no async runtime.
+//!
+//! # Layout
+//! - [`model`]: the canonical reading, anomaly and verdict types every stage speaks.
+//! - [`profile`]: profiles as data (schema, field mapping, detector settings), built-in and
+//!   user-defined, and the registry that holds them.
+//! - [`time`]: event-time parsing (epoch seconds or milliseconds, ISO 8601).
+//! - [`validate`]: turns one JSON message into a [`model::Reading`] or a rejection that names
+//!   the field.
+//! - [`geo`]: geofences in an R-tree, point-in-zone lookup, great-circle distance.
+//! - [`enrich`]: driver and zone enrichment of readings.
+//! - [`detect`]: the [`detect::Detector`] trait and the detectors (rolling z-score first).
+
+pub mod detect;
+pub mod enrich;
+pub mod geo;
+pub mod model;
+pub mod profile;
+pub mod time;
+pub mod validate;

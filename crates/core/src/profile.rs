@@ -1,0 +1,447 @@
+//! Profiles as data: how one kind of device speaks (schema, field mapping, detectors).
+//!
+//! The built-in profiles live in `profiles/builtin.toml` and are parsed by the same code that
+//! reads a user's `[profiles.NAME]` tables, so a user adds a device kind without writing Rust.
+
+use crate::model::{MetricId, ProfileId};
+use crate::time::TimeFormat;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+const BUILTIN_PROFILES: &str = include_str!("../profiles/builtin.toml");
+
+/// A profile as written in TOML, before validation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    #[serde(default)]
+    pub description: String,
+    pub entity_field: String,
+    #[serde(default = "default_timestamp_field")]
+    pub timestamp_field: String,
+    #[serde(default)]
+    pub timestamp_format: TimeFormat,
+    pub latitude_field: Option<String>,
+    pub longitude_field: Option<String>,
+    /// Long format: the field that names the metric (e.g. `metric_type`)...
+    pub metric_name_field: Option<String>,
+    /// ...and the field that holds its value (e.g. `value`).
+    pub metric_value_field: Option<String>,
+    #[serde(default)]
+    pub metrics: Vec<RawMetric>,
+    #[serde(default)]
+    pub attributes: Vec<RawAttribute>,
+    #[serde(default)]
+    pub enrich: Vec<String>,
+    #[serde(default)]
+    pub detectors: RawDetectors,
+}
+
+fn default_timestamp_field() -> String {
+    "timestamp".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetric {
+    pub field: String,
+    #[serde(default)]
+    pub unit: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    #[serde(default = "yes")]
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAttribute {
+    pub field: String,
+    /// When set, the only values accepted.
+    pub values: Option<Vec<String>>,
+    #[serde(default = "yes")]
+    pub required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDetectors {
+    pub zscore: Option<RawZScore>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawZScore {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_window")]
+    pub window: usize,
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_window() -> usize {
+    30
+}
+fn default_threshold() -> f64 {
+    3.0
+}
+
+impl Default for RawZScore {
+    fn default() -> Self {
+        RawZScore {
+            enabled: true,
+            window: default_window(),
+            threshold: default_threshold(),
+        }
+    }
+}
+
+/// A validated profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub id: ProfileId,
+    pub name: Arc<str>,
+    pub description: String,
+    pub entity_field: String,
+    pub timestamp_field: String,
+    pub timestamp_format: TimeFormat,
+    pub position: Option<PositionFields>,
+    pub metric_selector: Option<MetricSelector>,
+    pub metrics: Vec<MetricSpec>,
+    pub attributes: Vec<AttributeSpec>,
+    pub enrich_drivers: bool,
+    pub enrich_geofences: bool,
+    pub zscore: Option<ZScoreSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PositionFields {
+    pub latitude: String,
+    pub longitude: String,
+}
+
+/// Long-format messages carry one metric named by `name_field` with its value in `value_field`.
+#[derive(Debug, Clone)]
+pub struct MetricSelector {
+    pub name_field: String,
+    pub value_field: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricSpec {
+    pub name: Arc<str>,
+    pub unit: String,
+    pub min: f64,
+    pub max: f64,
+    pub required: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttributeSpec {
+    pub name: Arc<str>,
+    pub values: Option<Vec<String>>,
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ZScoreSettings {
+    pub window: NonZeroUsize,
+    pub threshold: f64,
+}
+
+impl Profile {
+    pub fn metric_id(&self, name: &str) -> Option<MetricId> {
+        self.metrics
+            .iter()
+            .position(|m| &*m.name == name)
+            .map(|i| i as MetricId)
+    }
+
+    pub fn metric_name(&self, id: MetricId) -> &Arc<str> {
+        &self.metrics[usize::from(id)].name
+    }
+
+    pub fn attribute_name(&self, id: u16) -> &Arc<str> {
+        &self.attributes[usize::from(id)].name
+    }
+
+    /// Checks a raw profile; all problems are collected, each naming the profile and field.
+    fn from_raw(
+        id: ProfileId,
+        name: &str,
+        raw: RawProfile,
+        errors: &mut Vec<String>,
+    ) -> Option<Profile> {
+        let start = errors.len();
+        let mut fail = |message: String| errors.push(format!("profile `{name}`: {message}"));
+        if raw.entity_field.trim().is_empty() {
+            fail("entity_field must not be empty".into());
+        }
+        let position = match (raw.latitude_field, raw.longitude_field) {
+            (Some(latitude), Some(longitude)) => Some(PositionFields {
+                latitude,
+                longitude,
+            }),
+            (None, None) => None,
+            _ => {
+                fail("set both latitude_field and longitude_field, or neither".into());
+                None
+            }
+        };
+        let metric_selector = match (raw.metric_name_field, raw.metric_value_field) {
+            (Some(name_field), Some(value_field)) => Some(MetricSelector {
+                name_field,
+                value_field,
+            }),
+            (None, None) => None,
+            _ => {
+                fail("set both metric_name_field and metric_value_field, or neither".into());
+                None
+            }
+        };
+        let mut metrics = Vec::new();
+        for metric in raw.metrics {
+            let min = metric.min.unwrap_or(f64::MIN);
+            let max = metric.max.unwrap_or(f64::MAX);
+            if min.is_nan() || max.is_nan() || min > max {
+                fail(format!(
+                    "metric `{}`: min {min} must not exceed max {max}",
+                    metric.field
+                ));
+            }
+            if metrics.iter().any(|m: &MetricSpec| *m.name == metric.field) {
+                fail(format!("metric `{}` is listed twice", metric.field));
+            }
+            metrics.push(MetricSpec {
+                name: metric.field.into(),
+                unit: metric.unit,
+                min,
+                max,
+                required: metric.required,
+            });
+        }
+        if metrics.len() > usize::from(MetricId::MAX) {
+            fail(format!("{} metrics is too many", metrics.len()));
+        }
+        let attributes = raw
+            .attributes
+            .into_iter()
+            .map(|a| AttributeSpec {
+                name: a.field.into(),
+                values: a.values,
+                required: a.required,
+            })
+            .collect();
+        let mut enrich_drivers = false;
+        let mut enrich_geofences = false;
+        for source in &raw.enrich {
+            match source.as_str() {
+                "drivers" => enrich_drivers = true,
+                "geofences" => enrich_geofences = true,
+                other => fail(format!(
+                    "unknown enrichment `{other}`: use \"drivers\" or \"geofences\""
+                )),
+            }
+        }
+        if enrich_geofences && position.is_none() {
+            fail("geofence enrichment needs latitude_field and longitude_field".into());
+        }
+        let zscore_raw = raw.detectors.zscore.unwrap_or_default();
+        let zscore = match NonZeroUsize::new(zscore_raw.window) {
+            _ if !zscore_raw.enabled => None,
+            Some(window) if window.get() >= 2 && zscore_raw.threshold > 0.0 => {
+                Some(ZScoreSettings {
+                    window,
+                    threshold: zscore_raw.threshold,
+                })
+            }
+            _ => {
+                fail(format!(
+                    "detectors.zscore: window {} must be at least 2 and threshold {} above 0",
+                    zscore_raw.window, zscore_raw.threshold
+                ));
+                None
+            }
+        };
+        if errors.len() > start {
+            return None;
+        }
+        Some(Profile {
+            id,
+            name: name.into(),
+            description: raw.description,
+            entity_field: raw.entity_field,
+            timestamp_field: raw.timestamp_field,
+            timestamp_format: raw.timestamp_format,
+            position,
+            metric_selector,
+            metrics,
+            attributes,
+            enrich_drivers,
+            enrich_geofences,
+            zscore,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    profiles: BTreeMap<String, RawProfile>,
+}
+
+/// The profiles a pipeline knows, addressable by name and by [`ProfileId`].
+#[derive(Debug, Clone)]
+pub struct ProfileRegistry {
+    profiles: Vec<Arc<Profile>>,
+}
+
+/// Every problem found in a set of profile definitions.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid profiles:\n  {}", .0.join("\n  "))]
+pub struct ProfileErrors(pub Vec<String>);
+
+/// The names of the built-in profiles, in the order the registry numbers them.
+pub const BUILTIN_PROFILE_NAMES: [&str; 5] =
+    ["vehicle", "drone", "aircraft", "environment", "vibration"];
+
+impl ProfileRegistry {
+    /// The built-in profiles plus `extra` ones from a config file; an extra profile with a
+    /// built-in name replaces the built-in one.
+    pub fn with_builtins(extra: BTreeMap<String, RawProfile>) -> Result<Self, ProfileErrors> {
+        let builtin: ProfileFile =
+            toml::from_str(BUILTIN_PROFILES).expect("built-in profiles parse");
+        let mut raw: Vec<(String, RawProfile)> = Vec::new();
+        for name in BUILTIN_PROFILE_NAMES {
+            raw.push((name.to_string(), builtin.profiles[name].clone()));
+        }
+        for (name, profile) in extra {
+            match raw.iter_mut().find(|(existing, _)| *existing == name) {
+                Some(slot) => slot.1 = profile,
+                None => raw.push((name, profile)),
+            }
+        }
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: Vec<(String, RawProfile)>) -> Result<Self, ProfileErrors> {
+        let mut errors = Vec::new();
+        let mut profiles = Vec::new();
+        for (index, (name, profile)) in raw.into_iter().enumerate() {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                errors.push(format!(
+                    "profile name {name:?} must be letters, digits, '_' or '-'"
+                ));
+                continue;
+            }
+            let Ok(id) = ProfileId::try_from(index) else {
+                errors.push("too many profiles".into());
+                break;
+            };
+            if let Some(p) = Profile::from_raw(id, &name, profile, &mut errors) {
+                profiles.push(Arc::new(p));
+            }
+        }
+        if errors.is_empty() {
+            Ok(ProfileRegistry { profiles })
+        } else {
+            Err(ProfileErrors(errors))
+        }
+    }
+
+    pub fn get(&self, id: ProfileId) -> &Arc<Profile> {
+        &self.profiles[usize::from(id)]
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Profile>> {
+        self.profiles.iter().find(|p| &*p.name == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Profile>> {
+        self.profiles.iter()
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.profiles.iter().map(|p| &*p.name).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_load_in_order_with_reference_field_names() {
+        let registry = ProfileRegistry::with_builtins(BTreeMap::new()).unwrap();
+        assert_eq!(registry.names(), BUILTIN_PROFILE_NAMES.to_vec());
+        let vehicle = registry.by_name("vehicle").unwrap();
+        assert_eq!(vehicle.entity_field, "vehicle_id");
+        assert!(vehicle.enrich_drivers && vehicle.enrich_geofences);
+        let drone = registry.by_name("drone").unwrap();
+        assert_eq!(drone.metrics.len(), 7);
+        assert_eq!(drone.timestamp_format, TimeFormat::EpochMillis);
+        let environment = registry.by_name("environment").unwrap();
+        assert_eq!(
+            environment.metric_selector.as_ref().unwrap().name_field,
+            "metric_type"
+        );
+        assert_eq!(
+            registry
+                .by_name("aircraft")
+                .unwrap()
+                .position
+                .as_ref()
+                .unwrap()
+                .latitude,
+            "lat"
+        );
+    }
+
+    #[test]
+    fn user_profile_is_added_and_errors_are_collected() {
+        let extra: ProfileFile = toml::from_str(
+            r#"
+            [profiles.pump]
+            entity_field = "pump_id"
+            metrics = [{ field = "flow", min = 0, max = 10 }]
+            [profiles.broken]
+            entity_field = ""
+            latitude_field = "lat"
+            metrics = [{ field = "x", min = 5, max = 1 }]
+            "#,
+        )
+        .unwrap();
+        let err = ProfileRegistry::with_builtins(extra.profiles).unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+        assert!(
+            err.to_string()
+                .contains("profile `broken`: entity_field must not be empty")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let parsed: Result<ProfileFile, _> =
+            toml::from_str("[profiles.x]\nentity_field = \"id\"\nentity = 1\n");
+        assert!(
+            parsed
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `entity`")
+        );
+    }
+}
