@@ -9,6 +9,7 @@
 //!   the field.
 //! - [`geo`]: geofences in an R-tree, point-in-zone lookup, great-circle distance.
 //! - [`enrich`]: driver and zone enrichment of readings.
+//! - [`simulate`]: the built-in fleet simulator, in the reference designs' own JSON.
 //! - [`detect`]: the [`detect::Detector`] trait and the detectors (rolling z-score first).
 
 pub mod detect;
@@ -16,5 +17,6 @@ pub mod enrich;
 pub mod geo;
 pub mod model;
 pub mod profile;
+pub mod simulate;
 pub mod time;
 pub mod validate;

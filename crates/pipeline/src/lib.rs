@@ -1,1 +1,171 @@
-//! placeholder
+//! teleguard's I/O and wiring around the pure core.
+//!
+//! # Layout
+//! - [`config`]: the TOML config file, command-line overrides, validation.
+//! - [`ingest`]: the path every source uses: validate, admit, bronze, dispatch to a worker.
+//! - [`worker`]: per-shard enrichment and detection on its own thread.
+//! - [`store`]: the embedded SQLite store (schema, single writer, queries).
+//! - [`live`]: the latest readings in memory for the API.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`sources`]: the simulator source (HTTP ingest is served by the API crate).
+//! - [`Pipeline`]: starts all of the above and stops it in order.
+
+pub mod config;
+pub mod ingest;
+pub mod live;
+pub mod metrics;
+pub mod sources;
+pub mod store;
+pub mod worker;
+
+use crate::config::Config;
+use crate::ingest::Ingest;
+use crate::live::LiveView;
+use crate::metrics::Metrics;
+use crate::store::Reader;
+use crate::store::writer::{StoreWriter, WriterContext};
+use anyhow::Context as _;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use teleguard_core::enrich::Enricher;
+use teleguard_core::geo::GeofenceIndex;
+use tokio::sync::{Semaphore, mpsc};
+
+/// Batches queued per worker, at most; the in-flight semaphore bounds readings overall.
+const WORKER_QUEUE_BATCHES: usize = 1024;
+/// Readings loaded into the live view at start-up.
+const LIVE_WARM_ROWS: usize = 10_000;
+
+/// A running pipeline: store writer, workers, and the handles sources and the API use.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub live: Arc<LiveView>,
+    pub reader: Arc<Reader>,
+    ingest: Ingest,
+    store: StoreWriter,
+    writer_thread: JoinHandle<()>,
+    worker_threads: Vec<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Opens the store, loads reference data, starts the writer and workers, and re-processes
+    /// any message the previous run acknowledged but did not finish.
+    pub async fn start(config: Config) -> anyhow::Result<Pipeline> {
+        let metrics = Arc::new(Metrics::new());
+        let live = Arc::new(LiveView::default());
+        let data_dir = config.data_dir.clone();
+        let mut connection = store::open(&data_dir, config.durability)?;
+        let reference = store::load_reference_data(
+            &mut connection,
+            &config.drivers_json,
+            &config.geofences_geojson,
+        )?;
+        let geofences =
+            GeofenceIndex::from_geojson(&reference.geofences).context("geofences in the store")?;
+        let enricher = Arc::new(Enricher::new(&reference.drivers, geofences));
+        let next_bronze_id = store::next_bronze_id(&connection)?;
+        let unprocessed = store::unprocessed_bronze(&connection)?;
+        let reader = Arc::new(Reader::new(store::open_reader(&data_dir)?));
+        let warm = reader
+            .run(|c| store::query::latest_readings(c, None, LIVE_WARM_ROWS))
+            .await?;
+        live.push(warm.into_iter().rev().map(Arc::new));
+
+        let capacity = config.inflight_readings.get();
+        let inflight = Arc::new(Semaphore::new(capacity));
+        let writer_context = WriterContext {
+            metrics: metrics.clone(),
+            live: live.clone(),
+            inflight: inflight.clone(),
+            inflight_capacity: capacity,
+        };
+        let (store, writer_thread) =
+            store::writer::spawn(connection, next_bronze_id, writer_context)?;
+        let worker_context = worker::WorkerContext {
+            profiles: config.profiles.clone(),
+            enricher,
+            store: store.clone(),
+            metrics: metrics.clone(),
+        };
+        let mut shards = Vec::new();
+        let mut worker_threads = Vec::new();
+        for index in 0..config.workers.get() {
+            let (sender, receiver) = mpsc::channel(WORKER_QUEUE_BATCHES);
+            shards.push(sender);
+            worker_threads.push(worker::spawn(index, receiver, worker_context.clone())?);
+        }
+        let ingest = Ingest::new(
+            config.profiles.clone(),
+            store.clone(),
+            shards,
+            inflight,
+            capacity,
+            metrics.clone(),
+        );
+        if !unprocessed.is_empty() {
+            tracing::info!(
+                "re-processing {} acknowledged messages the previous run did not finish",
+                unprocessed.len()
+            );
+        }
+        for message in unprocessed {
+            match config.profiles.by_name(&message.profile) {
+                Some(profile) => ingest.replay(message.id, profile, &message.payload).await?,
+                None => tracing::warn!(
+                    "bronze message {} has profile {:?}, which is no longer configured",
+                    message.id,
+                    message.profile
+                ),
+            }
+        }
+        Ok(Pipeline {
+            config,
+            metrics,
+            live,
+            reader,
+            ingest,
+            store,
+            writer_thread,
+            worker_threads,
+        })
+    }
+
+    /// The handle sources use to submit messages.
+    pub fn ingest(&self) -> Ingest {
+        self.ingest.clone()
+    }
+
+    /// Waits until everything queued so far is committed.
+    pub async fn flush(&self) -> anyhow::Result<()> {
+        self.ingest.wait_idle().await;
+        Ok(self.store.flush().await?)
+    }
+
+    /// Drains and stops. Every other [`Ingest`] handle must have been dropped (sources
+    /// stopped) first, or this waits for them.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let Pipeline {
+            ingest,
+            store,
+            writer_thread,
+            worker_threads,
+            ..
+        } = self;
+        drop(ingest);
+        drop(store);
+        tokio::task::spawn_blocking(move || {
+            for thread in worker_threads {
+                thread
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
+            }
+            writer_thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the store writer thread panicked"))
+        })
+        .await??;
+        Ok(())
+    }
+}

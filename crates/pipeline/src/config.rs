@@ -1,0 +1,316 @@
+//! Configuration: the raw TOML file, command-line overrides, and the validated [`Config`].
+
+use crate::store::Durability;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use teleguard_core::profile::{ProfileRegistry, RawProfile};
+use teleguard_core::simulate::SIMULATED_PROFILES;
+
+/// The config file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub pipeline: RawPipeline,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub simulator: RawSimulator,
+    #[serde(default)]
+    pub reference: RawReference,
+    #[serde(default)]
+    pub profiles: BTreeMap<String, RawProfile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    pub workers: Option<usize>,
+    pub inflight_readings: Option<usize>,
+    pub busy_wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSimulator {
+    pub profiles: Option<Vec<String>>,
+    pub speed: Option<f64>,
+    pub seed: Option<u64>,
+    pub anomaly_rate: Option<f64>,
+    pub fleet_scale: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReference {
+    pub drivers: Option<PathBuf>,
+    pub geofences: Option<PathBuf>,
+}
+
+/// Command-line flags that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    /// `none`, `all`, or a comma-separated list of profiles.
+    pub simulate: Option<String>,
+    pub speed: Option<f64>,
+}
+
+/// Validated configuration; its field types rule out bad values.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub max_body_bytes: NonZeroUsize,
+    pub workers: NonZeroUsize,
+    pub inflight_readings: NonZeroUsize,
+    /// How long an HTTP ingest waits for room before answering 503.
+    pub busy_wait: Duration,
+    pub durability: Durability,
+    pub simulator: SimulatorConfig,
+    pub drivers_json: String,
+    pub geofences_geojson: String,
+    pub profiles: Arc<ProfileRegistry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimulatorConfig {
+    /// Profiles to simulate; empty means the simulator is off.
+    pub profiles: Vec<String>,
+    pub speed: f64,
+    pub seed: u64,
+    pub anomaly_rate: f64,
+    pub fleet_scale: f64,
+}
+
+/// Every problem found in the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigError(pub Vec<String>);
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./teleguard-data";
+
+impl Config {
+    /// Reads `path` (if any), applies `overrides`, and validates everything at once.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let raw = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(vec![format!(
+                        "cannot read config file {}: {e}",
+                        path.display()
+                    )])
+                })?;
+                toml::from_str(&text).map_err(|e| {
+                    ConfigError(vec![format!("config file {}: {e}", path.display())])
+                })?
+            }
+            None => RawConfig::default(),
+        };
+        Self::validate(raw, overrides)
+    }
+
+    pub fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
+        let listen_text = overrides
+            .listen
+            .or(raw.server.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = listen_text.parse().unwrap_or_else(|e| {
+            errors.push(format!(
+                "listen address {listen_text:?}: {e} (expected HOST:PORT, e.g. 127.0.0.1:8080)"
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        let mut positive = |name: &str, value: Option<usize>, default: usize| {
+            NonZeroUsize::new(value.unwrap_or(default)).unwrap_or_else(|| {
+                errors.push(format!("{name} must be at least 1"));
+                NonZeroUsize::MIN
+            })
+        };
+        let cores = std::thread::available_parallelism().map_or(2, NonZeroUsize::get);
+        let max_body_bytes = positive(
+            "server.max_body_bytes",
+            raw.server.max_body_bytes,
+            8 * 1024 * 1024,
+        );
+        let workers = positive("pipeline.workers", raw.pipeline.workers, cores);
+        let inflight_readings = positive(
+            "pipeline.inflight_readings",
+            raw.pipeline.inflight_readings,
+            200_000,
+        );
+        let simulator = simulator_config(
+            raw.simulator,
+            overrides.simulate,
+            overrides.speed,
+            &mut errors,
+        );
+        let read = |path: Option<PathBuf>, bundled: &str, errors: &mut Vec<String>| match path {
+            Some(path) => std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                errors.push(format!("reference file {}: {e}", path.display()));
+                String::new()
+            }),
+            None => bundled.to_string(),
+        };
+        let drivers_json = read(
+            raw.reference.drivers,
+            crate::store::BUNDLED_DRIVERS,
+            &mut errors,
+        );
+        let geofences_geojson = read(
+            raw.reference.geofences,
+            crate::store::BUNDLED_GEOFENCES,
+            &mut errors,
+        );
+        let profiles = ProfileRegistry::with_builtins(raw.profiles)
+            .map_err(|e| errors.extend(e.0))
+            .ok();
+        match profiles {
+            Some(profiles) if errors.is_empty() => Ok(Config {
+                data_dir: overrides
+                    .data_dir
+                    .or(raw.data_dir)
+                    .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+                listen,
+                max_body_bytes,
+                workers,
+                inflight_readings,
+                busy_wait: Duration::from_millis(raw.pipeline.busy_wait_ms.unwrap_or(1000)),
+                durability: raw.store.durability,
+                simulator,
+                drivers_json,
+                geofences_geojson,
+                profiles: Arc::new(profiles),
+            }),
+            _ => Err(ConfigError(errors)),
+        }
+    }
+}
+
+fn simulator_config(
+    raw: RawSimulator,
+    simulate: Option<String>,
+    speed: Option<f64>,
+    errors: &mut Vec<String>,
+) -> SimulatorConfig {
+    let requested: Vec<String> = match simulate {
+        Some(list) => list
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        None => raw.profiles.unwrap_or_else(|| vec!["all".into()]),
+    };
+    let profiles = if requested.iter().any(|p| p == "none") {
+        Vec::new()
+    } else if requested.iter().any(|p| p == "all") {
+        SIMULATED_PROFILES.iter().map(|p| p.to_string()).collect()
+    } else {
+        for name in &requested {
+            if !SIMULATED_PROFILES.contains(&name.as_str()) {
+                errors.push(format!(
+                    "cannot simulate {name:?}: use none, all, or some of {}",
+                    SIMULATED_PROFILES.join(",")
+                ));
+            }
+        }
+        requested
+    };
+    let speed = speed.or(raw.speed).unwrap_or(1.0);
+    if !(speed.is_finite() && speed > 0.0) {
+        errors.push(format!("simulator speed {speed} must be a positive number"));
+    }
+    let anomaly_rate = raw.anomaly_rate.unwrap_or(0.003);
+    if !(0.0..=1.0).contains(&anomaly_rate) {
+        errors.push(format!(
+            "simulator.anomaly_rate {anomaly_rate} must lie in [0, 1]"
+        ));
+    }
+    let fleet_scale = raw.fleet_scale.unwrap_or(1.0);
+    if !(fleet_scale.is_finite() && fleet_scale > 0.0) {
+        errors.push(format!(
+            "simulator.fleet_scale {fleet_scale} must be a positive number"
+        ));
+    }
+    SimulatorConfig {
+        profiles,
+        speed,
+        seed: raw.seed.unwrap_or(42),
+        anomaly_rate,
+        fleet_scale,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let config = Config::load(None, Overrides::default()).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.simulator.profiles.len(), 5);
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn all_errors_are_collected() {
+        let raw: RawConfig =
+            toml::from_str("[pipeline]\nworkers = 0\n[simulator]\nanomaly_rate = 2.0\n").unwrap();
+        let overrides = Overrides {
+            listen: Some("nowhere".into()),
+            simulate: Some("vehicle,boat".into()),
+            ..Default::default()
+        };
+        let err = Config::validate(raw, overrides).unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn simulate_none_turns_the_simulator_off() {
+        let overrides = Overrides {
+            simulate: Some("none".into()),
+            ..Default::default()
+        };
+        assert!(
+            Config::load(None, overrides)
+                .unwrap()
+                .simulator
+                .profiles
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
+        let config = Config::load(Some(&path), Overrides::default()).unwrap();
+        assert!(config.profiles.by_name("pump").is_some());
+    }
+}

@@ -1,0 +1,153 @@
+//! Prometheus metrics, with the names the reference designs use.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProfileSourceLabels {
+    pub profile: String,
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProfileLabels {
+    pub profile: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DetectorLabels {
+    pub profile: String,
+    pub detector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LayerLabels {
+    pub layer: String,
+}
+
+/// Every metric the pipeline exports. Counters are exposed with the `_total` suffix.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub messages_received: Family<ProfileSourceLabels, Counter>,
+    pub messages_valid: Family<ProfileLabels, Counter>,
+    pub messages_rejected: Family<ProfileLabels, Counter>,
+    pub messages_consumed: Counter,
+    pub anomalies_detected: Family<DetectorLabels, Counter>,
+    pub end_to_end_latency: Histogram,
+    pub store_rows_written: Family<LayerLabels, Counter>,
+    pub store_commit_seconds: Histogram,
+    pub store_errors: Counter,
+    pub backpressure_rejections: Counter,
+    pub inflight_readings: Gauge,
+    pub recovered_readings: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            messages_received: Family::default(),
+            messages_valid: Family::default(),
+            messages_rejected: Family::default(),
+            messages_consumed: Counter::default(),
+            anomalies_detected: Family::default(),
+            end_to_end_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 17)),
+            store_rows_written: Family::default(),
+            store_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            store_errors: Counter::default(),
+            backpressure_rejections: Counter::default(),
+            inflight_readings: Gauge::default(),
+            recovered_readings: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "pipeline_end_to_end_latency_seconds",
+            "Time from a message's arrival to its reading being analysed and stored",
+            metrics.end_to_end_latency.clone(),
+        );
+        registry.register(
+            "anomaly_detector_messages_consumed",
+            "Readings analysed by the detectors",
+            metrics.messages_consumed.clone(),
+        );
+        registry.register(
+            "anomaly_detector_anomalies_detected",
+            "Anomalies raised, by profile and detector",
+            metrics.anomalies_detected.clone(),
+        );
+        registry.register(
+            "teleguard_messages_received",
+            "Messages received, valid or not, by profile and source",
+            metrics.messages_received.clone(),
+        );
+        registry.register(
+            "teleguard_validation_passed",
+            "Messages that passed schema validation",
+            metrics.messages_valid.clone(),
+        );
+        registry.register(
+            "teleguard_validation_failed",
+            "Messages rejected by validation (each has a dead-letter record in bronze)",
+            metrics.messages_rejected.clone(),
+        );
+        registry.register(
+            "teleguard_store_rows_written",
+            "Rows committed to the embedded store, by layer",
+            metrics.store_rows_written.clone(),
+        );
+        registry.register(
+            "teleguard_store_commit_seconds",
+            "Duration of one store transaction",
+            metrics.store_commit_seconds.clone(),
+        );
+        registry.register(
+            "teleguard_store_errors",
+            "Store transactions that failed",
+            metrics.store_errors.clone(),
+        );
+        registry.register(
+            "teleguard_ingest_backpressure_rejections",
+            "Ingest requests refused with 503 because the pipeline was full",
+            metrics.backpressure_rejections.clone(),
+        );
+        registry.register(
+            "teleguard_inflight_readings",
+            "Readings accepted but not yet analysed and stored",
+            metrics.inflight_readings.clone(),
+        );
+        registry.register(
+            "teleguard_recovered_readings",
+            "Readings re-processed at start-up because the previous run stopped before storing them",
+            metrics.recovered_readings.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+
+    pub fn profile(profile: &str) -> ProfileLabels {
+        ProfileLabels {
+            profile: profile.to_string(),
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Sources: where messages come from. HTTP ingest lives in the API crate and calls
+//! [`crate::ingest::Ingest`] directly; the others run as tasks here.
+
+pub mod simulator;

@@ -1,0 +1,289 @@
+//! The embedded store: SQLite in WAL mode behind one narrow interface.
+//!
+//! Bronze keeps every message as received with its verdict, silver the validated and enriched
+//! readings, gold (`telemetry_anomalies`) the anomalies. One writer thread owns the write
+//! connection and commits batched transactions ([`writer`]); API reads use their own
+//! connection ([`query`]).
+
+pub mod query;
+pub mod schema;
+pub mod writer;
+
+pub use query::Reader;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use teleguard_core::enrich::Driver;
+use teleguard_core::model::Anomaly;
+
+/// The bundled reference data, loaded into the store on first start.
+pub const BUNDLED_DRIVERS: &str = include_str!("../../../../data/drivers.json");
+pub const BUNDLED_GEOFENCES: &str = include_str!("../../../../data/geofences.geojson");
+
+/// The database file inside the data folder.
+pub const DATABASE_FILE: &str = "teleguard.db";
+
+/// A fault of the store itself (disk, database), never of the data.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data folder {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("store schema: {0}")]
+    Schema(String),
+    #[error("store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("reference data: {0}")]
+    Reference(String),
+    #[error("the store writer has stopped")]
+    WriterStopped,
+}
+
+/// How hard commits push to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Survives a killed process (WAL, synchronous=NORMAL); the default.
+    #[default]
+    Normal,
+    /// Also survives power loss: fsync at every commit (synchronous=FULL).
+    Full,
+}
+
+/// One message as received, with its verdict.
+#[derive(Debug, Clone)]
+pub struct BronzeRow {
+    pub received_at_ms: i64,
+    pub source: &'static str,
+    pub profile: Arc<str>,
+    /// `None` when valid; the reason when rejected.
+    pub rejection: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// One validated, enriched reading; `id` is the bronze id of its message.
+#[derive(Debug, Clone)]
+pub struct SilverRow {
+    pub id: i64,
+    pub profile: Arc<str>,
+    pub entity: Arc<str>,
+    pub timestamp_ms: i64,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    /// JSON object of metric name to value.
+    pub metrics: String,
+    /// JSON object of attribute name to value.
+    pub attributes: String,
+    pub driver_name: Option<Arc<str>>,
+    pub current_zone: Option<Arc<str>>,
+    pub processed_at_ms: i64,
+    /// Detectors that flagged this reading.
+    pub anomalies: Vec<String>,
+    /// When the source received the message, for the end-to-end latency metric.
+    pub received: Instant,
+}
+
+/// One anomaly with the reading it is about.
+#[derive(Debug, Clone)]
+pub struct GoldRow {
+    pub reading_id: i64,
+    pub profile: Arc<str>,
+    pub entity: Arc<str>,
+    pub timestamp_ms: i64,
+    pub anomaly: Anomaly,
+    pub detected_at_ms: i64,
+}
+
+/// Reference data as the store holds it.
+#[derive(Debug, Clone)]
+pub struct ReferenceData {
+    pub drivers: Vec<Driver>,
+    /// A GeoJSON FeatureCollection.
+    pub geofences: String,
+}
+
+/// Opens (creating if needed) the database in `data_dir` and brings its schema up to date.
+pub fn open(data_dir: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
+        path: data_dir.into(),
+        source,
+    })?;
+    let path = data_dir.join(DATABASE_FILE);
+    let mut connection = Connection::open(&path).map_err(|source| StoreError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    let synchronous = match durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    connection.pragma_update(None, "synchronous", synchronous)?;
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    schema::migrate(&mut connection).map_err(StoreError::Schema)?;
+    Ok(connection)
+}
+
+/// A read-only connection for queries, alongside the writer.
+pub fn open_reader(data_dir: &Path) -> Result<Connection, StoreError> {
+    let path = data_dir.join(DATABASE_FILE);
+    let connection = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Open { path, source })?;
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(connection)
+}
+
+/// Loads `drivers` and `geofences` from the given files into empty tables (the `setup_data`
+/// step of reference 000), then returns what the tables hold.
+pub fn load_reference_data(
+    connection: &mut Connection,
+    drivers_json: &str,
+    geofences_geojson: &str,
+) -> Result<ReferenceData, StoreError> {
+    let now = teleguard_core::time::now_millis();
+    let tx = connection.transaction()?;
+    let loaded: Option<i64> = tx
+        .query_row(
+            "SELECT loaded_at_ms FROM reference_files WHERE name = 'drivers'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if loaded.is_none() {
+        let drivers = teleguard_core::enrich::parse_drivers(drivers_json)
+            .map_err(|e| StoreError::Reference(e.to_string()))?;
+        for d in &drivers {
+            let details = serde_json::to_string(&d.extra).unwrap_or_default();
+            tx.execute(
+                "INSERT OR REPLACE INTO drivers (driver_id, name, vehicle_id, details) VALUES (?1, ?2, ?3, ?4)",
+                params![d.driver_id, d.name, d.vehicle_id, details],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO reference_files (name, content, loaded_at_ms) VALUES ('drivers', ?1, ?2)",
+            params![drivers_json, now],
+        )?;
+    }
+    let loaded: Option<i64> = tx
+        .query_row(
+            "SELECT loaded_at_ms FROM reference_files WHERE name = 'geofences'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if loaded.is_none() {
+        let collection: serde_json::Value = serde_json::from_str(geofences_geojson)
+            .map_err(|e| StoreError::Reference(format!("geofences: {e}")))?;
+        // Validate the whole file before storing any of it.
+        let index = teleguard_core::geo::GeofenceIndex::from_geojson(geofences_geojson)
+            .map_err(|e| StoreError::Reference(e.to_string()))?;
+        let features = collection["features"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (zone, feature) in index.zones().iter().zip(features) {
+            tx.execute(
+                "INSERT OR REPLACE INTO geofences (zone_id, name, kind, geometry) VALUES (?1, ?2, ?3, ?4)",
+                params![zone.zone_id, &*zone.name, zone.kind, feature["geometry"].to_string()],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO reference_files (name, content, loaded_at_ms) VALUES ('geofences', ?1, ?2)",
+            params![geofences_geojson, now],
+        )?;
+    }
+    tx.commit()?;
+    read_reference_data(connection)
+}
+
+fn read_reference_data(connection: &Connection) -> Result<ReferenceData, StoreError> {
+    let mut statement = connection
+        .prepare("SELECT driver_id, name, vehicle_id, details FROM drivers ORDER BY driver_id")?;
+    let drivers = statement
+        .query_map([], |row| {
+            let details: String = row.get(3)?;
+            Ok(Driver {
+                driver_id: row.get(0)?,
+                name: row.get(1)?,
+                vehicle_id: row.get(2)?,
+                extra: serde_json::from_str(&details).unwrap_or_default(),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut statement =
+        connection.prepare("SELECT zone_id, name, kind, geometry FROM geofences ORDER BY rowid")?;
+    let features = statement
+        .query_map([], |row| {
+            let geometry: String = row.get(3)?;
+            Ok(serde_json::json!({
+                "type": "Feature",
+                "properties": {"zone_id": row.get::<_, String>(0)?, "name": row.get::<_, String>(1)?, "kind": row.get::<_, String>(2)?},
+                "geometry": serde_json::from_str::<serde_json::Value>(&geometry).unwrap_or(serde_json::Value::Null),
+            }))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let geofences =
+        serde_json::json!({"type": "FeatureCollection", "features": features}).to_string();
+    Ok(ReferenceData { drivers, geofences })
+}
+
+/// The next bronze id to hand out.
+pub fn next_bronze_id(connection: &Connection) -> Result<i64, StoreError> {
+    Ok(
+        connection.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM bronze", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
+/// The checkpoint below which every valid bronze message is known to have its silver row.
+pub fn processed_through(connection: &Connection) -> Result<i64, StoreError> {
+    Ok(connection
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'processed_through'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// A valid bronze message whose reading never reached silver (the process stopped first).
+#[derive(Debug, Clone)]
+pub struct Unprocessed {
+    pub id: i64,
+    pub profile: String,
+    pub payload: Vec<u8>,
+}
+
+/// Valid bronze messages after the checkpoint that have no silver row, in arrival order.
+pub fn unprocessed_bronze(connection: &Connection) -> Result<Vec<Unprocessed>, StoreError> {
+    let after = processed_through(connection)?;
+    let mut statement = connection.prepare(
+        "SELECT b.id, b.profile, b.payload FROM bronze b
+         WHERE b.id > ?1 AND b.verdict = 'valid' AND NOT EXISTS (SELECT 1 FROM silver s WHERE s.id = b.id)
+         ORDER BY b.id",
+    )?;
+    let rows = statement
+        .query_map([after], |row| {
+            Ok(Unprocessed {
+                id: row.get(0)?,
+                profile: row.get(1)?,
+                payload: row.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}

@@ -1,0 +1,273 @@
+//! Read queries behind the API: anomalies, counts per profile, dead letters, readings.
+
+use super::{SilverRow, StoreError};
+use rusqlite::{Connection, Row, ToSql};
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use teleguard_core::time::format_millis;
+
+/// How anomalies are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnomalyOrder {
+    /// Most anomalous first: by how far the score passes its threshold.
+    #[default]
+    Score,
+    /// Newest first.
+    Recent,
+}
+
+/// Filters of `GET /api/anomalies`.
+#[derive(Debug, Clone, Default)]
+pub struct AnomalyFilter {
+    pub limit: usize,
+    pub profile: Option<String>,
+    pub entity: Option<String>,
+    pub detector: Option<String>,
+    pub since_ms: Option<i64>,
+    pub order: AnomalyOrder,
+}
+
+/// One anomaly as the API shows it (the `telemetry_anomalies` row).
+#[derive(Debug, Clone, Serialize)]
+pub struct AnomalyRecord {
+    pub id: String,
+    pub reading_id: i64,
+    pub profile: String,
+    pub entity: String,
+    pub timestamp: String,
+    pub detector: String,
+    pub metric: Option<String>,
+    pub value: Option<f64>,
+    pub anomaly_score: f64,
+    pub threshold: f64,
+    pub model_label: i64,
+    pub model_is_anomaly: i64,
+    pub severity: String,
+    pub reason: String,
+    pub features: serde_json::Value,
+    pub detected_at: String,
+}
+
+pub fn anomalies(
+    connection: &Connection,
+    filter: &AnomalyFilter,
+) -> Result<Vec<AnomalyRecord>, StoreError> {
+    let mut sql = String::from(
+        "SELECT id, reading_id, profile, entity_id, timestamp_ms, detector, metric, value, anomaly_score, threshold,
+                model_label, model_is_anomaly, severity, reason, features, detected_at_ms
+         FROM telemetry_anomalies WHERE 1 = 1",
+    );
+    let mut args: Vec<&dyn ToSql> = Vec::new();
+    let conditions: [(&str, Option<&dyn ToSql>); 4] = [
+        (
+            " AND profile = ?",
+            filter.profile.as_ref().map(|v| v as &dyn ToSql),
+        ),
+        (
+            " AND entity_id = ?",
+            filter.entity.as_ref().map(|v| v as &dyn ToSql),
+        ),
+        (
+            " AND detector = ?",
+            filter.detector.as_ref().map(|v| v as &dyn ToSql),
+        ),
+        (
+            " AND timestamp_ms >= ?",
+            filter.since_ms.as_ref().map(|v| v as &dyn ToSql),
+        ),
+    ];
+    for (condition, value) in conditions {
+        if let Some(value) = value {
+            sql.push_str(condition);
+            args.push(value);
+        }
+    }
+    sql.push_str(match filter.order {
+        AnomalyOrder::Score => " ORDER BY anomaly_score / threshold DESC, id",
+        AnomalyOrder::Recent => " ORDER BY detected_at_ms DESC, timestamp_ms DESC, id",
+    });
+    let limit = filter.limit as i64;
+    sql.push_str(" LIMIT ?");
+    args.push(&limit);
+    let mut statement = connection.prepare_cached(&sql)?;
+    let rows = statement
+        .query_map(args.as_slice(), anomaly_record)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+fn anomaly_record(row: &Row<'_>) -> rusqlite::Result<AnomalyRecord> {
+    let features: String = row.get(14)?;
+    Ok(AnomalyRecord {
+        id: row.get(0)?,
+        reading_id: row.get(1)?,
+        profile: row.get(2)?,
+        entity: row.get(3)?,
+        timestamp: format_millis(row.get(4)?),
+        detector: row.get(5)?,
+        metric: row.get(6)?,
+        value: row.get(7)?,
+        anomaly_score: row.get(8)?,
+        threshold: row.get(9)?,
+        model_label: row.get(10)?,
+        model_is_anomaly: row.get(11)?,
+        severity: row.get(12)?,
+        reason: row.get(13)?,
+        features: serde_json::from_str(&features).unwrap_or(serde_json::Value::Null),
+        detected_at: format_millis(row.get(15)?),
+    })
+}
+
+/// Counts of one profile since the data folder was created.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ProfileCounts {
+    pub profile: String,
+    pub received: i64,
+    pub valid: i64,
+    pub rejected: i64,
+    pub anomalies: i64,
+    pub entities: i64,
+    pub last_seen: Option<String>,
+}
+
+pub fn profile_counts(connection: &Connection) -> Result<Vec<ProfileCounts>, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT p.profile, p.received, p.valid, p.rejected, p.anomalies, p.last_seen_ms,
+                (SELECT COUNT(*) FROM entities e WHERE e.profile = p.profile)
+         FROM profile_counts p ORDER BY p.profile",
+    )?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok(ProfileCounts {
+                profile: row.get(0)?,
+                received: row.get(1)?,
+                valid: row.get(2)?,
+                rejected: row.get(3)?,
+                anomalies: row.get(4)?,
+                last_seen: row.get::<_, Option<i64>>(5)?.map(format_millis),
+                entities: row.get(6)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// A rejected message as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub received_at: String,
+    pub source: String,
+    pub profile: String,
+    pub reason: String,
+    pub payload_bytes: usize,
+    /// The payload as text, cut to its first 1024 bytes.
+    pub payload: String,
+}
+
+pub fn dead_letters(
+    connection: &Connection,
+    profile: Option<&str>,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT id, received_at_ms, source, profile, reason, payload FROM dead_letters
+         WHERE ?1 IS NULL OR profile = ?1 ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = statement
+        .query_map(rusqlite::params![profile, limit as i64], |row| {
+            let payload: Vec<u8> = row.get(5)?;
+            let shown = &payload[..payload.len().min(1024)];
+            Ok(DeadLetter {
+                id: row.get(0)?,
+                received_at: format_millis(row.get(1)?),
+                source: row.get(2)?,
+                profile: row.get(3)?,
+                reason: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                payload_bytes: payload.len(),
+                payload: String::from_utf8_lossy(shown).into_owned(),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Silver rows scanned at most when looking up an entity that is not in memory.
+const ENTITY_SCAN_ROWS: i64 = 1_000_000;
+
+/// The newest silver readings, of one entity (looked for among the last million) or of all,
+/// newest first, each with the detectors that flagged it.
+pub fn latest_readings(
+    connection: &Connection,
+    entity: Option<&str>,
+    limit: usize,
+) -> Result<Vec<SilverRow>, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT s.id, s.profile, s.entity_id, s.timestamp_ms, s.latitude, s.longitude, s.metrics, s.attributes,
+                s.driver_name, s.current_zone, s.processed_at_ms,
+                (SELECT group_concat(detector) FROM telemetry_anomalies a WHERE a.reading_id = s.id)
+         FROM silver s
+         WHERE ?1 IS NULL OR (s.entity_id = ?1 AND s.id > (SELECT COALESCE(MAX(id), 0) FROM silver) - ?3)
+         ORDER BY s.id DESC LIMIT ?2",
+    )?;
+    let received = Instant::now();
+    let rows = statement
+        .query_map(
+            rusqlite::params![entity, limit as i64, ENTITY_SCAN_ROWS],
+            |row| {
+                let detectors: Option<String> = row.get(11)?;
+                Ok(SilverRow {
+                    id: row.get(0)?,
+                    profile: Arc::from(row.get::<_, String>(1)?),
+                    entity: Arc::from(row.get::<_, String>(2)?),
+                    timestamp_ms: row.get(3)?,
+                    latitude: row.get(4)?,
+                    longitude: row.get(5)?,
+                    metrics: row.get(6)?,
+                    attributes: row.get(7)?,
+                    driver_name: row.get::<_, Option<String>>(8)?.map(Arc::from),
+                    current_zone: row.get::<_, Option<String>>(9)?.map(Arc::from),
+                    processed_at_ms: row.get(10)?,
+                    anomalies: detectors
+                        .map(|d| d.split(',').map(str::to_string).collect())
+                        .unwrap_or_default(),
+                    received,
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// A read connection shared by API handlers; queries run on the blocking pool.
+#[derive(Debug)]
+pub struct Reader {
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl Reader {
+    pub fn new(connection: Connection) -> Self {
+        Reader {
+            connection: Arc::new(Mutex::new(connection)),
+        }
+    }
+
+    /// Runs `query` on the read connection without blocking the async runtime.
+    pub async fn run<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || {
+            let connection = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            query(&connection)
+        })
+        .await
+        .map_err(|e| StoreError::Schema(format!("query task failed: {e}")))?
+    }
+}

@@ -1,0 +1,128 @@
+//! Versioned schema migrations of the embedded store, applied in order at open.
+
+use rusqlite::Connection;
+
+/// Each entry upgrades the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the medallion layers, reference data and bookkeeping.
+    r#"
+    CREATE TABLE bronze (
+        id INTEGER PRIMARY KEY,
+        received_at_ms INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        verdict TEXT NOT NULL CHECK (verdict IN ('valid', 'rejected')),
+        reason TEXT,
+        payload BLOB NOT NULL
+    );
+    CREATE VIEW dead_letters AS
+        SELECT id, received_at_ms, source, profile, reason, payload FROM bronze WHERE verdict = 'rejected';
+
+    -- silver.id is the bronze id of the message the reading came from.
+    CREATE TABLE silver (
+        id INTEGER PRIMARY KEY,
+        profile TEXT NOT NULL,
+        entity_id TEXT NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        latitude REAL,
+        longitude REAL,
+        metrics TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        driver_name TEXT,
+        current_zone TEXT,
+        processed_at_ms INTEGER NOT NULL
+    );
+    CREATE VIEW enriched_telemetry_history AS
+        SELECT entity_id AS vehicle_id,
+               strftime('%Y-%m-%d %H:%M:%f', timestamp_ms / 1000.0, 'unixepoch') AS timestamp,
+               latitude, longitude,
+               json_extract(metrics, '$.speed') AS speed,
+               json_extract(attributes, '$.engine_status') AS engine_status,
+               driver_name, current_zone
+        FROM silver WHERE profile = 'vehicle';
+
+    CREATE TABLE telemetry_anomalies (
+        id TEXT PRIMARY KEY,
+        reading_id INTEGER NOT NULL,
+        profile TEXT NOT NULL,
+        entity_id TEXT NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        detector TEXT NOT NULL,
+        metric TEXT,
+        value REAL,
+        anomaly_score REAL NOT NULL,
+        threshold REAL NOT NULL,
+        model_label INTEGER NOT NULL,
+        model_is_anomaly INTEGER NOT NULL,
+        severity TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        features TEXT NOT NULL,
+        detected_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX telemetry_anomalies_by_excess ON telemetry_anomalies (anomaly_score / threshold DESC);
+    CREATE INDEX telemetry_anomalies_by_time ON telemetry_anomalies (detected_at_ms DESC);
+
+    CREATE TABLE profile_counts (
+        profile TEXT PRIMARY KEY,
+        received INTEGER NOT NULL DEFAULT 0,
+        valid INTEGER NOT NULL DEFAULT 0,
+        rejected INTEGER NOT NULL DEFAULT 0,
+        anomalies INTEGER NOT NULL DEFAULT 0,
+        last_seen_ms INTEGER
+    );
+    CREATE TABLE entities (
+        profile TEXT NOT NULL,
+        entity_id TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        PRIMARY KEY (profile, entity_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE drivers (
+        driver_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        vehicle_id TEXT NOT NULL,
+        details TEXT NOT NULL
+    );
+    CREATE TABLE geofences (
+        zone_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        geometry TEXT NOT NULL
+    );
+    CREATE TABLE reference_files (
+        name TEXT PRIMARY KEY,
+        content TEXT NOT NULL,
+        loaded_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Brings the database to [`SCHEMA_VERSION`], each step in its own transaction.
+pub fn migrate(connection: &mut Connection) -> Result<(), String> {
+    let current: usize = connection
+        .query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
+        .map_err(|e| e.to_string())? as usize;
+    if current > SCHEMA_VERSION {
+        return Err(format!(
+            "the data folder has schema version {current}, newer than this build's {SCHEMA_VERSION}: \
+             upgrade teleguard or use another --data-dir"
+        ));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = connection.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(sql)
+            .map_err(|e| format!("migration {}: {e}", index + 1))?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)
+            .map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

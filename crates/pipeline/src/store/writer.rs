@@ -1,0 +1,432 @@
+//! The single store writer: one thread, one connection, batched transactions.
+//!
+//! Commands queue on a bounded channel; the thread takes everything waiting (up to a row
+//! budget), writes it in one transaction, commits, and only then answers: a bronze append is
+//! acknowledged once it is on disk, and the readings a derived append carries release their
+//! in-flight permits once their silver rows are.
+
+use super::{BronzeRow, GoldRow, SilverRow, StoreError};
+use crate::live::LiveView;
+use crate::metrics::{LayerLabels, Metrics};
+use rusqlite::{Connection, Transaction, params};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Rows gathered into one transaction at most.
+const MAX_ROWS_PER_TRANSACTION: usize = 20_000;
+
+/// A request to the writer.
+#[derive(Debug)]
+pub enum WriteCommand {
+    /// Append messages to bronze; answered with the id of the first (ids are consecutive).
+    Bronze {
+        rows: Vec<BronzeRow>,
+        reply: oneshot::Sender<Result<i64, String>>,
+    },
+    /// Append analysed readings and their anomalies; frees `permits` in-flight slots after.
+    Derived {
+        silver: Vec<SilverRow>,
+        gold: Vec<GoldRow>,
+        permits: usize,
+    },
+    /// Answered once everything queued before it is committed.
+    Flush { reply: oneshot::Sender<()> },
+}
+
+impl WriteCommand {
+    fn rows(&self) -> usize {
+        match self {
+            WriteCommand::Bronze { rows, .. } => rows.len(),
+            WriteCommand::Derived { silver, gold, .. } => silver.len() + gold.len(),
+            WriteCommand::Flush { .. } => 0,
+        }
+    }
+}
+
+/// A cloneable handle to the writer thread.
+#[derive(Debug, Clone)]
+pub struct StoreWriter {
+    commands: mpsc::Sender<WriteCommand>,
+}
+
+impl StoreWriter {
+    /// Appends bronze rows and waits until they are committed; returns their first id.
+    pub async fn append_bronze(&self, rows: Vec<BronzeRow>) -> Result<i64, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(WriteCommand::Bronze { rows, reply })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer
+            .await
+            .map_err(|_| StoreError::WriterStopped)?
+            .map_err(StoreError::Schema)
+    }
+
+    /// Queues analysed readings (from a worker thread, blocking while the queue is full).
+    pub fn append_derived_blocking(
+        &self,
+        silver: Vec<SilverRow>,
+        gold: Vec<GoldRow>,
+        permits: usize,
+    ) -> Result<(), StoreError> {
+        self.commands
+            .blocking_send(WriteCommand::Derived {
+                silver,
+                gold,
+                permits,
+            })
+            .map_err(|_| StoreError::WriterStopped)
+    }
+
+    /// Waits until everything queued so far is committed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(WriteCommand::Flush { reply })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)
+    }
+}
+
+/// What the writer thread shares with the rest of the pipeline.
+#[derive(Debug, Clone)]
+pub struct WriterContext {
+    pub metrics: Arc<Metrics>,
+    pub live: Arc<LiveView>,
+    pub inflight: Arc<Semaphore>,
+    pub inflight_capacity: usize,
+}
+
+/// Starts the writer thread on `connection`.
+pub fn spawn(
+    connection: Connection,
+    next_bronze_id: i64,
+    context: WriterContext,
+) -> std::io::Result<(StoreWriter, std::thread::JoinHandle<()>)> {
+    let (commands, receiver) = mpsc::channel(256);
+    let handle = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || {
+            Writer {
+                connection,
+                next_bronze_id,
+                context,
+            }
+            .run(receiver)
+        })?;
+    Ok((StoreWriter { commands }, handle))
+}
+
+struct Writer {
+    connection: Connection,
+    next_bronze_id: i64,
+    context: WriterContext,
+}
+
+#[derive(Default)]
+struct ProfileDelta {
+    received: i64,
+    valid: i64,
+    rejected: i64,
+    anomalies: i64,
+    last_seen_ms: Option<i64>,
+}
+
+impl Writer {
+    fn run(mut self, mut receiver: mpsc::Receiver<WriteCommand>) {
+        while let Some(first) = receiver.blocking_recv() {
+            let mut rows = first.rows();
+            let mut batch = vec![first];
+            while rows < MAX_ROWS_PER_TRANSACTION {
+                match receiver.try_recv() {
+                    Ok(command) => {
+                        rows += command.rows();
+                        batch.push(command);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(batch);
+        }
+        self.mark_processed_if_idle();
+        if let Err(e) = self
+            .connection
+            .pragma_update(None, "wal_checkpoint", "TRUNCATE")
+        {
+            tracing::warn!("store: final WAL checkpoint failed: {e}");
+        }
+    }
+
+    fn commit_batch(&mut self, batch: Vec<WriteCommand>) {
+        let started = Instant::now();
+        let first_id = self.next_bronze_id;
+        let result = self.write(&batch);
+        let metrics = &self.context.metrics;
+        metrics
+            .store_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let committed = match result {
+            Ok(()) => true,
+            Err(e) => {
+                metrics.store_errors.inc();
+                tracing::error!(
+                    "store: transaction of {} commands failed, nothing in it was acknowledged: {e}",
+                    batch.len()
+                );
+                self.next_bronze_id = first_id;
+                false
+            }
+        };
+        let mut next_id = first_id;
+        let mut released = 0;
+        for command in batch {
+            match command {
+                WriteCommand::Bronze { rows, reply } => {
+                    let answer = if committed {
+                        Ok(next_id)
+                    } else {
+                        Err("the store could not commit; retry".to_string())
+                    };
+                    if committed {
+                        next_id += rows.len() as i64;
+                    }
+                    let _ = reply.send(answer);
+                }
+                WriteCommand::Derived {
+                    silver,
+                    gold: _,
+                    permits,
+                } => {
+                    released += permits;
+                    if committed {
+                        let now = Instant::now();
+                        for row in &silver {
+                            metrics
+                                .end_to_end_latency
+                                .observe(now.duration_since(row.received).as_secs_f64());
+                        }
+                        self.context.live.push(silver.into_iter().map(Arc::new));
+                    }
+                }
+                WriteCommand::Flush { reply } => {
+                    let _ = reply.send(());
+                }
+            }
+        }
+        if released > 0 {
+            self.context.inflight.add_permits(released);
+            let inflight =
+                self.context.inflight_capacity - self.context.inflight.available_permits();
+            metrics.inflight_readings.set(inflight as i64);
+        }
+        if committed {
+            self.mark_processed_if_idle();
+        }
+    }
+
+    /// When nothing is in flight, every valid bronze message so far has its silver row.
+    fn mark_processed_if_idle(&mut self) {
+        if self.context.inflight.available_permits() != self.context.inflight_capacity {
+            return;
+        }
+        let through = self.next_bronze_id - 1;
+        let result = self.connection.execute(
+            "INSERT INTO meta (key, value) VALUES ('processed_through', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE excluded.value > meta.value",
+            [through],
+        );
+        if let Err(e) = result {
+            tracing::warn!("store: cannot record the processed checkpoint: {e}");
+        }
+    }
+
+    fn write(&mut self, batch: &[WriteCommand]) -> rusqlite::Result<()> {
+        let tx = self.connection.transaction()?;
+        let mut profiles: BTreeMap<Arc<str>, ProfileDelta> = BTreeMap::new();
+        let mut entities: HashMap<(Arc<str>, Arc<str>), (i64, i64)> = HashMap::new();
+        let (mut bronze_rows, mut silver_rows, mut gold_rows) = (0, 0, 0);
+        for command in batch {
+            match command {
+                WriteCommand::Bronze { rows, .. } => {
+                    bronze_rows += rows.len();
+                    write_bronze(&tx, &mut self.next_bronze_id, rows, &mut profiles)?;
+                }
+                WriteCommand::Derived { silver, gold, .. } => {
+                    silver_rows += silver.len();
+                    write_silver(&tx, silver, &mut profiles, &mut entities)?;
+                    gold_rows += write_gold(&tx, gold, &mut profiles)?;
+                }
+                WriteCommand::Flush { .. } => {}
+            }
+        }
+        write_counts(&tx, &profiles, &entities)?;
+        tx.commit()?;
+        let metrics = &self.context.metrics;
+        for (layer, count) in [
+            ("bronze", bronze_rows),
+            ("silver", silver_rows),
+            ("gold", gold_rows),
+        ] {
+            if count > 0 {
+                metrics
+                    .store_rows_written
+                    .get_or_create(&LayerLabels {
+                        layer: layer.into(),
+                    })
+                    .inc_by(count as u64);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_bronze(
+    tx: &Transaction<'_>,
+    next_id: &mut i64,
+    rows: &[BronzeRow],
+    profiles: &mut BTreeMap<Arc<str>, ProfileDelta>,
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO bronze (id, received_at_ms, source, profile, verdict, reason, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for row in rows {
+        let verdict = if row.rejection.is_some() {
+            "rejected"
+        } else {
+            "valid"
+        };
+        insert.execute(params![
+            *next_id,
+            row.received_at_ms,
+            row.source,
+            &*row.profile,
+            verdict,
+            row.rejection,
+            row.payload
+        ])?;
+        *next_id += 1;
+        let delta = profiles.entry(row.profile.clone()).or_default();
+        delta.received += 1;
+        if row.rejection.is_some() {
+            delta.rejected += 1;
+        } else {
+            delta.valid += 1;
+        }
+    }
+    Ok(())
+}
+
+fn write_silver(
+    tx: &Transaction<'_>,
+    rows: &[SilverRow],
+    profiles: &mut BTreeMap<Arc<str>, ProfileDelta>,
+    entities: &mut HashMap<(Arc<str>, Arc<str>), (i64, i64)>,
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO silver (id, profile, entity_id, timestamp_ms, latitude, longitude, metrics, attributes,
+                                       driver_name, current_zone, processed_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    for row in rows {
+        insert.execute(params![
+            row.id,
+            &*row.profile,
+            &*row.entity,
+            row.timestamp_ms,
+            row.latitude,
+            row.longitude,
+            row.metrics,
+            row.attributes,
+            row.driver_name.as_deref(),
+            row.current_zone.as_deref(),
+            row.processed_at_ms
+        ])?;
+        let delta = profiles.entry(row.profile.clone()).or_default();
+        delta.last_seen_ms = delta.last_seen_ms.max(Some(row.timestamp_ms));
+        let seen = entities
+            .entry((row.profile.clone(), row.entity.clone()))
+            .or_insert((row.timestamp_ms, row.timestamp_ms));
+        seen.0 = seen.0.min(row.timestamp_ms);
+        seen.1 = seen.1.max(row.timestamp_ms);
+    }
+    Ok(())
+}
+
+/// Inserts anomalies not stored before; returns how many were new.
+fn write_gold(
+    tx: &Transaction<'_>,
+    rows: &[GoldRow],
+    profiles: &mut BTreeMap<Arc<str>, ProfileDelta>,
+) -> rusqlite::Result<usize> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO telemetry_anomalies (id, reading_id, profile, entity_id, timestamp_ms, detector, metric, value,
+             anomaly_score, threshold, model_label, model_is_anomaly, severity, reason, features, detected_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, -1, 1, ?11, ?12, ?13, ?14)",
+    )?;
+    let mut inserted = 0;
+    for row in rows {
+        let a = &row.anomaly;
+        let features: serde_json::Map<String, serde_json::Value> = a
+            .features
+            .iter()
+            .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
+            .collect();
+        let changed = insert.execute(params![
+            a.id,
+            row.reading_id,
+            &*row.profile,
+            &*row.entity,
+            row.timestamp_ms,
+            a.detector,
+            a.metric.as_deref(),
+            a.value,
+            a.score,
+            a.threshold,
+            a.severity.as_str(),
+            a.reason,
+            serde_json::Value::Object(features).to_string(),
+            row.detected_at_ms
+        ])?;
+        if changed > 0 {
+            inserted += 1;
+            profiles.entry(row.profile.clone()).or_default().anomalies += 1;
+        }
+    }
+    Ok(inserted)
+}
+
+fn write_counts(
+    tx: &Transaction<'_>,
+    profiles: &BTreeMap<Arc<str>, ProfileDelta>,
+    entities: &HashMap<(Arc<str>, Arc<str>), (i64, i64)>,
+) -> rusqlite::Result<()> {
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO profile_counts (profile, received, valid, rejected, anomalies, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (profile) DO UPDATE SET received = received + excluded.received, valid = valid + excluded.valid,
+             rejected = rejected + excluded.rejected, anomalies = anomalies + excluded.anomalies,
+             last_seen_ms = MAX(COALESCE(last_seen_ms, excluded.last_seen_ms), COALESCE(excluded.last_seen_ms, last_seen_ms))",
+    )?;
+    for (profile, d) in profiles {
+        upsert.execute(params![
+            &**profile,
+            d.received,
+            d.valid,
+            d.rejected,
+            d.anomalies,
+            d.last_seen_ms
+        ])?;
+    }
+    let mut seen = tx.prepare_cached(
+        "INSERT INTO entities (profile, entity_id, first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (profile, entity_id) DO UPDATE SET first_seen_ms = MIN(first_seen_ms, excluded.first_seen_ms),
+             last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
+    )?;
+    for ((profile, entity), (first, last)) in entities {
+        seen.execute(params![&**profile, &**entity, first, last])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! A pipeline worker: owns a shard of entities, enriches and analyses their readings in order,
+//! and hands silver and gold rows to the store writer.
+
+use crate::metrics::{DetectorLabels, Metrics};
+use crate::store::writer::StoreWriter;
+use crate::store::{GoldRow, SilverRow};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+use teleguard_core::detect::{DetectorSet, Observation};
+use teleguard_core::enrich::Enricher;
+use teleguard_core::model::{Anomaly, Reading};
+use teleguard_core::profile::ProfileRegistry;
+use teleguard_core::time::now_millis;
+use tokio::sync::mpsc;
+
+/// Readings gathered before one hand-off to the store writer, at most.
+const MAX_ITEMS_PER_HANDOFF: usize = 8192;
+
+/// One reading on its way to a worker.
+#[derive(Debug, Clone)]
+pub struct WorkItem {
+    pub bronze_id: i64,
+    pub reading: Reading,
+    pub received: Instant,
+    pub received_at_ms: i64,
+}
+
+/// Readings of one submission that belong to one worker, in arrival order.
+#[derive(Debug)]
+pub struct WorkBatch {
+    pub items: Vec<WorkItem>,
+}
+
+/// What every worker shares.
+#[derive(Debug, Clone)]
+pub struct WorkerContext {
+    pub profiles: Arc<ProfileRegistry>,
+    pub enricher: Arc<Enricher>,
+    pub store: StoreWriter,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Starts worker `index` on its own thread; it stops when every sender of `batches` is gone.
+pub fn spawn(
+    index: usize,
+    mut batches: mpsc::Receiver<WorkBatch>,
+    context: WorkerContext,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
+        let mut worker = Worker::new(context);
+        while let Some(first) = batches.blocking_recv() {
+            let mut items = first.items;
+            while items.len() < MAX_ITEMS_PER_HANDOFF {
+                match batches.try_recv() {
+                    Ok(more) => items.extend(more.items),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = worker.process(items) {
+                tracing::error!("worker {index}: {e}; its remaining readings are replayed from bronze at the next start");
+                break;
+            }
+        }
+    })
+}
+
+/// The synchronous part of a worker: enrichment and detection over a batch.
+pub struct Worker {
+    context: WorkerContext,
+    detectors: DetectorSet,
+    /// JSON-quoted metric and attribute names per profile, computed once.
+    quoted_names: Vec<(Vec<String>, Vec<String>)>,
+    anomalies: Vec<Anomaly>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("detectors", &self.detectors)
+            .finish()
+    }
+}
+
+impl Worker {
+    pub fn new(context: WorkerContext) -> Self {
+        let quote = |name: &Arc<str>| serde_json::to_string(&**name).expect("a string serialises");
+        let quoted_names = context
+            .profiles
+            .iter()
+            .map(|p| {
+                (
+                    p.metrics.iter().map(|m| quote(&m.name)).collect(),
+                    p.attributes.iter().map(|a| quote(&a.name)).collect(),
+                )
+            })
+            .collect();
+        Worker {
+            context,
+            detectors: DetectorSet::standard(),
+            quoted_names,
+            anomalies: Vec::new(),
+        }
+    }
+
+    /// Enriches and analyses `items` in order and queues their rows for the store.
+    pub fn process(&mut self, items: Vec<WorkItem>) -> Result<(), crate::store::StoreError> {
+        let permits = items.len();
+        let mut silver = Vec::with_capacity(items.len());
+        let mut gold = Vec::new();
+        let processed_at_ms = now_millis();
+        for item in items {
+            let profile = self.context.profiles.get(item.reading.profile).clone();
+            let enrichment = self.context.enricher.enrich(&profile, &item.reading);
+            self.anomalies.clear();
+            let observation = Observation {
+                profile: &profile,
+                reading: &item.reading,
+                enrichment: &enrichment,
+            };
+            self.detectors.observe(observation, &mut self.anomalies);
+            let (metric_names, attribute_names) =
+                &self.quoted_names[usize::from(item.reading.profile)];
+            let reading = &item.reading;
+            let row = SilverRow {
+                id: item.bronze_id,
+                profile: profile.name.clone(),
+                entity: reading.entity.clone(),
+                timestamp_ms: reading.event_time_ms,
+                latitude: reading.position.map(|p| p.lat),
+                longitude: reading.position.map(|p| p.lon),
+                metrics: json_object(
+                    reading
+                        .metrics
+                        .iter()
+                        .map(|(id, v)| (&metric_names[usize::from(*id)], Value::Number(*v))),
+                ),
+                attributes: json_object(
+                    reading
+                        .attributes
+                        .iter()
+                        .map(|(id, v)| (&attribute_names[usize::from(*id)], Value::Text(v))),
+                ),
+                driver_name: enrichment.driver_name,
+                current_zone: enrichment.current_zone,
+                processed_at_ms,
+                anomalies: self
+                    .anomalies
+                    .iter()
+                    .map(|a| a.detector.to_string())
+                    .collect(),
+                received: item.received,
+            };
+            for anomaly in self.anomalies.drain(..) {
+                self.context
+                    .metrics
+                    .anomalies_detected
+                    .get_or_create(&DetectorLabels {
+                        profile: profile.name.to_string(),
+                        detector: anomaly.detector.into(),
+                    })
+                    .inc();
+                gold.push(GoldRow {
+                    reading_id: item.bronze_id,
+                    profile: profile.name.clone(),
+                    entity: reading.entity.clone(),
+                    timestamp_ms: reading.event_time_ms,
+                    anomaly,
+                    detected_at_ms: processed_at_ms,
+                });
+            }
+            silver.push(row);
+        }
+        self.context
+            .metrics
+            .messages_consumed
+            .inc_by(permits as u64);
+        self.context
+            .store
+            .append_derived_blocking(silver, gold, permits)
+    }
+}
+
+enum Value<'a> {
+    Number(f64),
+    Text(&'a str),
+}
+
+/// A JSON object from pre-quoted keys; numbers are finite (validation guarantees it).
+fn json_object<'a>(fields: impl Iterator<Item = (&'a String, Value<'a>)>) -> String {
+    let mut text = String::with_capacity(96);
+    text.push('{');
+    for (index, (key, value)) in fields.enumerate() {
+        if index > 0 {
+            text.push(',');
+        }
+        text.push_str(key);
+        text.push(':');
+        match value {
+            Value::Number(x) => {
+                let _ = write!(text, "{x}");
+            }
+            Value::Text(s) => {
+                text.push_str(&serde_json::to_string(s).expect("a string serialises"))
+            }
+        }
+    }
+    text.push('}');
+    text
+}
