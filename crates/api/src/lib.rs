@@ -1,1 +1,82 @@
-//! placeholder
+//! teleguard's HTTP surface: ingest, query API, Prometheus metrics and the live dashboard.
+//!
+//! # Layout
+//! - [`app`] builds the router from an [`AppState`]; tests drive it with `oneshot`.
+//! - [`routes::ingest`]: `POST /api/ingest/{profile}` (one object, an array, or NDJSON).
+//! - [`routes::query`]: anomalies, readings, stats, dead letters, profiles.
+//! - [`error`]: the one [`error::ApiError`] every handler returns.
+
+pub mod error;
+pub mod routes;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::{get, post};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use teleguard_pipeline::Pipeline;
+use teleguard_pipeline::ingest::Ingest;
+use teleguard_pipeline::live::LiveView;
+use teleguard_pipeline::metrics::Metrics;
+use teleguard_pipeline::store::Reader;
+
+const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub ingest: Ingest,
+    pub reader: Arc<Reader>,
+    pub live: Arc<LiveView>,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+    pub busy_wait: Duration,
+    pub started: Instant,
+}
+
+impl AppState {
+    pub fn from_pipeline(pipeline: &Pipeline) -> Self {
+        AppState {
+            ingest: pipeline.ingest(),
+            reader: pipeline.reader.clone(),
+            live: pipeline.live.clone(),
+            metrics: pipeline.metrics.clone(),
+            max_body_bytes: pipeline.config.max_body_bytes.get(),
+            busy_wait: pipeline.config.busy_wait,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
+        .route("/api/ingest/{profile}", post(routes::ingest::ingest))
+        .route("/api/anomalies", get(routes::query::anomalies))
+        .route("/api/readings", get(routes::query::readings))
+        .route("/api/stats", get(routes::query::stats))
+        .route("/api/dead-letters", get(routes::query::dead_letters))
+        .route("/api/profiles", get(routes::query::profiles))
+        .with_state(state)
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode())
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}

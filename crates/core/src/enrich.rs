@@ -40,31 +40,19 @@ pub struct Enricher {
 
 impl Enricher {
     pub fn new(drivers: &[Driver], geofences: GeofenceIndex) -> Self {
-        let driver_by_vehicle = drivers
-            .iter()
-            .map(|d| (d.vehicle_id.clone(), Arc::from(d.name.as_str())))
-            .collect();
-        Enricher {
-            driver_by_vehicle,
-            geofences,
-        }
+        let driver_by_vehicle = drivers.iter().map(|d| (d.vehicle_id.clone(), Arc::from(d.name.as_str()))).collect();
+        Enricher { driver_by_vehicle, geofences }
     }
 
     /// The context for one reading, as its profile asks for.
     pub fn enrich(&self, profile: &Profile, reading: &Reading) -> Enrichment {
-        let driver_name = if profile.enrich_drivers {
-            self.driver_by_vehicle.get(&*reading.entity).cloned()
-        } else {
-            None
-        };
+        let driver_name =
+            if profile.enrich_drivers { self.driver_by_vehicle.get(&*reading.entity).cloned() } else { None };
         let current_zone = match (profile.enrich_geofences, reading.position) {
             (true, Some(at)) => self.geofences.zone_at(at).map(|zone| zone.name.clone()),
             _ => None,
         };
-        Enrichment {
-            driver_name,
-            current_zone,
-        }
+        Enrichment { driver_name, current_zone }
     }
 
     pub fn geofences(&self) -> &GeofenceIndex {
@@ -80,10 +68,8 @@ mod tests {
 
     #[test]
     fn vehicle_gets_driver_and_zone_and_drone_gets_neither() {
-        let drivers = parse_drivers(
-            r#"[{"driver_id": "D1", "name": "Ada", "vehicle_id": "V1", "phone": "1"}]"#,
-        )
-        .unwrap();
+        let drivers =
+            parse_drivers(r#"[{"driver_id": "D1", "name": "Ada", "vehicle_id": "V1", "phone": "1"}]"#).unwrap();
         let zones = GeofenceIndex::from_geojson(
             r#"{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"name": "Warehouse"},
                 "geometry": {"type": "Polygon", "coordinates": [[[0,0],[1,0],[1,1],[0,1],[0,0]]]}}]}"#,

@@ -49,24 +49,13 @@ impl GeofenceIndex {
                 Some(serde_json::Value::String(name)) if !name.is_empty() => name.clone(),
                 _ => return Err(fail("needs a non-empty string property `name`".into())),
             };
-            let text_property = |key: &str| {
-                feature
-                    .property(key)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("")
-                    .to_string()
-            };
-            let geometry = feature
-                .geometry
-                .as_ref()
-                .ok_or_else(|| fail(format!("zone {name:?} has no geometry")))?;
+            let text_property = |key: &str| feature.property(key).and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let geometry = feature.geometry.as_ref().ok_or_else(|| fail(format!("zone {name:?} has no geometry")))?;
             let shape = match ::geo::Geometry::<f64>::try_from(geometry) {
                 Ok(::geo::Geometry::Polygon(p)) => MultiPolygon::new(vec![p]),
                 Ok(::geo::Geometry::MultiPolygon(m)) => m,
                 Ok(_) => {
-                    return Err(fail(format!(
-                        "zone {name:?} must be a Polygon or MultiPolygon"
-                    )));
+                    return Err(fail(format!("zone {name:?} must be a Polygon or MultiPolygon")));
                 }
                 Err(e) => return Err(fail(format!("zone {name:?}: {e}"))),
             };
@@ -74,12 +63,7 @@ impl GeofenceIndex {
                 id if id.is_empty() => format!("zone-{index}"),
                 id => id,
             };
-            zones.push(Zone {
-                zone_id,
-                name: name.into(),
-                kind: text_property("kind"),
-                shape,
-            });
+            zones.push(Zone { zone_id, name: name.into(), kind: text_property("kind"), shape });
         }
         Ok(Self::new(zones))
     }
@@ -90,17 +74,11 @@ impl GeofenceIndex {
             .enumerate()
             .filter_map(|(index, zone)| {
                 let rect = zone.shape.bounding_rect()?;
-                let bounds = Rectangle::from_corners(
-                    [rect.min().x, rect.min().y],
-                    [rect.max().x, rect.max().y],
-                );
+                let bounds = Rectangle::from_corners([rect.min().x, rect.min().y], [rect.max().x, rect.max().y]);
                 Some(GeomWithData::new(bounds, index))
             })
             .collect();
-        GeofenceIndex {
-            zones,
-            tree: RTree::bulk_load(entries),
-        }
+        GeofenceIndex { zones, tree: RTree::bulk_load(entries) }
     }
 
     /// The first zone (in file order) that contains or touches the point.
@@ -142,48 +120,26 @@ mod tests {
     #[test]
     fn finds_the_zone_containing_a_point() {
         let index = GeofenceIndex::from_geojson(TWO_SQUARES).unwrap();
-        assert_eq!(
-            &*index.zone_at(GeoPoint { lat: 0.5, lon: 0.5 }).unwrap().name,
-            "Warehouse"
-        );
-        assert_eq!(
-            index
-                .zone_at(GeoPoint { lat: 2.5, lon: 2.5 })
-                .unwrap()
-                .zone_id,
-            "zone-1"
-        );
+        assert_eq!(&*index.zone_at(GeoPoint { lat: 0.5, lon: 0.5 }).unwrap().name, "Warehouse");
+        assert_eq!(index.zone_at(GeoPoint { lat: 2.5, lon: 2.5 }).unwrap().zone_id, "zone-1");
         assert!(index.zone_at(GeoPoint { lat: 1.5, lon: 1.5 }).is_none());
-        assert!(
-            index.zone_at(GeoPoint { lat: 0.5, lon: 1.0 }).is_some(),
-            "the boundary belongs to the zone"
-        );
+        assert!(index.zone_at(GeoPoint { lat: 0.5, lon: 1.0 }).is_some(), "the boundary belongs to the zone");
     }
 
     #[test]
     fn bad_features_are_reported_by_position() {
-        let err = GeofenceIndex::from_geojson(r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{},"geometry":null}]}"#)
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "geofence feature #0: needs a non-empty string property `name`"
-        );
+        let err = GeofenceIndex::from_geojson(
+            r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{},"geometry":null}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "geofence feature #0: needs a non-empty string property `name`");
         assert!(GeofenceIndex::from_geojson("[]").is_err());
     }
 
     #[test]
     fn haversine_matches_a_known_distance() {
         // San Francisco to Los Angeles city halls: about 559 km.
-        let d = haversine_km(
-            GeoPoint {
-                lat: 37.7793,
-                lon: -122.4193,
-            },
-            GeoPoint {
-                lat: 34.0537,
-                lon: -118.2428,
-            },
-        );
+        let d = haversine_km(GeoPoint { lat: 37.7793, lon: -122.4193 }, GeoPoint { lat: 34.0537, lon: -118.2428 });
         assert!((d - 559.0).abs() < 2.0, "{d}");
     }
 }

@@ -54,11 +54,7 @@ pub enum Severity {
 impl Severity {
     /// Severity from the ratio score / threshold: below 1.5 minor, below 2 major, else critical.
     pub fn from_excess(score: f64, threshold: f64) -> Self {
-        let ratio = if threshold > 0.0 {
-            score / threshold
-        } else {
-            f64::INFINITY
-        };
+        let ratio = if threshold > 0.0 { score / threshold } else { f64::INFINITY };
         if ratio >= 2.0 {
             Severity::Critical
         } else if ratio >= 1.5 {
@@ -96,13 +92,7 @@ pub struct Anomaly {
 }
 
 /// The stable id of an anomaly: FNV-1a over its identifying parts, as 16 hex digits.
-pub fn anomaly_id(
-    profile: &str,
-    entity: &str,
-    event_time_ms: i64,
-    detector: &str,
-    metric: &str,
-) -> String {
+pub fn anomaly_id(profile: &str, entity: &str, event_time_ms: i64, detector: &str, metric: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
         for byte in bytes.iter().chain(std::iter::once(&0xff)) {
@@ -128,10 +118,7 @@ mod tests {
         assert_eq!(a, anomaly_id("drone", "d1", 1000, "zscore", "altitude"));
         assert_ne!(a, anomaly_id("drone", "d1", 1001, "zscore", "altitude"));
         assert_ne!(a, anomaly_id("drone", "d1", 1000, "zscore", "velocity"));
-        assert_ne!(
-            anomaly_id("a", "bc", 0, "z", ""),
-            anomaly_id("ab", "c", 0, "z", "")
-        );
+        assert_ne!(anomaly_id("a", "bc", 0, "z", ""), anomaly_id("ab", "c", 0, "z", ""));
         assert_eq!(a.len(), 16);
     }
 

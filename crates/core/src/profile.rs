@@ -98,11 +98,7 @@ fn default_threshold() -> f64 {
 
 impl Default for RawZScore {
     fn default() -> Self {
-        RawZScore {
-            enabled: true,
-            window: default_window(),
-            threshold: default_threshold(),
-        }
+        RawZScore { enabled: true, window: default_window(), threshold: default_threshold() }
     }
 }
 
@@ -161,10 +157,7 @@ pub struct ZScoreSettings {
 
 impl Profile {
     pub fn metric_id(&self, name: &str) -> Option<MetricId> {
-        self.metrics
-            .iter()
-            .position(|m| &*m.name == name)
-            .map(|i| i as MetricId)
+        self.metrics.iter().position(|m| &*m.name == name).map(|i| i as MetricId)
     }
 
     pub fn metric_name(&self, id: MetricId) -> &Arc<str> {
@@ -176,22 +169,14 @@ impl Profile {
     }
 
     /// Checks a raw profile; all problems are collected, each naming the profile and field.
-    fn from_raw(
-        id: ProfileId,
-        name: &str,
-        raw: RawProfile,
-        errors: &mut Vec<String>,
-    ) -> Option<Profile> {
+    fn from_raw(id: ProfileId, name: &str, raw: RawProfile, errors: &mut Vec<String>) -> Option<Profile> {
         let start = errors.len();
         let mut fail = |message: String| errors.push(format!("profile `{name}`: {message}"));
         if raw.entity_field.trim().is_empty() {
             fail("entity_field must not be empty".into());
         }
         let position = match (raw.latitude_field, raw.longitude_field) {
-            (Some(latitude), Some(longitude)) => Some(PositionFields {
-                latitude,
-                longitude,
-            }),
+            (Some(latitude), Some(longitude)) => Some(PositionFields { latitude, longitude }),
             (None, None) => None,
             _ => {
                 fail("set both latitude_field and longitude_field, or neither".into());
@@ -199,10 +184,7 @@ impl Profile {
             }
         };
         let metric_selector = match (raw.metric_name_field, raw.metric_value_field) {
-            (Some(name_field), Some(value_field)) => Some(MetricSelector {
-                name_field,
-                value_field,
-            }),
+            (Some(name_field), Some(value_field)) => Some(MetricSelector { name_field, value_field }),
             (None, None) => None,
             _ => {
                 fail("set both metric_name_field and metric_value_field, or neither".into());
@@ -214,10 +196,7 @@ impl Profile {
             let min = metric.min.unwrap_or(f64::MIN);
             let max = metric.max.unwrap_or(f64::MAX);
             if min.is_nan() || max.is_nan() || min > max {
-                fail(format!(
-                    "metric `{}`: min {min} must not exceed max {max}",
-                    metric.field
-                ));
+                fail(format!("metric `{}`: min {min} must not exceed max {max}", metric.field));
             }
             if metrics.iter().any(|m: &MetricSpec| *m.name == metric.field) {
                 fail(format!("metric `{}` is listed twice", metric.field));
@@ -236,11 +215,7 @@ impl Profile {
         let attributes = raw
             .attributes
             .into_iter()
-            .map(|a| AttributeSpec {
-                name: a.field.into(),
-                values: a.values,
-                required: a.required,
-            })
+            .map(|a| AttributeSpec { name: a.field.into(), values: a.values, required: a.required })
             .collect();
         let mut enrich_drivers = false;
         let mut enrich_geofences = false;
@@ -248,9 +223,7 @@ impl Profile {
             match source.as_str() {
                 "drivers" => enrich_drivers = true,
                 "geofences" => enrich_geofences = true,
-                other => fail(format!(
-                    "unknown enrichment `{other}`: use \"drivers\" or \"geofences\""
-                )),
+                other => fail(format!("unknown enrichment `{other}`: use \"drivers\" or \"geofences\"")),
             }
         }
         if enrich_geofences && position.is_none() {
@@ -260,10 +233,7 @@ impl Profile {
         let zscore = match NonZeroUsize::new(zscore_raw.window) {
             _ if !zscore_raw.enabled => None,
             Some(window) if window.get() >= 2 && zscore_raw.threshold > 0.0 => {
-                Some(ZScoreSettings {
-                    window,
-                    threshold: zscore_raw.threshold,
-                })
+                Some(ZScoreSettings { window, threshold: zscore_raw.threshold })
             }
             _ => {
                 fail(format!(
@@ -312,15 +282,13 @@ pub struct ProfileRegistry {
 pub struct ProfileErrors(pub Vec<String>);
 
 /// The names of the built-in profiles, in the order the registry numbers them.
-pub const BUILTIN_PROFILE_NAMES: [&str; 5] =
-    ["vehicle", "drone", "aircraft", "environment", "vibration"];
+pub const BUILTIN_PROFILE_NAMES: [&str; 5] = ["vehicle", "drone", "aircraft", "environment", "vibration"];
 
 impl ProfileRegistry {
     /// The built-in profiles plus `extra` ones from a config file; an extra profile with a
     /// built-in name replaces the built-in one.
     pub fn with_builtins(extra: BTreeMap<String, RawProfile>) -> Result<Self, ProfileErrors> {
-        let builtin: ProfileFile =
-            toml::from_str(BUILTIN_PROFILES).expect("built-in profiles parse");
+        let builtin: ProfileFile = toml::from_str(BUILTIN_PROFILES).expect("built-in profiles parse");
         let mut raw: Vec<(String, RawProfile)> = Vec::new();
         for name in BUILTIN_PROFILE_NAMES {
             raw.push((name.to_string(), builtin.profiles[name].clone()));
@@ -338,14 +306,8 @@ impl ProfileRegistry {
         let mut errors = Vec::new();
         let mut profiles = Vec::new();
         for (index, (name, profile)) in raw.into_iter().enumerate() {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                errors.push(format!(
-                    "profile name {name:?} must be letters, digits, '_' or '-'"
-                ));
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                errors.push(format!("profile name {name:?} must be letters, digits, '_' or '-'"));
                 continue;
             }
             let Ok(id) = ProfileId::try_from(index) else {
@@ -356,11 +318,7 @@ impl ProfileRegistry {
                 profiles.push(Arc::new(p));
             }
         }
-        if errors.is_empty() {
-            Ok(ProfileRegistry { profiles })
-        } else {
-            Err(ProfileErrors(errors))
-        }
+        if errors.is_empty() { Ok(ProfileRegistry { profiles }) } else { Err(ProfileErrors(errors)) }
     }
 
     pub fn get(&self, id: ProfileId) -> &Arc<Profile> {
@@ -395,20 +353,8 @@ mod tests {
         assert_eq!(drone.metrics.len(), 7);
         assert_eq!(drone.timestamp_format, TimeFormat::EpochMillis);
         let environment = registry.by_name("environment").unwrap();
-        assert_eq!(
-            environment.metric_selector.as_ref().unwrap().name_field,
-            "metric_type"
-        );
-        assert_eq!(
-            registry
-                .by_name("aircraft")
-                .unwrap()
-                .position
-                .as_ref()
-                .unwrap()
-                .latitude,
-            "lat"
-        );
+        assert_eq!(environment.metric_selector.as_ref().unwrap().name_field, "metric_type");
+        assert_eq!(registry.by_name("aircraft").unwrap().position.as_ref().unwrap().latitude, "lat");
     }
 
     #[test]
@@ -427,21 +373,12 @@ mod tests {
         .unwrap();
         let err = ProfileRegistry::with_builtins(extra.profiles).unwrap_err();
         assert_eq!(err.0.len(), 3, "{err}");
-        assert!(
-            err.to_string()
-                .contains("profile `broken`: entity_field must not be empty")
-        );
+        assert!(err.to_string().contains("profile `broken`: entity_field must not be empty"));
     }
 
     #[test]
     fn unknown_keys_are_refused() {
-        let parsed: Result<ProfileFile, _> =
-            toml::from_str("[profiles.x]\nentity_field = \"id\"\nentity = 1\n");
-        assert!(
-            parsed
-                .unwrap_err()
-                .to_string()
-                .contains("unknown field `entity`")
-        );
+        let parsed: Result<ProfileFile, _> = toml::from_str("[profiles.x]\nentity_field = \"id\"\nentity = 1\n");
+        assert!(parsed.unwrap_err().to_string().contains("unknown field `entity`"));
     }
 }

@@ -28,8 +28,7 @@ pub struct SimSettings {
 }
 
 /// The built-in profiles the simulator can generate.
-pub const SIMULATED_PROFILES: [&str; 5] =
-    ["vehicle", "drone", "aircraft", "environment", "vibration"];
+pub const SIMULATED_PROFILES: [&str; 5] = ["vehicle", "drone", "aircraft", "environment", "vibration"];
 
 struct Entity {
     id: String,
@@ -56,27 +55,19 @@ pub struct Simulator {
 
 impl std::fmt::Debug for Simulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Simulator")
-            .field(
-                "fleets",
-                &self.fleets.iter().map(|f| f.profile).collect::<Vec<_>>(),
-            )
-            .finish()
+        f.debug_struct("Simulator").field("fleets", &self.fleets.iter().map(|f| f.profile).collect::<Vec<_>>()).finish()
     }
 }
 
 /// Reference fleet size and reading interval per profile.
 fn fleet_shape(profile: &str) -> Option<(&'static str, usize, i64)> {
-    SIMULATED_PROFILES
-        .iter()
-        .find(|p| **p == profile)
-        .map(|&p| match p {
-            "vehicle" => (p, 15, 5_000),
-            "drone" => (p, 5, 1_000),
-            "aircraft" => (p, 4, 1_000),
-            "environment" => (p, 10, 2_000),
-            _ => (p, 6, 1_000),
-        })
+    SIMULATED_PROFILES.iter().find(|p| **p == profile).map(|&p| match p {
+        "vehicle" => (p, 15, 5_000),
+        "drone" => (p, 5, 1_000),
+        "aircraft" => (p, 4, 1_000),
+        "environment" => (p, 10, 2_000),
+        _ => (p, 6, 1_000),
+    })
 }
 
 impl Simulator {
@@ -86,27 +77,13 @@ impl Simulator {
         let mut fleets = Vec::new();
         for name in &settings.profiles {
             let Some((profile, size, interval_ms)) = fleet_shape(name) else {
-                return Err(format!(
-                    "cannot simulate profile {name:?}; known: {}",
-                    SIMULATED_PROFILES.join(", ")
-                ));
+                return Err(format!("cannot simulate profile {name:?}; known: {}", SIMULATED_PROFILES.join(", ")));
             };
             let count = ((size as f64 * settings.fleet_scale).round() as usize).max(1);
-            let entities = (0..count)
-                .map(|i| new_entity(profile, i, &mut rng))
-                .collect();
-            fleets.push(Fleet {
-                profile,
-                interval_ms,
-                next_ms: settings.start_ms,
-                entities,
-            });
+            let entities = (0..count).map(|i| new_entity(profile, i, &mut rng)).collect();
+            fleets.push(Fleet { profile, interval_ms, next_ms: settings.start_ms, entities });
         }
-        Ok(Simulator {
-            fleets,
-            rng,
-            anomaly_rate: settings.anomaly_rate,
-        })
+        Ok(Simulator { fleets, rng, anomaly_rate: settings.anomaly_rate })
     }
 
     /// Total number of simulated entities.
@@ -129,11 +106,7 @@ impl Simulator {
                 for entity in &mut fleet.entities {
                     let spike = self.rng.random::<f64>() < rate;
                     let payload = generate(fleet.profile, entity, at, dt_s, spike, &mut self.rng);
-                    out.push(SimMessage {
-                        profile: fleet.profile,
-                        event_time_ms: at,
-                        payload,
-                    });
+                    out.push(SimMessage { profile: fleet.profile, event_time_ms: at, payload });
                 }
                 fleet.next_ms += fleet.interval_ms;
             }
@@ -171,24 +144,13 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-fn generate(
-    profile: &str,
-    e: &mut Entity,
-    at_ms: i64,
-    dt_s: f64,
-    spike: bool,
-    rng: &mut SmallRng,
-) -> Vec<u8> {
+fn generate(profile: &str, e: &mut Entity, at_ms: i64, dt_s: f64, spike: bool, rng: &mut SmallRng) -> Vec<u8> {
     let value = match profile {
         "vehicle" => {
             e.heading_deg = (e.heading_deg + gauss(rng, 0.0, 10.0)).rem_euclid(360.0);
             let target = 45.0 + 15.0 * e.extra;
             e.level = (e.level + gauss(rng, 0.0, 4.0) + 0.2 * (target - e.level)).clamp(0.0, 130.0);
-            let speed = if spike {
-                (e.level + 90.0).min(220.0)
-            } else {
-                e.level
-            };
+            let speed = if spike { (e.level + 90.0).min(220.0) } else { e.level };
             advance(e, speed, dt_s);
             json!({"vehicle_id": e.id, "timestamp": format_millis(at_ms), "latitude": round6(e.lat),
                    "longitude": round6(e.lon), "speed": round2(speed),
@@ -226,8 +188,7 @@ fn generate(
         }
         _ => {
             let burst = if spike { 6.0 } else { 0.0 };
-            let axis =
-                |rng: &mut SmallRng| round2((gauss(rng, 2.5 + e.extra, 0.15) + burst).max(0.0));
+            let axis = |rng: &mut SmallRng| round2((gauss(rng, 2.5 + e.extra, 0.15) + burst).max(0.0));
             json!({"sensor_id": e.id, "machine_id": format!("press-{}", e.id.trim_start_matches("vib-")),
                    "timestamp": format_millis(at_ms), "rms_velocity_x": axis(rng), "rms_velocity_y": axis(rng),
                    "rms_velocity_z": axis(rng), "temperature": round2(gauss(rng, 45.0, 0.4))})

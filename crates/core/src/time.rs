@@ -21,10 +21,7 @@ const MAX_MS: i64 = 7_258_118_400_000;
 /// Parses a JSON timestamp into epoch milliseconds, or says why it cannot.
 pub fn parse_timestamp(value: &serde_json::Value, format: TimeFormat) -> Result<i64, String> {
     let ms = match (value, format) {
-        (
-            serde_json::Value::Number(n),
-            TimeFormat::Auto | TimeFormat::EpochSeconds | TimeFormat::EpochMillis,
-        ) => {
+        (serde_json::Value::Number(n), TimeFormat::Auto | TimeFormat::EpochSeconds | TimeFormat::EpochMillis) => {
             let Some(x) = n.as_f64().filter(|x| x.is_finite()) else {
                 return Err(format!("{n} is not a finite number"));
             };
@@ -35,14 +32,9 @@ pub fn parse_timestamp(value: &serde_json::Value, format: TimeFormat) -> Result<
             };
             if seconds { x * 1000.0 } else { x }.round()
         }
-        (serde_json::Value::String(s), TimeFormat::Auto | TimeFormat::Iso8601) => {
-            parse_iso8601(s)? as f64
-        }
+        (serde_json::Value::String(s), TimeFormat::Auto | TimeFormat::Iso8601) => parse_iso8601(s)? as f64,
         (other, format) => {
-            return Err(format!(
-                "expected a timestamp ({format:?}), found {}",
-                describe(other)
-            ));
+            return Err(format!("expected a timestamp ({format:?}), found {}", describe(other)));
         }
     };
     if !(0.0..=MAX_MS as f64).contains(&ms) {
@@ -61,9 +53,7 @@ fn parse_iso8601(text: &str) -> Result<i64, String> {
             return Ok(t.and_utc().timestamp_millis());
         }
     }
-    Err(format!(
-        "{text:?} is not an ISO 8601 timestamp (e.g. 2024-09-04T10:00:00Z)"
-    ))
+    Err(format!("{text:?} is not an ISO 8601 timestamp (e.g. 2024-09-04T10:00:00Z)"))
 }
 
 /// Formats epoch milliseconds as RFC 3339 UTC with milliseconds, e.g. `2024-09-04T10:00:00.000Z`.
@@ -98,39 +88,18 @@ mod tests {
 
     #[test]
     fn auto_tells_seconds_from_millis() {
-        assert_eq!(
-            parse_timestamp(&json!(1725446400000_i64), TimeFormat::Auto),
-            Ok(1_725_446_400_000)
-        );
-        assert_eq!(
-            parse_timestamp(&json!(1725446400), TimeFormat::Auto),
-            Ok(1_725_446_400_000)
-        );
-        assert_eq!(
-            parse_timestamp(&json!(1725446400.5), TimeFormat::Auto),
-            Ok(1_725_446_400_500)
-        );
+        assert_eq!(parse_timestamp(&json!(1725446400000_i64), TimeFormat::Auto), Ok(1_725_446_400_000));
+        assert_eq!(parse_timestamp(&json!(1725446400), TimeFormat::Auto), Ok(1_725_446_400_000));
+        assert_eq!(parse_timestamp(&json!(1725446400.5), TimeFormat::Auto), Ok(1_725_446_400_500));
     }
 
     #[test]
     fn iso_forms_parse_as_utc() {
         let expected = Ok(1_725_444_000_000);
-        assert_eq!(
-            parse_timestamp(&json!("2024-09-04T10:00:00Z"), TimeFormat::Auto),
-            expected
-        );
-        assert_eq!(
-            parse_timestamp(&json!("2024-09-04T12:00:00+02:00"), TimeFormat::Iso8601),
-            expected
-        );
-        assert_eq!(
-            parse_timestamp(&json!("2024-09-04 10:00:00"), TimeFormat::Auto),
-            expected
-        );
-        assert_eq!(
-            parse_timestamp(&json!("2024-09-04T10:00:00.000"), TimeFormat::Auto),
-            expected
-        );
+        assert_eq!(parse_timestamp(&json!("2024-09-04T10:00:00Z"), TimeFormat::Auto), expected);
+        assert_eq!(parse_timestamp(&json!("2024-09-04T12:00:00+02:00"), TimeFormat::Iso8601), expected);
+        assert_eq!(parse_timestamp(&json!("2024-09-04 10:00:00"), TimeFormat::Auto), expected);
+        assert_eq!(parse_timestamp(&json!("2024-09-04T10:00:00.000"), TimeFormat::Auto), expected);
     }
 
     #[test]

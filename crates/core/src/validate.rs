@@ -22,17 +22,11 @@ pub struct Rejection {
 
 impl Rejection {
     fn field(name: &str, message: impl Into<String>) -> Self {
-        Rejection {
-            field: Some(name.to_string()),
-            message: message.into(),
-        }
+        Rejection { field: Some(name.to_string()), message: message.into() }
     }
 
     pub fn message(message: impl Into<String>) -> Self {
-        Rejection {
-            field: None,
-            message: message.into(),
-        }
+        Rejection { field: None, message: message.into() }
     }
 }
 
@@ -53,27 +47,20 @@ pub fn validate(profile: &Profile, payload: &[u8]) -> Result<Reading, Rejection>
             payload.len()
         )));
     }
-    let value: Value = serde_json::from_slice(payload)
-        .map_err(|e| Rejection::message(format!("invalid JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(payload).map_err(|e| Rejection::message(format!("invalid JSON: {e}")))?;
     let Value::Object(object) = value else {
-        return Err(Rejection::message(format!(
-            "expected a JSON object, found {}",
-            describe(&value)
-        )));
+        return Err(Rejection::message(format!("expected a JSON object, found {}", describe(&value))));
     };
     validate_object(profile, &object)
 }
 
 /// Validates an already parsed JSON object.
-pub fn validate_object(
-    profile: &Profile,
-    object: &Map<String, Value>,
-) -> Result<Reading, Rejection> {
+pub fn validate_object(profile: &Profile, object: &Map<String, Value>) -> Result<Reading, Rejection> {
     let entity = entity_id(object, &profile.entity_field)?;
     let timestamp_field = &profile.timestamp_field;
     let timestamp = required(object, timestamp_field)?;
-    let event_time_ms = parse_timestamp(timestamp, profile.timestamp_format)
-        .map_err(|e| Rejection::field(timestamp_field, e))?;
+    let event_time_ms =
+        parse_timestamp(timestamp, profile.timestamp_format).map_err(|e| Rejection::field(timestamp_field, e))?;
     let position = match &profile.position {
         Some(fields) => {
             let lat = number_in(object, &fields.latitude, -90.0, 90.0)?;
@@ -83,12 +70,7 @@ pub fn validate_object(
         None => None,
     };
     let metrics = match &profile.metric_selector {
-        Some(selector) => vec![selected_metric(
-            profile,
-            object,
-            &selector.name_field,
-            &selector.value_field,
-        )?],
+        Some(selector) => vec![selected_metric(profile, object, &selector.name_field, &selector.value_field)?],
         None => wide_metrics(profile, object)?,
     };
     let mut attributes = Vec::new();
@@ -98,30 +80,17 @@ pub fn validate_object(
             None | Some(Value::Null) => return Err(Rejection::field(&spec.name, "is required")),
             Some(Value::String(s)) => s,
             Some(other) => {
-                return Err(Rejection::field(
-                    &spec.name,
-                    format!("expected a string, found {}", describe(other)),
-                ));
+                return Err(Rejection::field(&spec.name, format!("expected a string, found {}", describe(other))));
             }
         };
         if let Some(allowed) = &spec.values
             && !allowed.iter().any(|a| a == value)
         {
-            return Err(Rejection::field(
-                &spec.name,
-                format!("{value:?} is not one of {allowed:?}"),
-            ));
+            return Err(Rejection::field(&spec.name, format!("{value:?} is not one of {allowed:?}")));
         }
         attributes.push((index as u16, Arc::from(value.as_str())));
     }
-    Ok(Reading {
-        profile: profile.id,
-        entity,
-        event_time_ms,
-        position,
-        metrics,
-        attributes,
-    })
+    Ok(Reading { profile: profile.id, entity, event_time_ms, position, metrics, attributes })
 }
 
 fn required<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a Value, Rejection> {
@@ -136,10 +105,7 @@ fn entity_id(object: &Map<String, Value>, field: &str) -> Result<Arc<str>, Rejec
         Value::String(s) => s.trim().to_string(),
         Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
         other => {
-            return Err(Rejection::field(
-                field,
-                format!("expected a string id, found {}", describe(other)),
-            ));
+            return Err(Rejection::field(field, format!("expected a string id, found {}", describe(other))));
         }
     };
     if id.is_empty() {
@@ -158,42 +124,25 @@ fn number(value: &Value, field: &str) -> Result<f64, Rejection> {
     match value {
         Value::Number(n) => match n.as_f64() {
             Some(x) if x.is_finite() => Ok(x),
-            _ => Err(Rejection::field(
-                field,
-                format!("{n} is not a finite number"),
-            )),
+            _ => Err(Rejection::field(field, format!("{n} is not a finite number"))),
         },
-        other => Err(Rejection::field(
-            field,
-            format!("expected a number, found {}", describe(other)),
-        )),
+        other => Err(Rejection::field(field, format!("expected a number, found {}", describe(other)))),
     }
 }
 
-fn number_in(
-    object: &Map<String, Value>,
-    field: &str,
-    min: f64,
-    max: f64,
-) -> Result<f64, Rejection> {
+fn number_in(object: &Map<String, Value>, field: &str, min: f64, max: f64) -> Result<f64, Rejection> {
     let x = number(required(object, field)?, field)?;
     check_range(x, field, min, max)
 }
 
 fn check_range(x: f64, field: &str, min: f64, max: f64) -> Result<f64, Rejection> {
     if x < min || x > max {
-        return Err(Rejection::field(
-            field,
-            format!("{x} is out of range [{min}, {max}]"),
-        ));
+        return Err(Rejection::field(field, format!("{x} is out of range [{min}, {max}]")));
     }
     Ok(x)
 }
 
-fn wide_metrics(
-    profile: &Profile,
-    object: &Map<String, Value>,
-) -> Result<Vec<(MetricId, f64)>, Rejection> {
+fn wide_metrics(profile: &Profile, object: &Map<String, Value>) -> Result<Vec<(MetricId, f64)>, Rejection> {
     let mut metrics = Vec::with_capacity(profile.metrics.len());
     for (index, spec) in profile.metrics.iter().enumerate() {
         let value = match object.get(&*spec.name) {
@@ -216,18 +165,12 @@ fn selected_metric(
     let name = match required(object, name_field)? {
         Value::String(s) => s,
         other => {
-            return Err(Rejection::field(
-                name_field,
-                format!("expected a string, found {}", describe(other)),
-            ));
+            return Err(Rejection::field(name_field, format!("expected a string, found {}", describe(other))));
         }
     };
     let Some(id) = profile.metric_id(name) else {
         let known: Vec<&str> = profile.metrics.iter().map(|m| &*m.name).collect();
-        return Err(Rejection::field(
-            name_field,
-            format!("unknown metric {name:?}; known: {known:?}"),
-        ));
+        return Err(Rejection::field(name_field, format!("unknown metric {name:?}; known: {known:?}")));
     };
     let spec = &profile.metrics[usize::from(id)];
     let x = number(required(object, value_field)?, value_field)?;
@@ -264,29 +207,22 @@ mod tests {
         assert_eq!(&*reading.entity, "dev");
         assert_eq!(reading.event_time_ms, 1_725_446_400_000);
         assert_eq!(reading.metrics.len(), 7);
-        assert_eq!(
-            reading.position,
-            Some(GeoPoint {
-                lat: 37.7749,
-                lon: -122.4194
-            })
-        );
+        assert_eq!(reading.position, Some(GeoPoint { lat: 37.7749, lon: -122.4194 }));
     }
 
     #[test]
     fn environment_long_format_maps_metric_type() {
-        let reading =
-            check("environment", r#"{"sensor_id": "s-1", "metric_type": "humidity", "value": 41.5, "timestamp": "2024-09-04T10:00:00Z"}"#)
-                .unwrap();
+        let reading = check(
+            "environment",
+            r#"{"sensor_id": "s-1", "metric_type": "humidity", "value": 41.5, "timestamp": "2024-09-04T10:00:00Z"}"#,
+        )
+        .unwrap();
         assert_eq!(reading.metrics, vec![(1, 41.5)]);
         let err = check(
             "environment",
             r#"{"sensor_id": "s-1", "metric_type": "co2", "value": 1, "timestamp": "2024-09-04T10:00:00Z"}"#,
         );
-        assert!(
-            err.unwrap_err()
-                .starts_with("field `metric_type`: unknown metric \"co2\"")
-        );
+        assert!(err.unwrap_err().starts_with("field `metric_type`: unknown metric \"co2\""));
     }
 
     #[test]
@@ -305,9 +241,7 @@ mod tests {
             "field `speed`: expected a number, found string \"fast\""
         );
         assert_eq!(
-            vehicle(
-                r#"{"timestamp": "2024-09-04T10:00:00Z", "latitude": 1, "longitude": 0, "speed": 3}"#
-            ),
+            vehicle(r#"{"timestamp": "2024-09-04T10:00:00Z", "latitude": 1, "longitude": 0, "speed": 3}"#),
             "field `vehicle_id`: is required"
         );
         assert_eq!(
@@ -318,16 +252,15 @@ mod tests {
         );
         assert!(vehicle(r#"{"vehicle_id": "V1", "speed": NaN}"#).starts_with("invalid JSON"));
         assert!(vehicle("[1, 2]").starts_with("expected a JSON object, found an array"));
-        assert!(vehicle(r#"{"vehicle_id": "V1", "timestamp": 1, "latitude": 1, "longitude": 1e999, "speed": 3}"#).starts_with("invalid JSON"));
+        assert!(
+            vehicle(r#"{"vehicle_id": "V1", "timestamp": 1, "latitude": 1, "longitude": 1e999, "speed": 3}"#)
+                .starts_with("invalid JSON")
+        );
     }
 
     #[test]
     fn oversized_message_is_refused_before_parsing() {
         let huge = format!(r#"{{"vehicle_id": "{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES));
-        assert!(
-            check("vehicle", &huge)
-                .unwrap_err()
-                .contains("exceeds the 65536-byte limit")
-        );
+        assert!(check("vehicle", &huge).unwrap_err().contains("exceeds the 65536-byte limit"));
     }
 }

@@ -119,15 +119,9 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
         let raw = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError(vec![format!(
-                        "cannot read config file {}: {e}",
-                        path.display()
-                    )])
-                })?;
-                toml::from_str(&text).map_err(|e| {
-                    ConfigError(vec![format!("config file {}: {e}", path.display())])
-                })?
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(vec![format!("cannot read config file {}: {e}", path.display())]))?;
+                toml::from_str(&text).map_err(|e| ConfigError(vec![format!("config file {}: {e}", path.display())]))?
             }
             None => RawConfig::default(),
         };
@@ -136,14 +130,9 @@ impl Config {
 
     pub fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, ConfigError> {
         let mut errors = Vec::new();
-        let listen_text = overrides
-            .listen
-            .or(raw.server.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen_text = overrides.listen.or(raw.server.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen = listen_text.parse().unwrap_or_else(|e| {
-            errors.push(format!(
-                "listen address {listen_text:?}: {e} (expected HOST:PORT, e.g. 127.0.0.1:8080)"
-            ));
+            errors.push(format!("listen address {listen_text:?}: {e} (expected HOST:PORT, e.g. 127.0.0.1:8080)"));
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
         let mut positive = |name: &str, value: Option<usize>, default: usize| {
@@ -153,23 +142,10 @@ impl Config {
             })
         };
         let cores = std::thread::available_parallelism().map_or(2, NonZeroUsize::get);
-        let max_body_bytes = positive(
-            "server.max_body_bytes",
-            raw.server.max_body_bytes,
-            8 * 1024 * 1024,
-        );
+        let max_body_bytes = positive("server.max_body_bytes", raw.server.max_body_bytes, 8 * 1024 * 1024);
         let workers = positive("pipeline.workers", raw.pipeline.workers, cores);
-        let inflight_readings = positive(
-            "pipeline.inflight_readings",
-            raw.pipeline.inflight_readings,
-            200_000,
-        );
-        let simulator = simulator_config(
-            raw.simulator,
-            overrides.simulate,
-            overrides.speed,
-            &mut errors,
-        );
+        let inflight_readings = positive("pipeline.inflight_readings", raw.pipeline.inflight_readings, 200_000);
+        let simulator = simulator_config(raw.simulator, overrides.simulate, overrides.speed, &mut errors);
         let read = |path: Option<PathBuf>, bundled: &str, errors: &mut Vec<String>| match path {
             Some(path) => std::fs::read_to_string(&path).unwrap_or_else(|e| {
                 errors.push(format!("reference file {}: {e}", path.display()));
@@ -177,25 +153,12 @@ impl Config {
             }),
             None => bundled.to_string(),
         };
-        let drivers_json = read(
-            raw.reference.drivers,
-            crate::store::BUNDLED_DRIVERS,
-            &mut errors,
-        );
-        let geofences_geojson = read(
-            raw.reference.geofences,
-            crate::store::BUNDLED_GEOFENCES,
-            &mut errors,
-        );
-        let profiles = ProfileRegistry::with_builtins(raw.profiles)
-            .map_err(|e| errors.extend(e.0))
-            .ok();
+        let drivers_json = read(raw.reference.drivers, crate::store::BUNDLED_DRIVERS, &mut errors);
+        let geofences_geojson = read(raw.reference.geofences, crate::store::BUNDLED_GEOFENCES, &mut errors);
+        let profiles = ProfileRegistry::with_builtins(raw.profiles).map_err(|e| errors.extend(e.0)).ok();
         match profiles {
             Some(profiles) if errors.is_empty() => Ok(Config {
-                data_dir: overrides
-                    .data_dir
-                    .or(raw.data_dir)
-                    .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+                data_dir: overrides.data_dir.or(raw.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
                 listen,
                 max_body_bytes,
                 workers,
@@ -219,11 +182,7 @@ fn simulator_config(
     errors: &mut Vec<String>,
 ) -> SimulatorConfig {
     let requested: Vec<String> = match simulate {
-        Some(list) => list
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect(),
+        Some(list) => list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
         None => raw.profiles.unwrap_or_else(|| vec!["all".into()]),
     };
     let profiles = if requested.iter().any(|p| p == "none") {
@@ -247,23 +206,13 @@ fn simulator_config(
     }
     let anomaly_rate = raw.anomaly_rate.unwrap_or(0.003);
     if !(0.0..=1.0).contains(&anomaly_rate) {
-        errors.push(format!(
-            "simulator.anomaly_rate {anomaly_rate} must lie in [0, 1]"
-        ));
+        errors.push(format!("simulator.anomaly_rate {anomaly_rate} must lie in [0, 1]"));
     }
     let fleet_scale = raw.fleet_scale.unwrap_or(1.0);
     if !(fleet_scale.is_finite() && fleet_scale > 0.0) {
-        errors.push(format!(
-            "simulator.fleet_scale {fleet_scale} must be a positive number"
-        ));
+        errors.push(format!("simulator.fleet_scale {fleet_scale} must be a positive number"));
     }
-    SimulatorConfig {
-        profiles,
-        speed,
-        seed: raw.seed.unwrap_or(42),
-        anomaly_rate,
-        fleet_scale,
-    }
+    SimulatorConfig { profiles, speed, seed: raw.seed.unwrap_or(42), anomaly_rate, fleet_scale }
 }
 
 #[cfg(test)]
@@ -280,36 +229,22 @@ mod tests {
 
     #[test]
     fn all_errors_are_collected() {
-        let raw: RawConfig =
-            toml::from_str("[pipeline]\nworkers = 0\n[simulator]\nanomaly_rate = 2.0\n").unwrap();
-        let overrides = Overrides {
-            listen: Some("nowhere".into()),
-            simulate: Some("vehicle,boat".into()),
-            ..Default::default()
-        };
+        let raw: RawConfig = toml::from_str("[pipeline]\nworkers = 0\n[simulator]\nanomaly_rate = 2.0\n").unwrap();
+        let overrides =
+            Overrides { listen: Some("nowhere".into()), simulate: Some("vehicle,boat".into()), ..Default::default() };
         let err = Config::validate(raw, overrides).unwrap_err();
         assert_eq!(err.0.len(), 4, "{err}");
     }
 
     #[test]
     fn simulate_none_turns_the_simulator_off() {
-        let overrides = Overrides {
-            simulate: Some("none".into()),
-            ..Default::default()
-        };
-        assert!(
-            Config::load(None, overrides)
-                .unwrap()
-                .simulator
-                .profiles
-                .is_empty()
-        );
+        let overrides = Overrides { simulate: Some("none".into()), ..Default::default() };
+        assert!(Config::load(None, overrides).unwrap().simulator.profiles.is_empty());
     }
 
     #[test]
     fn example_config_parses() {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
         let config = Config::load(Some(&path), Overrides::default()).unwrap();
         assert!(config.profiles.by_name("pump").is_some());
     }

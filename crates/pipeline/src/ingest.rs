@@ -6,7 +6,7 @@
 
 use crate::metrics::{Metrics, ProfileSourceLabels};
 use crate::store::writer::StoreWriter;
-use crate::store::{BronzeRow, StoreError};
+use crate::store::{BronzeContent, BronzeRow, StoreError};
 use crate::worker::{WorkBatch, WorkItem};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,13 +47,8 @@ pub enum IngestError {
     #[error("unknown profile {name:?}; known profiles: {known}")]
     UnknownProfile { name: String, known: String },
     #[error("the pipeline is full ({inflight} readings in flight); retry in {retry_after_secs} s")]
-    Busy {
-        inflight: usize,
-        retry_after_secs: u64,
-    },
-    #[error(
-        "{items} valid readings in one request is more than the {max} the pipeline holds in flight; split it"
-    )]
+    Busy { inflight: usize, retry_after_secs: u64 },
+    #[error("{items} valid readings in one request is more than the {max} the pipeline holds in flight; split it")]
     TooLarge { items: usize, max: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -87,16 +82,7 @@ impl Ingest {
         capacity: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Ingest {
-            shared: Arc::new(Shared {
-                profiles,
-                store,
-                shards,
-                inflight,
-                capacity,
-                metrics,
-            }),
-        }
+        Ingest { shared: Arc::new(Shared { profiles, store, shards, inflight, capacity, metrics }) }
     }
 
     pub fn profiles(&self) -> &Arc<ProfileRegistry> {
@@ -115,31 +101,30 @@ impl Ingest {
         let received_at_ms = now_millis();
         let Some(profile) = self.shared.profiles.by_name(profile_name).cloned() else {
             for payload in items {
-                self.record_rejected(
-                    profile_name,
-                    source,
-                    payload,
-                    &format!("unknown profile {profile_name:?}"),
-                )
-                .await?;
+                self.record_rejected(profile_name, source, payload, &format!("unknown profile {profile_name:?}"))
+                    .await?;
             }
             return Err(self.unknown_profile(profile_name));
         };
-        let verdicts: Vec<Result<Reading, Rejection>> =
-            items.iter().map(|item| validate(&profile, item)).collect();
+        let verdicts: Vec<Result<Reading, Rejection>> = items.iter().map(|item| validate(&profile, item)).collect();
         let valid = verdicts.iter().filter(|v| v.is_ok()).count();
         self.admit(valid, admission).await?;
-        let rows = items
-            .into_iter()
-            .zip(&verdicts)
-            .map(|(payload, verdict)| BronzeRow {
-                received_at_ms,
-                source,
-                profile: profile.name.clone(),
-                rejection: verdict.as_ref().err().map(ToString::to_string),
-                payload,
-            })
-            .collect();
+        let mut accepted = Vec::with_capacity(valid);
+        let mut rows = Vec::new();
+        for (payload, verdict) in items.into_iter().zip(&verdicts) {
+            match verdict {
+                Ok(_) => accepted.push(payload),
+                Err(rejection) => {
+                    let content = BronzeContent::Rejected { reason: rejection.to_string(), payload };
+                    rows.push(BronzeRow { received_at_ms, source, profile: profile.name.clone(), content });
+                }
+            }
+        }
+        if !accepted.is_empty() {
+            // First, so that the first id answered is the first reading's.
+            let content = BronzeContent::Accepted(accepted);
+            rows.insert(0, BronzeRow { received_at_ms, source, profile: profile.name.clone(), content });
+        }
         let first_id = match self.shared.store.append_bronze(rows).await {
             Ok(id) => id,
             Err(e) => {
@@ -151,11 +136,7 @@ impl Ingest {
         let readings = verdicts
             .into_iter()
             .enumerate()
-            .filter_map(|(offset, verdict)| {
-                verdict
-                    .ok()
-                    .map(|reading| (first_id + offset as i64, reading))
-            });
+            .filter_map(|(offset, verdict)| verdict.ok().map(|reading| (first_id + offset as i64, reading)));
         self.dispatch(readings, received, received_at_ms).await;
         Ok(report)
     }
@@ -168,43 +149,19 @@ impl Ingest {
         payload: Vec<u8>,
         reason: &str,
     ) -> Result<(), IngestError> {
-        let known = self
-            .shared
-            .profiles
-            .by_name(profile_name)
-            .map(|p| p.name.clone());
-        let profile = known.unwrap_or_else(|| {
-            profile_name
-                .chars()
-                .take(MAX_UNKNOWN_PROFILE_NAME)
-                .collect::<String>()
-                .into()
-        });
-        let label = if self.shared.profiles.by_name(&profile).is_some() {
-            &*profile
-        } else {
-            "unknown"
-        };
-        let row = BronzeRow {
-            received_at_ms: now_millis(),
-            source,
-            profile: profile.clone(),
-            rejection: Some(reason.into()),
-            payload,
-        };
+        let known = self.shared.profiles.by_name(profile_name).map(|p| p.name.clone());
+        let profile =
+            known.unwrap_or_else(|| profile_name.chars().take(MAX_UNKNOWN_PROFILE_NAME).collect::<String>().into());
+        let label = if self.shared.profiles.by_name(&profile).is_some() { &*profile } else { "unknown" };
+        let content = BronzeContent::Rejected { reason: reason.into(), payload };
+        let row = BronzeRow { received_at_ms: now_millis(), source, profile: profile.clone(), content };
         self.shared.store.append_bronze(vec![row]).await?;
         let metrics = &self.shared.metrics;
         metrics
             .messages_received
-            .get_or_create(&ProfileSourceLabels {
-                profile: label.into(),
-                source: source.into(),
-            })
+            .get_or_create(&ProfileSourceLabels { profile: label.into(), source: source.into() })
             .inc();
-        metrics
-            .messages_rejected
-            .get_or_create(&Metrics::profile(label))
-            .inc();
+        metrics.messages_rejected.get_or_create(&Metrics::profile(label)).inc();
         Ok(())
     }
 
@@ -216,23 +173,14 @@ impl Ingest {
     }
 
     /// Re-dispatches bronze messages whose readings were never stored (start-up recovery).
-    pub(crate) async fn replay(
-        &self,
-        id: i64,
-        profile: &Arc<Profile>,
-        payload: &[u8],
-    ) -> Result<(), IngestError> {
+    pub(crate) async fn replay(&self, id: i64, profile: &Arc<Profile>, payload: &[u8]) -> Result<(), IngestError> {
         let Ok(reading) = validate(profile, payload) else {
-            tracing::warn!(
-                "bronze message {id} no longer passes profile {}; left as it is",
-                profile.name
-            );
+            tracing::warn!("bronze message {id} no longer passes profile {}; left as it is", profile.name);
             return Ok(());
         };
         self.admit(1, Admission::Wait).await?;
         self.shared.metrics.recovered_readings.inc();
-        self.dispatch(std::iter::once((id, reading)), Instant::now(), now_millis())
-            .await;
+        self.dispatch(std::iter::once((id, reading)), Instant::now(), now_millis()).await;
         Ok(())
     }
 
@@ -249,19 +197,13 @@ impl Ingest {
             return Ok(());
         }
         if readings > self.shared.capacity {
-            return Err(IngestError::TooLarge {
-                items: readings,
-                max: self.shared.capacity,
-            });
+            return Err(IngestError::TooLarge { items: readings, max: self.shared.capacity });
         }
         let wanted = u32::try_from(readings).unwrap_or(u32::MAX);
         let acquired = match admission {
             Admission::Wait => self.shared.inflight.acquire_many(wanted).await.ok(),
             Admission::Within(limit) => {
-                tokio::time::timeout(limit, self.shared.inflight.acquire_many(wanted))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
+                tokio::time::timeout(limit, self.shared.inflight.acquire_many(wanted)).await.ok().and_then(Result::ok)
             }
         };
         match acquired {
@@ -272,10 +214,7 @@ impl Ingest {
             None => {
                 self.shared.metrics.backpressure_rejections.inc();
                 let inflight = self.shared.capacity - self.shared.inflight.available_permits();
-                Err(IngestError::Busy {
-                    inflight,
-                    retry_after_secs: 1,
-                })
+                Err(IngestError::Busy { inflight, retry_after_secs: 1 })
             }
         }
     }
@@ -286,12 +225,7 @@ impl Ingest {
         }
     }
 
-    fn count(
-        &self,
-        profile: &Profile,
-        source: &'static str,
-        verdicts: &[Result<Reading, Rejection>],
-    ) -> IngestReport {
+    fn count(&self, profile: &Profile, source: &'static str, verdicts: &[Result<Reading, Rejection>]) -> IngestReport {
         let mut report = IngestReport::default();
         for (index, verdict) in verdicts.iter().enumerate() {
             match verdict {
@@ -307,47 +241,25 @@ impl Ingest {
             }
         }
         let metrics = &self.shared.metrics;
-        let labels = ProfileSourceLabels {
-            profile: profile.name.to_string(),
-            source: source.into(),
-        };
-        metrics
-            .messages_received
-            .get_or_create(&labels)
-            .inc_by(verdicts.len() as u64);
+        let labels = ProfileSourceLabels { profile: profile.name.to_string(), source: source.into() };
+        metrics.messages_received.get_or_create(&labels).inc_by(verdicts.len() as u64);
         let profile_label = Metrics::profile(&profile.name);
         if report.accepted > 0 {
-            metrics
-                .messages_valid
-                .get_or_create(&profile_label)
-                .inc_by(report.accepted as u64);
+            metrics.messages_valid.get_or_create(&profile_label).inc_by(report.accepted as u64);
         }
         if report.rejected > 0 {
-            metrics
-                .messages_rejected
-                .get_or_create(&profile_label)
-                .inc_by(report.rejected as u64);
+            metrics.messages_rejected.get_or_create(&profile_label).inc_by(report.rejected as u64);
         }
         report
     }
 
     /// Sends readings to the workers that own their entities, keeping each entity's order.
-    async fn dispatch(
-        &self,
-        readings: impl Iterator<Item = (i64, Reading)>,
-        received: Instant,
-        received_at_ms: i64,
-    ) {
+    async fn dispatch(&self, readings: impl Iterator<Item = (i64, Reading)>, received: Instant, received_at_ms: i64) {
         let shards = &self.shared.shards;
         let mut batches: Vec<Vec<WorkItem>> = vec![Vec::new(); shards.len()];
         for (bronze_id, reading) in readings {
             let shard = shard_of(&reading, shards.len());
-            batches[shard].push(WorkItem {
-                bronze_id,
-                reading,
-                received,
-                received_at_ms,
-            });
+            batches[shard].push(WorkItem { bronze_id, reading, received, received_at_ms });
         }
         for (shard, items) in batches.into_iter().enumerate() {
             if items.is_empty() {

@@ -57,37 +57,26 @@ impl Pipeline {
         let live = Arc::new(LiveView::default());
         let data_dir = config.data_dir.clone();
         let mut connection = store::open(&data_dir, config.durability)?;
-        let reference = store::load_reference_data(
-            &mut connection,
-            &config.drivers_json,
-            &config.geofences_geojson,
-        )?;
-        let geofences =
-            GeofenceIndex::from_geojson(&reference.geofences).context("geofences in the store")?;
+        let reference = store::load_reference_data(&mut connection, &config.drivers_json, &config.geofences_geojson)?;
+        let geofences = GeofenceIndex::from_geojson(&reference.geofences).context("geofences in the store")?;
         let enricher = Arc::new(Enricher::new(&reference.drivers, geofences));
         let next_bronze_id = store::next_bronze_id(&connection)?;
         let unprocessed = store::unprocessed_bronze(&connection)?;
         let reader = Arc::new(Reader::new(store::open_reader(&data_dir)?));
-        let warm = reader
-            .run(|c| store::query::latest_readings(c, None, LIVE_WARM_ROWS))
-            .await?;
+        let warm = reader.run(|c| store::query::latest_readings(c, None, LIVE_WARM_ROWS)).await?;
         live.push(warm.into_iter().rev().map(Arc::new));
 
         let capacity = config.inflight_readings.get();
         let inflight = Arc::new(Semaphore::new(capacity));
-        let writer_context = WriterContext {
-            metrics: metrics.clone(),
-            live: live.clone(),
-            inflight: inflight.clone(),
-            inflight_capacity: capacity,
-        };
-        let (store, writer_thread) =
-            store::writer::spawn(connection, next_bronze_id, writer_context)?;
+        let writer_context =
+            WriterContext { metrics: metrics.clone(), inflight: inflight.clone(), inflight_capacity: capacity };
+        let (store, writer_thread) = store::writer::spawn(connection, next_bronze_id, writer_context)?;
         let worker_context = worker::WorkerContext {
             profiles: config.profiles.clone(),
             enricher,
             store: store.clone(),
             metrics: metrics.clone(),
+            live: live.clone(),
         };
         let mut shards = Vec::new();
         let mut worker_threads = Vec::new();
@@ -96,19 +85,9 @@ impl Pipeline {
             shards.push(sender);
             worker_threads.push(worker::spawn(index, receiver, worker_context.clone())?);
         }
-        let ingest = Ingest::new(
-            config.profiles.clone(),
-            store.clone(),
-            shards,
-            inflight,
-            capacity,
-            metrics.clone(),
-        );
+        let ingest = Ingest::new(config.profiles.clone(), store.clone(), shards, inflight, capacity, metrics.clone());
         if !unprocessed.is_empty() {
-            tracing::info!(
-                "re-processing {} acknowledged messages the previous run did not finish",
-                unprocessed.len()
-            );
+            tracing::info!("re-processing {} acknowledged messages the previous run did not finish", unprocessed.len());
         }
         for message in unprocessed {
             match config.profiles.by_name(&message.profile) {
@@ -120,16 +99,7 @@ impl Pipeline {
                 ),
             }
         }
-        Ok(Pipeline {
-            config,
-            metrics,
-            live,
-            reader,
-            ingest,
-            store,
-            writer_thread,
-            worker_threads,
-        })
+        Ok(Pipeline { config, metrics, live, reader, ingest, store, writer_thread, worker_threads })
     }
 
     /// The handle sources use to submit messages.
@@ -146,24 +116,14 @@ impl Pipeline {
     /// Drains and stops. Every other [`Ingest`] handle must have been dropped (sources
     /// stopped) first, or this waits for them.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let Pipeline {
-            ingest,
-            store,
-            writer_thread,
-            worker_threads,
-            ..
-        } = self;
+        let Pipeline { ingest, store, writer_thread, worker_threads, .. } = self;
         drop(ingest);
         drop(store);
         tokio::task::spawn_blocking(move || {
             for thread in worker_threads {
-                thread
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
+                thread.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
             }
-            writer_thread
-                .join()
-                .map_err(|_| anyhow::anyhow!("the store writer thread panicked"))
+            writer_thread.join().map_err(|_| anyhow::anyhow!("the store writer thread panicked"))
         })
         .await??;
         Ok(())

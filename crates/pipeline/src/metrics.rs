@@ -45,6 +45,8 @@ pub struct Metrics {
     pub backpressure_rejections: Counter,
     pub inflight_readings: Gauge,
     pub recovered_readings: Counter,
+    /// Exact end-to-end latencies in seconds, kept only while a benchmark asks for them.
+    latency_samples: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
 impl Default for Metrics {
@@ -69,6 +71,7 @@ impl Metrics {
             backpressure_rejections: Counter::default(),
             inflight_readings: Gauge::default(),
             recovered_readings: Counter::default(),
+            latency_samples: std::sync::Mutex::new(None),
             registry: Registry::default(),
         };
         registry.register(
@@ -111,11 +114,7 @@ impl Metrics {
             "Duration of one store transaction",
             metrics.store_commit_seconds.clone(),
         );
-        registry.register(
-            "teleguard_store_errors",
-            "Store transactions that failed",
-            metrics.store_errors.clone(),
-        );
+        registry.register("teleguard_store_errors", "Store transactions that failed", metrics.store_errors.clone());
         registry.register(
             "teleguard_ingest_backpressure_rejections",
             "Ingest requests refused with 503 because the pipeline was full",
@@ -131,23 +130,38 @@ impl Metrics {
             "Readings re-processed at start-up because the previous run stopped before storing them",
             metrics.recovered_readings.clone(),
         );
-        Metrics {
-            registry,
-            ..metrics
-        }
+        Metrics { registry, ..metrics }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
     }
 
-    pub fn profile(profile: &str) -> ProfileLabels {
-        ProfileLabels {
-            profile: profile.to_string(),
+    /// Starts keeping every end-to-end latency (for `teleguard bench`).
+    pub fn keep_latency_samples(&self) {
+        *self.latency_samples.lock().expect("latency samples lock") = Some(Vec::new());
+    }
+
+    /// The latencies kept since [`Metrics::keep_latency_samples`], in seconds.
+    pub fn take_latency_samples(&self) -> Vec<f32> {
+        self.latency_samples.lock().expect("latency samples lock").take().unwrap_or_default()
+    }
+
+    /// Records end-to-end latencies: the histogram always, the samples when kept.
+    pub fn observe_latencies(&self, seconds: impl Iterator<Item = f64>) {
+        let mut samples = self.latency_samples.lock().expect("latency samples lock");
+        for latency in seconds {
+            self.end_to_end_latency.observe(latency);
+            if let Some(samples) = samples.as_mut() {
+                samples.push(latency as f32);
+            }
         }
+    }
+
+    pub fn profile(profile: &str) -> ProfileLabels {
+        ProfileLabels { profile: profile.to_string() }
     }
 }

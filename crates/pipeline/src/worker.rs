@@ -39,6 +39,7 @@ pub struct WorkerContext {
     pub enricher: Arc<Enricher>,
     pub store: StoreWriter,
     pub metrics: Arc<Metrics>,
+    pub live: Arc<crate::live::LiveView>,
 }
 
 /// Starts worker `index` on its own thread; it stops when every sender of `batches` is gone.
@@ -58,7 +59,9 @@ pub fn spawn(
                 }
             }
             if let Err(e) = worker.process(items) {
-                tracing::error!("worker {index}: {e}; its remaining readings are replayed from bronze at the next start");
+                tracing::error!(
+                    "worker {index}: {e}; its remaining readings are replayed from bronze at the next start"
+                );
                 break;
             }
         }
@@ -76,9 +79,7 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker")
-            .field("detectors", &self.detectors)
-            .finish()
+        f.debug_struct("Worker").field("detectors", &self.detectors).finish()
     }
 }
 
@@ -95,12 +96,7 @@ impl Worker {
                 )
             })
             .collect();
-        Worker {
-            context,
-            detectors: DetectorSet::standard(),
-            quoted_names,
-            anomalies: Vec::new(),
-        }
+        Worker { context, detectors: DetectorSet::standard(), quoted_names, anomalies: Vec::new() }
     }
 
     /// Enriches and analyses `items` in order and queues their rows for the store.
@@ -113,14 +109,9 @@ impl Worker {
             let profile = self.context.profiles.get(item.reading.profile).clone();
             let enrichment = self.context.enricher.enrich(&profile, &item.reading);
             self.anomalies.clear();
-            let observation = Observation {
-                profile: &profile,
-                reading: &item.reading,
-                enrichment: &enrichment,
-            };
+            let observation = Observation { profile: &profile, reading: &item.reading, enrichment: &enrichment };
             self.detectors.observe(observation, &mut self.anomalies);
-            let (metric_names, attribute_names) =
-                &self.quoted_names[usize::from(item.reading.profile)];
+            let (metric_names, attribute_names) = &self.quoted_names[usize::from(item.reading.profile)];
             let reading = &item.reading;
             let row = SilverRow {
                 id: item.bronze_id,
@@ -130,25 +121,15 @@ impl Worker {
                 latitude: reading.position.map(|p| p.lat),
                 longitude: reading.position.map(|p| p.lon),
                 metrics: json_object(
-                    reading
-                        .metrics
-                        .iter()
-                        .map(|(id, v)| (&metric_names[usize::from(*id)], Value::Number(*v))),
+                    reading.metrics.iter().map(|(id, v)| (&metric_names[usize::from(*id)], Value::Number(*v))),
                 ),
                 attributes: json_object(
-                    reading
-                        .attributes
-                        .iter()
-                        .map(|(id, v)| (&attribute_names[usize::from(*id)], Value::Text(v))),
+                    reading.attributes.iter().map(|(id, v)| (&attribute_names[usize::from(*id)], Value::Text(v))),
                 ),
                 driver_name: enrichment.driver_name,
                 current_zone: enrichment.current_zone,
                 processed_at_ms,
-                anomalies: self
-                    .anomalies
-                    .iter()
-                    .map(|a| a.detector.to_string())
-                    .collect(),
+                anomalies: self.anomalies.iter().map(|a| a.detector.to_string()).collect(),
                 received: item.received,
             };
             for anomaly in self.anomalies.drain(..) {
@@ -169,15 +150,12 @@ impl Worker {
                     detected_at_ms: processed_at_ms,
                 });
             }
-            silver.push(row);
+            silver.push(Arc::new(row));
         }
-        self.context
-            .metrics
-            .messages_consumed
-            .inc_by(permits as u64);
-        self.context
-            .store
-            .append_derived_blocking(silver, gold, permits)
+        self.context.metrics.messages_consumed.inc_by(permits as u64);
+        // Shown by the API right away: their messages are already durable in bronze.
+        self.context.live.push(silver.iter().cloned());
+        self.context.store.append_derived_blocking(silver, gold, permits)
     }
 }
 
@@ -200,9 +178,7 @@ fn json_object<'a>(fields: impl Iterator<Item = (&'a String, Value<'a>)>) -> Str
             Value::Number(x) => {
                 let _ = write!(text, "{x}");
             }
-            Value::Text(s) => {
-                text.push_str(&serde_json::to_string(s).expect("a string serialises"))
-            }
+            Value::Text(s) => text.push_str(&serde_json::to_string(s).expect("a string serialises")),
         }
     }
     text.push('}');

@@ -32,18 +32,14 @@ pub struct DetectorSet {
 
 impl std::fmt::Debug for DetectorSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.detectors.iter().map(|d| d.name()))
-            .finish()
+        f.debug_list().entries(self.detectors.iter().map(|d| d.name())).finish()
     }
 }
 
 impl DetectorSet {
     /// Every detector teleguard ships, each configured per profile.
     pub fn standard() -> Self {
-        DetectorSet {
-            detectors: vec![Box::new(zscore::ZScoreDetector::default())],
-        }
+        DetectorSet { detectors: vec![Box::new(zscore::ZScoreDetector::default())] }
     }
 
     pub fn observe(&mut self, observation: Observation<'_>, anomalies: &mut Vec<Anomaly>) {

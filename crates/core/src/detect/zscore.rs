@@ -120,20 +120,14 @@ impl Detector for ZScoreDetector {
     }
 
     fn observe(&mut self, observation: Observation<'_>, anomalies: &mut Vec<Anomaly>) {
-        let Observation {
-            profile, reading, ..
-        } = observation;
+        let Observation { profile, reading, .. } = observation;
         let Some(settings) = profile.zscore else {
             return;
         };
         let key = (reading.profile, reading.entity.clone());
-        let windows = self
-            .windows
-            .entry(key)
-            .or_insert_with(|| vec![None; profile.metrics.len()]);
+        let windows = self.windows.entry(key).or_insert_with(|| vec![None; profile.metrics.len()]);
         for &(metric, x) in &reading.metrics {
-            let window = windows[usize::from(metric)]
-                .get_or_insert_with(|| RollingWindow::new(settings.window.get()));
+            let window = windows[usize::from(metric)].get_or_insert_with(|| RollingWindow::new(settings.window.get()));
             if let Some((mean, std)) = window.mean_std() {
                 let z = z_score(x, mean, std);
                 if z.abs() > settings.threshold {
@@ -141,13 +135,7 @@ impl Detector for ZScoreDetector {
                     let direction = if z > 0.0 { "above" } else { "below" };
                     let score = z.abs();
                     anomalies.push(Anomaly {
-                        id: anomaly_id(
-                            &profile.name,
-                            &reading.entity,
-                            reading.event_time_ms,
-                            NAME,
-                            name,
-                        ),
+                        id: anomaly_id(&profile.name, &reading.entity, reading.event_time_ms, NAME, name),
                         detector: NAME,
                         metric: Some(name.clone()),
                         value: Some(x),
@@ -191,12 +179,7 @@ mod tests {
     use crate::model::{Enrichment, Reading};
     use crate::profile::ProfileRegistry;
 
-    fn feed(
-        detector: &mut ZScoreDetector,
-        profile: &str,
-        entity: &str,
-        values: &[f64],
-    ) -> Vec<Vec<Anomaly>> {
+    fn feed(detector: &mut ZScoreDetector, profile: &str, entity: &str, values: &[f64]) -> Vec<Vec<Anomaly>> {
         let registry = ProfileRegistry::with_builtins(Default::default()).unwrap();
         let profile = registry.by_name(profile).unwrap();
         values
@@ -213,14 +196,7 @@ mod tests {
                 };
                 let mut out = Vec::new();
                 let enrichment = Enrichment::default();
-                detector.observe(
-                    Observation {
-                        profile,
-                        reading: &reading,
-                        enrichment: &enrichment,
-                    },
-                    &mut out,
-                );
+                detector.observe(Observation { profile, reading: &reading, enrichment: &enrichment }, &mut out);
                 out
             })
             .collect()
@@ -232,26 +208,13 @@ mod tests {
         let mut values = vec![20.0; 10];
         values.push(100.0);
         let results = feed(&mut detector, "environment", "s1", &values);
-        assert!(
-            results[..10].iter().all(Vec::is_empty),
-            "the same value again is not an anomaly"
-        );
+        assert!(results[..10].iter().all(Vec::is_empty), "the same value again is not an anomaly");
         let anomaly = &results[10][0];
         assert_eq!(anomaly.detector, "zscore");
         assert_eq!(anomaly.metric.as_deref(), Some("temperature"));
         assert!(anomaly.score.is_finite() && anomaly.score > 3.0);
-        assert!(
-            anomaly.reason.starts_with("temperature 100 is "),
-            "{}",
-            anomaly.reason
-        );
-        assert!(
-            anomaly
-                .reason
-                .ends_with("above the mean 20 of the last 10 readings"),
-            "{}",
-            anomaly.reason
-        );
+        assert!(anomaly.reason.starts_with("temperature 100 is "), "{}", anomaly.reason);
+        assert!(anomaly.reason.ends_with("above the mean 20 of the last 10 readings"), "{}", anomaly.reason);
     }
 
     #[test]
@@ -265,23 +228,10 @@ mod tests {
     fn hand_computed_z_uses_the_window_before_the_point() {
         // Window [10, 12, 14]: mean 12, sample std 2. 19 gives z = 3.5 > 3; 17 gives 2.5.
         let mut detector = ZScoreDetector::default();
-        let results = feed(
-            &mut detector,
-            "environment",
-            "s1",
-            &[10.0, 12.0, 14.0, 19.0],
-        );
+        let results = feed(&mut detector, "environment", "s1", &[10.0, 12.0, 14.0, 19.0]);
         assert!((results[3][0].score - 3.5).abs() < 1e-12);
         let mut detector = ZScoreDetector::default();
-        assert!(
-            feed(
-                &mut detector,
-                "environment",
-                "s1",
-                &[10.0, 12.0, 14.0, 17.0]
-            )[3]
-            .is_empty()
-        );
+        assert!(feed(&mut detector, "environment", "s1", &[10.0, 12.0, 14.0, 17.0])[3].is_empty());
     }
 
     #[test]
@@ -300,10 +250,7 @@ mod tests {
             window.push(x);
         }
         let (mean, std) = window.mean_std().unwrap();
-        assert!(
-            (mean - 6.0).abs() < 1e-6 && (std - 1.0).abs() < 1e-6,
-            "{mean} {std}"
-        );
+        assert!((mean - 6.0).abs() < 1e-6 && (std - 1.0).abs() < 1e-6, "{mean} {std}");
         for i in 0..1000 {
             window.push(f64::from(i % 7));
         }

@@ -14,11 +14,7 @@ use tokio::time::Instant;
 const MAX_SLEEP: Duration = Duration::from_millis(200);
 
 /// Runs until `shutdown` turns true.
-pub async fn run(
-    ingest: Ingest,
-    config: SimulatorConfig,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
+pub async fn run(ingest: Ingest, config: SimulatorConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
     let start_ms = now_millis();
     let settings = SimSettings {
         profiles: config.profiles.clone(),
@@ -37,16 +33,13 @@ pub async fn run(
     let started = Instant::now();
     let mut due = Vec::new();
     while !*shutdown.borrow() {
-        let simulated_now =
-            start_ms + (started.elapsed().as_secs_f64() * config.speed * 1000.0) as i64;
+        let simulated_now = start_ms + (started.elapsed().as_secs_f64() * config.speed * 1000.0) as i64;
         simulator.emit_until(simulated_now, &mut due);
         submit(&ingest, &mut due).await;
         let Some(next_ms) = simulator.next_due_ms() else {
             break;
         };
-        let wait = Duration::from_secs_f64(
-            ((next_ms - simulated_now) as f64 / 1000.0 / config.speed).max(0.0),
-        );
+        let wait = Duration::from_secs_f64(((next_ms - simulated_now) as f64 / 1000.0 / config.speed).max(0.0));
         tokio::select! {
             _ = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
             _ = shutdown.changed() => {}
@@ -58,16 +51,10 @@ pub async fn run(
 async fn submit(ingest: &Ingest, due: &mut Vec<SimMessage>) {
     let mut by_profile: BTreeMap<&'static str, Vec<Vec<u8>>> = BTreeMap::new();
     for message in due.drain(..) {
-        by_profile
-            .entry(message.profile)
-            .or_default()
-            .push(message.payload);
+        by_profile.entry(message.profile).or_default().push(message.payload);
     }
     for (profile, payloads) in by_profile {
-        if let Err(e) = ingest
-            .submit(profile, "simulator", payloads, Admission::Wait)
-            .await
-        {
+        if let Err(e) = ingest.submit(profile, "simulator", payloads, Admission::Wait).await {
             tracing::warn!("simulator: {profile} messages were not ingested: {e}");
         }
     }

@@ -29,15 +29,9 @@ pub const DATABASE_FILE: &str = "teleguard.db";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create data folder {path}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CreateDir { path: PathBuf, source: std::io::Error },
     #[error("cannot open store {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Open { path: PathBuf, source: rusqlite::Error },
     #[error("store schema: {0}")]
     Schema(String),
     #[error("store: {0}")]
@@ -59,15 +53,45 @@ pub enum Durability {
     Full,
 }
 
-/// One message as received, with its verdict.
+/// Messages as received, with their verdict.
 #[derive(Debug, Clone)]
 pub struct BronzeRow {
     pub received_at_ms: i64,
     pub source: &'static str,
     pub profile: Arc<str>,
-    /// `None` when valid; the reason when rejected.
-    pub rejection: Option<String>,
-    pub payload: Vec<u8>,
+    pub content: BronzeContent,
+}
+
+#[derive(Debug, Clone)]
+pub enum BronzeContent {
+    /// The valid messages of one submission, in order; their readings get consecutive ids.
+    Accepted(Vec<Vec<u8>>),
+    /// One rejected message and why.
+    Rejected { reason: String, payload: Vec<u8> },
+}
+
+impl BronzeRow {
+    /// How many ids the row takes: one per accepted message, one for a rejected message.
+    pub fn ids(&self) -> i64 {
+        match &self.content {
+            BronzeContent::Accepted(messages) => messages.len() as i64,
+            BronzeContent::Rejected { .. } => 1,
+        }
+    }
+}
+
+/// The bronze payload of accepted messages: a JSON array of them as received.
+pub fn accepted_payload(messages: &[Vec<u8>]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(messages.iter().map(|m| m.len() + 1).sum::<usize>() + 2);
+    payload.push(b'[');
+    for (index, message) in messages.iter().enumerate() {
+        if index > 0 {
+            payload.push(b',');
+        }
+        payload.extend_from_slice(message);
+    }
+    payload.push(b']');
+    payload
 }
 
 /// One validated, enriched reading; `id` is the bronze id of its message.
@@ -113,16 +137,14 @@ pub struct ReferenceData {
 
 /// Opens (creating if needed) the database in `data_dir` and brings its schema up to date.
 pub fn open(data_dir: &Path, durability: Durability) -> Result<Connection, StoreError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
-        path: data_dir.into(),
-        source,
-    })?;
+    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir { path: data_dir.into(), source })?;
     let path = data_dir.join(DATABASE_FILE);
-    let mut connection = Connection::open(&path).map_err(|source| StoreError::Open {
-        path: path.clone(),
-        source,
-    })?;
+    let mut connection = Connection::open(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+    // Larger pages make appends cheaper; this takes effect only when the file is created.
+    connection.pragma_update(None, "page_size", 16384)?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "cache_size", -65536)?;
+    connection.pragma_update(None, "wal_autocheckpoint", 4096)?;
     let synchronous = match durability {
         Durability::Normal => "NORMAL",
         Durability::Full => "FULL",
@@ -136,11 +158,9 @@ pub fn open(data_dir: &Path, durability: Durability) -> Result<Connection, Store
 /// A read-only connection for queries, alongside the writer.
 pub fn open_reader(data_dir: &Path) -> Result<Connection, StoreError> {
     let path = data_dir.join(DATABASE_FILE);
-    let connection = Connection::open_with_flags(
-        &path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| StoreError::Open { path, source })?;
+    let connection =
+        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|source| StoreError::Open { path, source })?;
     connection.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(connection)
 }
@@ -154,16 +174,11 @@ pub fn load_reference_data(
 ) -> Result<ReferenceData, StoreError> {
     let now = teleguard_core::time::now_millis();
     let tx = connection.transaction()?;
-    let loaded: Option<i64> = tx
-        .query_row(
-            "SELECT loaded_at_ms FROM reference_files WHERE name = 'drivers'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let loaded: Option<i64> =
+        tx.query_row("SELECT loaded_at_ms FROM reference_files WHERE name = 'drivers'", [], |r| r.get(0)).optional()?;
     if loaded.is_none() {
-        let drivers = teleguard_core::enrich::parse_drivers(drivers_json)
-            .map_err(|e| StoreError::Reference(e.to_string()))?;
+        let drivers =
+            teleguard_core::enrich::parse_drivers(drivers_json).map_err(|e| StoreError::Reference(e.to_string()))?;
         for d in &drivers {
             let details = serde_json::to_string(&d.extra).unwrap_or_default();
             tx.execute(
@@ -177,22 +192,15 @@ pub fn load_reference_data(
         )?;
     }
     let loaded: Option<i64> = tx
-        .query_row(
-            "SELECT loaded_at_ms FROM reference_files WHERE name = 'geofences'",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT loaded_at_ms FROM reference_files WHERE name = 'geofences'", [], |r| r.get(0))
         .optional()?;
     if loaded.is_none() {
-        let collection: serde_json::Value = serde_json::from_str(geofences_geojson)
-            .map_err(|e| StoreError::Reference(format!("geofences: {e}")))?;
+        let collection: serde_json::Value =
+            serde_json::from_str(geofences_geojson).map_err(|e| StoreError::Reference(format!("geofences: {e}")))?;
         // Validate the whole file before storing any of it.
         let index = teleguard_core::geo::GeofenceIndex::from_geojson(geofences_geojson)
             .map_err(|e| StoreError::Reference(e.to_string()))?;
-        let features = collection["features"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let features = collection["features"].as_array().cloned().unwrap_or_default();
         for (zone, feature) in index.zones().iter().zip(features) {
             tx.execute(
                 "INSERT OR REPLACE INTO geofences (zone_id, name, kind, geometry) VALUES (?1, ?2, ?3, ?4)",
@@ -209,8 +217,8 @@ pub fn load_reference_data(
 }
 
 fn read_reference_data(connection: &Connection) -> Result<ReferenceData, StoreError> {
-    let mut statement = connection
-        .prepare("SELECT driver_id, name, vehicle_id, details FROM drivers ORDER BY driver_id")?;
+    let mut statement =
+        connection.prepare("SELECT driver_id, name, vehicle_id, details FROM drivers ORDER BY driver_id")?;
     let drivers = statement
         .query_map([], |row| {
             let details: String = row.get(3)?;
@@ -222,8 +230,7 @@ fn read_reference_data(connection: &Connection) -> Result<ReferenceData, StoreEr
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut statement =
-        connection.prepare("SELECT zone_id, name, kind, geometry FROM geofences ORDER BY rowid")?;
+    let mut statement = connection.prepare("SELECT zone_id, name, kind, geometry FROM geofences ORDER BY rowid")?;
     let features = statement
         .query_map([], |row| {
             let geometry: String = row.get(3)?;
@@ -234,33 +241,24 @@ fn read_reference_data(connection: &Connection) -> Result<ReferenceData, StoreEr
             }))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let geofences =
-        serde_json::json!({"type": "FeatureCollection", "features": features}).to_string();
+    let geofences = serde_json::json!({"type": "FeatureCollection", "features": features}).to_string();
     Ok(ReferenceData { drivers, geofences })
 }
 
 /// The next bronze id to hand out.
 pub fn next_bronze_id(connection: &Connection) -> Result<i64, StoreError> {
-    Ok(
-        connection.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM bronze", [], |r| {
-            r.get(0)
-        })?,
-    )
+    Ok(connection.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM bronze", [], |r| r.get(0))?)
 }
 
 /// The checkpoint below which every valid bronze message is known to have its silver row.
 pub fn processed_through(connection: &Connection) -> Result<i64, StoreError> {
     Ok(connection
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'processed_through'",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT value FROM meta WHERE key = 'processed_through'", [], |r| r.get(0))
         .optional()?
         .unwrap_or(0))
 }
 
-/// A valid bronze message whose reading never reached silver (the process stopped first).
+/// An accepted message whose reading never reached silver (the process stopped first).
 #[derive(Debug, Clone)]
 pub struct Unprocessed {
     pub id: i64,
@@ -268,22 +266,32 @@ pub struct Unprocessed {
     pub payload: Vec<u8>,
 }
 
-/// Valid bronze messages after the checkpoint that have no silver row, in arrival order.
+/// Accepted messages after the checkpoint that have no silver row, in arrival order.
 pub fn unprocessed_bronze(connection: &Connection) -> Result<Vec<Unprocessed>, StoreError> {
     let after = processed_through(connection)?;
     let mut statement = connection.prepare(
-        "SELECT b.id, b.profile, b.payload FROM bronze b
-         WHERE b.id > ?1 AND b.verdict = 'valid' AND NOT EXISTS (SELECT 1 FROM silver s WHERE s.id = b.id)
+        "SELECT b.id, b.profile, b.messages, b.payload FROM bronze b
+         WHERE b.id + b.messages - 1 > ?1 AND b.verdict = 'valid'
+           AND (SELECT COUNT(*) FROM silver s WHERE s.id >= b.id AND s.id < b.id + b.messages) < b.messages
          ORDER BY b.id",
     )?;
-    let rows = statement
-        .query_map([after], |row| {
-            Ok(Unprocessed {
-                id: row.get(0)?,
-                profile: row.get(1)?,
-                payload: row.get(2)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    let mut rows = statement.query([after])?;
+    let mut unprocessed = Vec::new();
+    while let Some(row) = rows.next()? {
+        let (first_id, profile, payload): (i64, String, Vec<u8>) = (row.get(0)?, row.get(1)?, row.get(3)?);
+        let messages: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&payload)
+            .map_err(|e| StoreError::Schema(format!("bronze row {first_id} is not a JSON array: {e}")))?;
+        let mut present = connection.prepare_cached("SELECT 1 FROM silver WHERE id = ?1")?;
+        for (offset, message) in messages.iter().enumerate() {
+            let id = first_id + offset as i64;
+            if !present.exists([id])? {
+                unprocessed.push(Unprocessed {
+                    id,
+                    profile: profile.clone(),
+                    payload: message.get().as_bytes().to_vec(),
+                });
+            }
+        }
+    }
+    Ok(unprocessed)
 }

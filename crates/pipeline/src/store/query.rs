@@ -50,10 +50,7 @@ pub struct AnomalyRecord {
     pub detected_at: String,
 }
 
-pub fn anomalies(
-    connection: &Connection,
-    filter: &AnomalyFilter,
-) -> Result<Vec<AnomalyRecord>, StoreError> {
+pub fn anomalies(connection: &Connection, filter: &AnomalyFilter) -> Result<Vec<AnomalyRecord>, StoreError> {
     let mut sql = String::from(
         "SELECT id, reading_id, profile, entity_id, timestamp_ms, detector, metric, value, anomaly_score, threshold,
                 model_label, model_is_anomaly, severity, reason, features, detected_at_ms
@@ -61,22 +58,10 @@ pub fn anomalies(
     );
     let mut args: Vec<&dyn ToSql> = Vec::new();
     let conditions: [(&str, Option<&dyn ToSql>); 4] = [
-        (
-            " AND profile = ?",
-            filter.profile.as_ref().map(|v| v as &dyn ToSql),
-        ),
-        (
-            " AND entity_id = ?",
-            filter.entity.as_ref().map(|v| v as &dyn ToSql),
-        ),
-        (
-            " AND detector = ?",
-            filter.detector.as_ref().map(|v| v as &dyn ToSql),
-        ),
-        (
-            " AND timestamp_ms >= ?",
-            filter.since_ms.as_ref().map(|v| v as &dyn ToSql),
-        ),
+        (" AND profile = ?", filter.profile.as_ref().map(|v| v as &dyn ToSql)),
+        (" AND entity_id = ?", filter.entity.as_ref().map(|v| v as &dyn ToSql)),
+        (" AND detector = ?", filter.detector.as_ref().map(|v| v as &dyn ToSql)),
+        (" AND timestamp_ms >= ?", filter.since_ms.as_ref().map(|v| v as &dyn ToSql)),
     ];
     for (condition, value) in conditions {
         if let Some(value) = value {
@@ -92,9 +77,7 @@ pub fn anomalies(
     sql.push_str(" LIMIT ?");
     args.push(&limit);
     let mut statement = connection.prepare_cached(&sql)?;
-    let rows = statement
-        .query_map(args.as_slice(), anomaly_record)?
-        .collect::<Result<Vec<_>, _>>()?;
+    let rows = statement.query_map(args.as_slice(), anomaly_record)?.collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
 
@@ -214,29 +197,24 @@ pub fn latest_readings(
     )?;
     let received = Instant::now();
     let rows = statement
-        .query_map(
-            rusqlite::params![entity, limit as i64, ENTITY_SCAN_ROWS],
-            |row| {
-                let detectors: Option<String> = row.get(11)?;
-                Ok(SilverRow {
-                    id: row.get(0)?,
-                    profile: Arc::from(row.get::<_, String>(1)?),
-                    entity: Arc::from(row.get::<_, String>(2)?),
-                    timestamp_ms: row.get(3)?,
-                    latitude: row.get(4)?,
-                    longitude: row.get(5)?,
-                    metrics: row.get(6)?,
-                    attributes: row.get(7)?,
-                    driver_name: row.get::<_, Option<String>>(8)?.map(Arc::from),
-                    current_zone: row.get::<_, Option<String>>(9)?.map(Arc::from),
-                    processed_at_ms: row.get(10)?,
-                    anomalies: detectors
-                        .map(|d| d.split(',').map(str::to_string).collect())
-                        .unwrap_or_default(),
-                    received,
-                })
-            },
-        )?
+        .query_map(rusqlite::params![entity, limit as i64, ENTITY_SCAN_ROWS], |row| {
+            let detectors: Option<String> = row.get(11)?;
+            Ok(SilverRow {
+                id: row.get(0)?,
+                profile: Arc::from(row.get::<_, String>(1)?),
+                entity: Arc::from(row.get::<_, String>(2)?),
+                timestamp_ms: row.get(3)?,
+                latitude: row.get(4)?,
+                longitude: row.get(5)?,
+                metrics: row.get(6)?,
+                attributes: row.get(7)?,
+                driver_name: row.get::<_, Option<String>>(8)?.map(Arc::from),
+                current_zone: row.get::<_, Option<String>>(9)?.map(Arc::from),
+                processed_at_ms: row.get(10)?,
+                anomalies: detectors.map(|d| d.split(',').map(str::to_string).collect()).unwrap_or_default(),
+                received,
+            })
+        })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -249,9 +227,7 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(connection: Connection) -> Self {
-        Reader {
-            connection: Arc::new(Mutex::new(connection)),
-        }
+        Reader { connection: Arc::new(Mutex::new(connection)) }
     }
 
     /// Runs `query` on the read connection without blocking the async runtime.
@@ -262,9 +238,7 @@ impl Reader {
     {
         let connection = self.connection.clone();
         tokio::task::spawn_blocking(move || {
-            let connection = connection
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             query(&connection)
         })
         .await

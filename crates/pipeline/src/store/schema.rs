@@ -6,6 +6,9 @@ use rusqlite::Connection;
 const MIGRATIONS: &[&str] = &[
     // 1: the medallion layers, reference data and bookkeeping.
     r#"
+    -- A rejected message has a row of its own (messages = 1, payload as received). The valid
+    -- messages of one submission share a row: payload is a JSON array of them as received, and
+    -- their readings have ids id .. id + messages - 1.
     CREATE TABLE bronze (
         id INTEGER PRIMARY KEY,
         received_at_ms INTEGER NOT NULL,
@@ -13,12 +16,13 @@ const MIGRATIONS: &[&str] = &[
         profile TEXT NOT NULL,
         verdict TEXT NOT NULL CHECK (verdict IN ('valid', 'rejected')),
         reason TEXT,
+        messages INTEGER NOT NULL,
         payload BLOB NOT NULL
     );
     CREATE VIEW dead_letters AS
         SELECT id, received_at_ms, source, profile, reason, payload FROM bronze WHERE verdict = 'rejected';
 
-    -- silver.id is the bronze id of the message the reading came from.
+    -- silver.id is the reading id given by its bronze row.
     CREATE TABLE silver (
         id INTEGER PRIMARY KEY,
         profile TEXT NOT NULL,
@@ -118,10 +122,8 @@ pub fn migrate(connection: &mut Connection) -> Result<(), String> {
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = connection.transaction().map_err(|e| e.to_string())?;
-        tx.execute_batch(sql)
-            .map_err(|e| format!("migration {}: {e}", index + 1))?;
-        tx.pragma_update(None, "user_version", (index + 1) as i64)
-            .map_err(|e| e.to_string())?;
+        tx.execute_batch(sql).map_err(|e| format!("migration {}: {e}", index + 1))?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64).map_err(|e| e.to_string())?;
         tx.commit().map_err(|e| e.to_string())?;
     }
     Ok(())

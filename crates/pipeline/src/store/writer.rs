@@ -5,8 +5,7 @@
 //! acknowledged once it is on disk, and the readings a derived append carries release their
 //! in-flight permits once their silver rows are.
 
-use super::{BronzeRow, GoldRow, SilverRow, StoreError};
-use crate::live::LiveView;
+use super::{BronzeContent, BronzeRow, GoldRow, SilverRow, StoreError, accepted_payload};
 use crate::metrics::{LayerLabels, Metrics};
 use rusqlite::{Connection, Transaction, params};
 use std::collections::{BTreeMap, HashMap};
@@ -20,17 +19,10 @@ const MAX_ROWS_PER_TRANSACTION: usize = 20_000;
 /// A request to the writer.
 #[derive(Debug)]
 pub enum WriteCommand {
-    /// Append messages to bronze; answered with the id of the first (ids are consecutive).
-    Bronze {
-        rows: Vec<BronzeRow>,
-        reply: oneshot::Sender<Result<i64, String>>,
-    },
+    /// Append messages to bronze; answered with the first id (each row takes [`BronzeRow::ids`]).
+    Bronze { rows: Vec<BronzeRow>, reply: oneshot::Sender<Result<i64, String>> },
     /// Append analysed readings and their anomalies; frees `permits` in-flight slots after.
-    Derived {
-        silver: Vec<SilverRow>,
-        gold: Vec<GoldRow>,
-        permits: usize,
-    },
+    Derived { silver: Vec<Arc<SilverRow>>, gold: Vec<GoldRow>, permits: usize },
     /// Answered once everything queued before it is committed.
     Flush { reply: oneshot::Sender<()> },
 }
@@ -38,7 +30,7 @@ pub enum WriteCommand {
 impl WriteCommand {
     fn rows(&self) -> usize {
         match self {
-            WriteCommand::Bronze { rows, .. } => rows.len(),
+            WriteCommand::Bronze { rows, .. } => rows.len() * 8,
             WriteCommand::Derived { silver, gold, .. } => silver.len() + gold.len(),
             WriteCommand::Flush { .. } => 0,
         }
@@ -55,39 +47,26 @@ impl StoreWriter {
     /// Appends bronze rows and waits until they are committed; returns their first id.
     pub async fn append_bronze(&self, rows: Vec<BronzeRow>) -> Result<i64, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(WriteCommand::Bronze { rows, reply })
-            .await
-            .map_err(|_| StoreError::WriterStopped)?;
-        answer
-            .await
-            .map_err(|_| StoreError::WriterStopped)?
-            .map_err(StoreError::Schema)
+        self.commands.send(WriteCommand::Bronze { rows, reply }).await.map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?.map_err(StoreError::Schema)
     }
 
     /// Queues analysed readings (from a worker thread, blocking while the queue is full).
     pub fn append_derived_blocking(
         &self,
-        silver: Vec<SilverRow>,
+        silver: Vec<Arc<SilverRow>>,
         gold: Vec<GoldRow>,
         permits: usize,
     ) -> Result<(), StoreError> {
         self.commands
-            .blocking_send(WriteCommand::Derived {
-                silver,
-                gold,
-                permits,
-            })
+            .blocking_send(WriteCommand::Derived { silver, gold, permits })
             .map_err(|_| StoreError::WriterStopped)
     }
 
     /// Waits until everything queued so far is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(WriteCommand::Flush { reply })
-            .await
-            .map_err(|_| StoreError::WriterStopped)?;
+        self.commands.send(WriteCommand::Flush { reply }).await.map_err(|_| StoreError::WriterStopped)?;
         answer.await.map_err(|_| StoreError::WriterStopped)
     }
 }
@@ -96,7 +75,6 @@ impl StoreWriter {
 #[derive(Debug, Clone)]
 pub struct WriterContext {
     pub metrics: Arc<Metrics>,
-    pub live: Arc<LiveView>,
     pub inflight: Arc<Semaphore>,
     pub inflight_capacity: usize,
 }
@@ -110,14 +88,7 @@ pub fn spawn(
     let (commands, receiver) = mpsc::channel(256);
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || {
-            Writer {
-                connection,
-                next_bronze_id,
-                context,
-            }
-            .run(receiver)
-        })?;
+        .spawn(move || Writer { connection, next_bronze_id, context }.run(receiver))?;
     Ok((StoreWriter { commands }, handle))
 }
 
@@ -153,10 +124,7 @@ impl Writer {
             self.commit_batch(batch);
         }
         self.mark_processed_if_idle();
-        if let Err(e) = self
-            .connection
-            .pragma_update(None, "wal_checkpoint", "TRUNCATE")
-        {
+        if let Err(e) = self.connection.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
             tracing::warn!("store: final WAL checkpoint failed: {e}");
         }
     }
@@ -166,9 +134,7 @@ impl Writer {
         let first_id = self.next_bronze_id;
         let result = self.write(&batch);
         let metrics = &self.context.metrics;
-        metrics
-            .store_commit_seconds
-            .observe(started.elapsed().as_secs_f64());
+        metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
         let committed = match result {
             Ok(()) => true,
             Err(e) => {
@@ -186,30 +152,19 @@ impl Writer {
         for command in batch {
             match command {
                 WriteCommand::Bronze { rows, reply } => {
-                    let answer = if committed {
-                        Ok(next_id)
-                    } else {
-                        Err("the store could not commit; retry".to_string())
-                    };
+                    let answer =
+                        if committed { Ok(next_id) } else { Err("the store could not commit; retry".to_string()) };
                     if committed {
-                        next_id += rows.len() as i64;
+                        next_id += rows.iter().map(BronzeRow::ids).sum::<i64>();
                     }
                     let _ = reply.send(answer);
                 }
-                WriteCommand::Derived {
-                    silver,
-                    gold: _,
-                    permits,
-                } => {
+                WriteCommand::Derived { silver, gold: _, permits } => {
                     released += permits;
                     if committed {
                         let now = Instant::now();
-                        for row in &silver {
-                            metrics
-                                .end_to_end_latency
-                                .observe(now.duration_since(row.received).as_secs_f64());
-                        }
-                        self.context.live.push(silver.into_iter().map(Arc::new));
+                        metrics
+                            .observe_latencies(silver.iter().map(|row| now.duration_since(row.received).as_secs_f64()));
                     }
                 }
                 WriteCommand::Flush { reply } => {
@@ -219,8 +174,7 @@ impl Writer {
         }
         if released > 0 {
             self.context.inflight.add_permits(released);
-            let inflight =
-                self.context.inflight_capacity - self.context.inflight.available_permits();
+            let inflight = self.context.inflight_capacity - self.context.inflight.available_permits();
             metrics.inflight_readings.set(inflight as i64);
         }
         if committed {
@@ -266,18 +220,9 @@ impl Writer {
         write_counts(&tx, &profiles, &entities)?;
         tx.commit()?;
         let metrics = &self.context.metrics;
-        for (layer, count) in [
-            ("bronze", bronze_rows),
-            ("silver", silver_rows),
-            ("gold", gold_rows),
-        ] {
+        for (layer, count) in [("bronze", bronze_rows), ("silver", silver_rows), ("gold", gold_rows)] {
             if count > 0 {
-                metrics
-                    .store_rows_written
-                    .get_or_create(&LayerLabels {
-                        layer: layer.into(),
-                    })
-                    .inc_by(count as u64);
+                metrics.store_rows_written.get_or_create(&LayerLabels { layer: layer.into() }).inc_by(count as u64);
             }
         }
         Ok(())
@@ -291,13 +236,22 @@ fn write_bronze(
     profiles: &mut BTreeMap<Arc<str>, ProfileDelta>,
 ) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(
-        "INSERT INTO bronze (id, received_at_ms, source, profile, verdict, reason, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO bronze (id, received_at_ms, source, profile, verdict, reason, messages, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for row in rows {
-        let verdict = if row.rejection.is_some() {
-            "rejected"
-        } else {
-            "valid"
+        let delta = profiles.entry(row.profile.clone()).or_default();
+        let count = row.ids();
+        delta.received += count;
+        let (verdict, reason, payload) = match &row.content {
+            BronzeContent::Accepted(messages) => {
+                delta.valid += count;
+                ("valid", None, accepted_payload(messages))
+            }
+            BronzeContent::Rejected { reason, payload } => {
+                delta.rejected += 1;
+                ("rejected", Some(reason.as_str()), payload.clone())
+            }
         };
         insert.execute(params![
             *next_id,
@@ -305,24 +259,18 @@ fn write_bronze(
             row.source,
             &*row.profile,
             verdict,
-            row.rejection,
-            row.payload
+            reason,
+            count,
+            payload
         ])?;
-        *next_id += 1;
-        let delta = profiles.entry(row.profile.clone()).or_default();
-        delta.received += 1;
-        if row.rejection.is_some() {
-            delta.rejected += 1;
-        } else {
-            delta.valid += 1;
-        }
+        *next_id += count;
     }
     Ok(())
 }
 
 fn write_silver(
     tx: &Transaction<'_>,
-    rows: &[SilverRow],
+    rows: &[Arc<SilverRow>],
     profiles: &mut BTreeMap<Arc<str>, ProfileDelta>,
     entities: &mut HashMap<(Arc<str>, Arc<str>), (i64, i64)>,
 ) -> rusqlite::Result<()> {
@@ -347,9 +295,8 @@ fn write_silver(
         ])?;
         let delta = profiles.entry(row.profile.clone()).or_default();
         delta.last_seen_ms = delta.last_seen_ms.max(Some(row.timestamp_ms));
-        let seen = entities
-            .entry((row.profile.clone(), row.entity.clone()))
-            .or_insert((row.timestamp_ms, row.timestamp_ms));
+        let seen =
+            entities.entry((row.profile.clone(), row.entity.clone())).or_insert((row.timestamp_ms, row.timestamp_ms));
         seen.0 = seen.0.min(row.timestamp_ms);
         seen.1 = seen.1.max(row.timestamp_ms);
     }
@@ -370,11 +317,8 @@ fn write_gold(
     let mut inserted = 0;
     for row in rows {
         let a = &row.anomaly;
-        let features: serde_json::Map<String, serde_json::Value> = a
-            .features
-            .iter()
-            .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
-            .collect();
+        let features: serde_json::Map<String, serde_json::Value> =
+            a.features.iter().map(|(name, value)| (name.to_string(), serde_json::json!(value))).collect();
         let changed = insert.execute(params![
             a.id,
             row.reading_id,
@@ -411,14 +355,7 @@ fn write_counts(
              last_seen_ms = MAX(COALESCE(last_seen_ms, excluded.last_seen_ms), COALESCE(excluded.last_seen_ms, last_seen_ms))",
     )?;
     for (profile, d) in profiles {
-        upsert.execute(params![
-            &**profile,
-            d.received,
-            d.valid,
-            d.rejected,
-            d.anomalies,
-            d.last_seen_ms
-        ])?;
+        upsert.execute(params![&**profile, d.received, d.valid, d.rejected, d.anomalies, d.last_seen_ms])?;
     }
     let mut seen = tx.prepare_cached(
         "INSERT INTO entities (profile, entity_id, first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4)

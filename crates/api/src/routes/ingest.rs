@@ -1,0 +1,131 @@
+//! `POST /api/ingest/{profile}`: one JSON object, a JSON array of objects, or NDJSON.
+//!
+//! 202 when at least one message was accepted, 422 when every one was rejected; either way
+//! the body gives accepted and rejected counts and an error per rejected message, and every
+//! message (accepted or not) has its bronze record before the answer is sent.
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::value::RawValue;
+use teleguard_pipeline::ingest::{Admission, IngestReport};
+
+/// Bytes of an oversized body kept in its dead-letter record.
+const OVERSIZED_PREFIX_BYTES: usize = 1024;
+/// Bytes of an oversized body read (and discarded) to report its size, at most.
+const OVERSIZED_DRAIN_BYTES: usize = 64 * 1024 * 1024;
+
+pub async fn ingest(
+    State(state): State<AppState>,
+    Path(profile): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<IngestReport>), ApiError> {
+    let body = match read_limited(body, state.max_body_bytes).await? {
+        LimitedBody::Complete(bytes) => bytes,
+        LimitedBody::Oversized { prefix, seen, complete } => {
+            let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let size = match (complete, declared) {
+                (true, _) => format!("{seen} bytes"),
+                (false, Some(length)) => format!("{length} bytes"),
+                (false, None) => format!("more than {seen} bytes"),
+            };
+            let reason = format!(
+                "request body of {size} exceeds the {}-byte limit; split it into smaller requests",
+                state.max_body_bytes
+            );
+            state.ingest.record_rejected(&profile, "http", prefix, &reason).await?;
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, reason));
+        }
+    };
+    let items = match split_items(&body) {
+        Ok(items) => items,
+        Err(reason) => {
+            state.ingest.record_rejected(&profile, "http", body, &reason).await?;
+            if state.ingest.profiles().by_name(&profile).is_none() {
+                return Err(state.ingest.unknown_profile(&profile).into());
+            }
+            return Err(ApiError::bad_request(reason));
+        }
+    };
+    let report = state.ingest.submit(&profile, "http", items, Admission::Within(state.busy_wait)).await?;
+    let status = if report.accepted == 0 && report.rejected > 0 {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(report)))
+}
+
+enum LimitedBody {
+    Complete(Vec<u8>),
+    Oversized { prefix: Vec<u8>, seen: usize, complete: bool },
+}
+
+/// Reads the body up to `limit` bytes; past it, keeps a prefix and counts the rest.
+async fn read_limited(mut body: Body, limit: usize) -> Result<LimitedBody, ApiError> {
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len();
+        if seen <= limit {
+            bytes.extend_from_slice(&data);
+        } else if bytes.len() < OVERSIZED_PREFIX_BYTES {
+            bytes.extend_from_slice(&data[..data.len().min(OVERSIZED_PREFIX_BYTES)]);
+        }
+        if seen > OVERSIZED_DRAIN_BYTES {
+            bytes.truncate(OVERSIZED_PREFIX_BYTES);
+            return Ok(LimitedBody::Oversized { prefix: bytes, seen, complete: false });
+        }
+    }
+    if seen > limit {
+        bytes.truncate(OVERSIZED_PREFIX_BYTES);
+        return Ok(LimitedBody::Oversized { prefix: bytes, seen, complete: true });
+    }
+    Ok(LimitedBody::Complete(bytes))
+}
+
+/// Splits a body into messages: a JSON array's elements, one JSON value, or NDJSON lines.
+/// An error means the body as a whole could not be read as any of them.
+pub fn split_items(body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() {
+        return Err("empty body: send one JSON object, a JSON array of objects, or NDJSON".into());
+    }
+    if trimmed.starts_with(b"[") {
+        let elements: Vec<&RawValue> =
+            serde_json::from_slice(trimmed).map_err(|e| format!("invalid JSON array: {e}"))?;
+        return Ok(elements.iter().map(|raw| raw.get().as_bytes().to_vec()).collect());
+    }
+    if serde_json::from_slice::<&RawValue>(trimmed).is_ok() {
+        return Ok(vec![trimmed.to_vec()]);
+    }
+    Ok(trimmed
+        .split(|b| *b == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .filter(|line| !line.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_items;
+
+    #[test]
+    fn splits_objects_arrays_and_ndjson() {
+        assert_eq!(split_items(b" {\"a\": 1}\n").unwrap(), vec![b"{\"a\": 1}".to_vec()]);
+        assert_eq!(split_items(b"[{\"a\":1}, {\"b\":2}]").unwrap().len(), 2);
+        let lines = split_items(b"{\"a\":1}\n\n{bad\n{\"c\":3}\r\n").unwrap();
+        assert_eq!(lines, vec![b"{\"a\":1}".to_vec(), b"{bad".to_vec(), b"{\"c\":3}".to_vec()]);
+        assert_eq!(split_items(b"{\n  \"pretty\": true\n}").unwrap().len(), 1);
+        assert!(split_items(b"[1, 2").unwrap_err().starts_with("invalid JSON array"));
+        assert!(split_items(b"  ").unwrap_err().starts_with("empty body"));
+    }
+}

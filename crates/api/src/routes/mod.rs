@@ -1,0 +1,4 @@
+//! The API's handlers, by concern.
+
+pub mod ingest;
+pub mod query;

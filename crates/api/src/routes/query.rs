@@ -1,0 +1,197 @@
+//! Read endpoints: anomalies, readings, stats, dead letters and profiles.
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use teleguard_core::time::{TimeFormat, format_millis, parse_timestamp};
+use teleguard_pipeline::store::SilverRow;
+use teleguard_pipeline::store::query::{self, AnomalyFilter, AnomalyOrder, AnomalyRecord, DeadLetter, ProfileCounts};
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 10_000;
+
+fn limit_of(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(DEFAULT_LIMIT) {
+        0 => Err(ApiError::bad_request("limit must be at least 1")),
+        n => Ok(n.min(MAX_LIMIT)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AnomalyParams {
+    limit: Option<usize>,
+    profile: Option<String>,
+    entity: Option<String>,
+    detector: Option<String>,
+    /// Event time lower bound: ISO 8601 or epoch seconds / milliseconds.
+    since: Option<String>,
+    #[serde(default)]
+    order: AnomalyOrder,
+}
+
+/// `GET /api/anomalies?limit=N`: most anomalous first (or newest first with `order=recent`).
+pub async fn anomalies(
+    State(state): State<AppState>,
+    Query(params): Query<AnomalyParams>,
+) -> Result<Json<Vec<AnomalyRecord>>, ApiError> {
+    let since_ms = match params.since.as_deref() {
+        None | Some("") => None,
+        Some(text) => {
+            let value = text.parse::<f64>().map(serde_json::Value::from).unwrap_or_else(|_| text.into());
+            Some(parse_timestamp(&value, TimeFormat::Auto).map_err(|e| ApiError::bad_request(format!("since: {e}")))?)
+        }
+    };
+    let filter = AnomalyFilter {
+        limit: limit_of(params.limit)?,
+        profile: params.profile,
+        entity: params.entity,
+        detector: params.detector,
+        since_ms,
+        order: params.order,
+    };
+    Ok(Json(state.reader.run(move |c| query::anomalies(c, &filter)).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReadingParams {
+    entity: Option<String>,
+    limit: Option<usize>,
+}
+
+/// One reading as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct ReadingView {
+    id: i64,
+    profile: String,
+    entity: String,
+    timestamp: String,
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+    metrics: Box<RawValue>,
+    attributes: Box<RawValue>,
+    driver_name: Option<String>,
+    current_zone: Option<String>,
+    anomalous: bool,
+    anomalies: Vec<String>,
+}
+
+impl From<&SilverRow> for ReadingView {
+    fn from(row: &SilverRow) -> Self {
+        let raw = |text: &str| {
+            RawValue::from_string(text.to_string())
+                .unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("valid JSON"))
+        };
+        ReadingView {
+            id: row.id,
+            profile: row.profile.to_string(),
+            entity: row.entity.to_string(),
+            timestamp: format_millis(row.timestamp_ms),
+            latitude: row.latitude,
+            longitude: row.longitude,
+            metrics: raw(&row.metrics),
+            attributes: raw(&row.attributes),
+            driver_name: row.driver_name.as_deref().map(str::to_string),
+            current_zone: row.current_zone.as_deref().map(str::to_string),
+            anomalous: !row.anomalies.is_empty(),
+            anomalies: row.anomalies.clone(),
+        }
+    }
+}
+
+/// `GET /api/readings?entity=&limit=`: newest first, from memory, or from the store for an
+/// entity not seen since start-up.
+pub async fn readings(
+    State(state): State<AppState>,
+    Query(params): Query<ReadingParams>,
+) -> Result<Json<Vec<ReadingView>>, ApiError> {
+    let limit = limit_of(params.limit)?;
+    let entity = params.entity.filter(|e| !e.is_empty());
+    let live: Vec<Arc<SilverRow>> = state.live.latest(entity.as_deref(), limit);
+    if !live.is_empty() || entity.is_none() {
+        return Ok(Json(live.iter().map(|row| ReadingView::from(&**row)).collect()));
+    }
+    let stored = state.reader.run(move |c| query::latest_readings(c, entity.as_deref(), limit)).await?;
+    Ok(Json(stored.iter().map(ReadingView::from).collect()))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    profiles: Vec<ProfileCounts>,
+    totals: Totals,
+    uptime_secs: f64,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct Totals {
+    received: i64,
+    valid: i64,
+    rejected: i64,
+    anomalies: i64,
+}
+
+/// `GET /api/stats`: counts per profile since the data folder was created.
+pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
+    let stored = state.reader.run(query::profile_counts).await?;
+    let mut profiles: Vec<ProfileCounts> = state
+        .ingest
+        .profiles()
+        .iter()
+        .map(|p| {
+            stored
+                .iter()
+                .find(|s| s.profile == *p.name)
+                .cloned()
+                .unwrap_or_else(|| ProfileCounts { profile: p.name.to_string(), ..Default::default() })
+        })
+        .collect();
+    profiles.extend(stored.into_iter().filter(|s| state.ingest.profiles().by_name(&s.profile).is_none()));
+    let mut totals = Totals::default();
+    for p in &profiles {
+        totals.received += p.received;
+        totals.valid += p.valid;
+        totals.rejected += p.rejected;
+        totals.anomalies += p.anomalies;
+    }
+    Ok(Json(Stats { profiles, totals, uptime_secs: state.started.elapsed().as_secs_f64() }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeadLetterParams {
+    profile: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/dead-letters?profile=&limit=`: rejected messages with their reasons, newest first.
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    Query(params): Query<DeadLetterParams>,
+) -> Result<Json<Vec<DeadLetter>>, ApiError> {
+    let limit = limit_of(params.limit)?;
+    Ok(Json(state.reader.run(move |c| query::dead_letters(c, params.profile.as_deref(), limit)).await?))
+}
+
+/// `GET /api/profiles`: what each profile expects.
+pub async fn profiles(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let profiles: Vec<serde_json::Value> = state
+        .ingest
+        .profiles()
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "name": &*p.name,
+                "description": p.description,
+                "entity_field": p.entity_field,
+                "timestamp_field": p.timestamp_field,
+                "position": p.position.as_ref().map(|f| serde_json::json!({"latitude": f.latitude, "longitude": f.longitude})),
+                "metrics": p.metrics.iter().map(|m| serde_json::json!({"field": &*m.name, "unit": m.unit, "min": m.min, "max": m.max, "required": m.required})).collect::<Vec<_>>(),
+                "attributes": p.attributes.iter().map(|a| serde_json::json!({"field": &*a.name, "values": a.values, "required": a.required})).collect::<Vec<_>>(),
+                "detectors": {"zscore": p.zscore.map(|z| serde_json::json!({"window": z.window.get(), "threshold": z.threshold}))},
+            })
+        })
+        .collect();
+    Json(serde_json::Value::Array(profiles))
+}

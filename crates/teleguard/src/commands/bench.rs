@@ -1,0 +1,149 @@
+//! `teleguard bench`: simulated readings through validate → enrich → detect → store, as fast
+//! as the machine allows; prints readings/s and per-reading latency.
+
+use anyhow::Context as _;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+use teleguard_core::simulate::{SIMULATED_PROFILES, SimSettings, Simulator};
+use teleguard_pipeline::Pipeline;
+use teleguard_pipeline::config::{Config, Overrides, RawConfig};
+use teleguard_pipeline::ingest::Admission;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Readings to push through the pipeline.
+    #[arg(long, default_value_t = 1_000_000)]
+    readings: usize,
+    /// Messages per ingest submission.
+    #[arg(long, default_value_t = 2_000)]
+    batch: usize,
+    /// Multiplies the reference fleet sizes (15 vehicles, 5 drones, ...).
+    #[arg(long, default_value_t = 20.0)]
+    fleet_scale: f64,
+    /// Pipeline worker threads [default: one per core].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Store folder; a fresh temporary one (removed afterwards) by default.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.readings > 0 && args.batch > 0, "--readings and --batch must be at least 1");
+    let batches = generate(&args)?;
+    let temporary = match &args.data_dir {
+        Some(_) => None,
+        None => Some(tempfile_dir()?),
+    };
+    let data_dir = args.data_dir.clone().or_else(|| temporary.clone()).expect("a data folder");
+    let mut raw = RawConfig::default();
+    raw.pipeline.workers = args.workers;
+    let overrides = Overrides { data_dir: Some(data_dir.clone()), simulate: Some("none".into()), ..Default::default() };
+    let pipeline = Pipeline::start(Config::validate(raw, overrides)?).await?;
+    pipeline.metrics.keep_latency_samples();
+    eprintln!(
+        "pushing {} readings through {} workers into {}",
+        args.readings,
+        pipeline.config.workers,
+        data_dir.display()
+    );
+
+    let progress = ProgressBar::new(args.readings as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} readings ({per_sec}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (profile, chunks) in batches {
+        let ingest = pipeline.ingest();
+        let progress = progress.clone();
+        tasks.push(tokio::spawn(async move {
+            for chunk in chunks {
+                let count = chunk.len() as u64;
+                ingest.submit(profile, "bench", chunk, Admission::Wait).await?;
+                progress.inc(count);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    pipeline.flush().await?;
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
+
+    let mut latencies = pipeline.metrics.take_latency_samples();
+    latencies.sort_by(f32::total_cmp);
+    let quantile = |q: f64| {
+        latencies.get(((latencies.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f32::NAN) * 1000.0
+    };
+    let anomalies: f64 = count_anomalies(&pipeline.metrics.encode());
+    println!(
+        "{} readings in {:.2} s: {:.0} readings/s end to end (validate, enrich, z-score, bronze+silver+gold store)",
+        args.readings,
+        elapsed.as_secs_f64(),
+        args.readings as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "latency per reading (arrival to stored): p50 {:.1} ms, p99 {:.1} ms; anomalies raised: {anomalies}",
+        quantile(0.5),
+        quantile(0.99)
+    );
+    pipeline.shutdown().await?;
+    if let Some(dir) = temporary {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Pre-generates the readings, grouped per profile into submission-sized chunks.
+fn generate(args: &BenchArgs) -> anyhow::Result<BTreeMap<&'static str, Vec<Vec<Vec<u8>>>>> {
+    let settings = SimSettings {
+        profiles: SIMULATED_PROFILES.iter().map(|p| p.to_string()).collect(),
+        seed: 1,
+        start_ms: 1_735_689_600_000,
+        anomaly_rate: 0.003,
+        fleet_scale: args.fleet_scale,
+    };
+    let mut simulator = Simulator::new(&settings).map_err(anyhow::Error::msg)?;
+    let mut chunks: BTreeMap<&'static str, Vec<Vec<Vec<u8>>>> = BTreeMap::new();
+    let mut generated = 0;
+    let mut until = settings.start_ms;
+    let mut due = Vec::new();
+    while generated < args.readings {
+        until += 1000;
+        simulator.emit_until(until, &mut due);
+        for message in due.drain(..) {
+            if generated == args.readings {
+                break;
+            }
+            let profile_chunks = chunks.entry(message.profile).or_default();
+            match profile_chunks.last_mut() {
+                Some(chunk) if chunk.len() < args.batch => chunk.push(message.payload),
+                _ => profile_chunks.push(vec![message.payload]),
+            }
+            generated += 1;
+        }
+    }
+    Ok(chunks)
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("teleguard-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn count_anomalies(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("anomaly_detector_anomalies_detected_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

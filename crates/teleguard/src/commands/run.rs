@@ -1,0 +1,86 @@
+//! `teleguard run`: the whole pipeline in one process, until Ctrl-C or SIGTERM.
+
+use anyhow::Context as _;
+use clap::Args;
+use std::path::PathBuf;
+use teleguard_api::AppState;
+use teleguard_pipeline::Pipeline;
+use teleguard_pipeline::config::{Config, Overrides};
+use teleguard_pipeline::sources::simulator;
+use tokio::sync::watch;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML config file (see config/teleguard.example.toml); defaults apply without one.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Folder of the embedded store [default: ./teleguard-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the API and dashboard; port 0 picks a free one [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Profiles to simulate: all, none, or a list such as vehicle,drone [default: all].
+    #[arg(long, value_name = "LIST|none")]
+    simulate: Option<String>,
+    /// Simulated time runs N times faster than real time [default: 1].
+    #[arg(long, value_name = "N")]
+    speed: Option<f64>,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let overrides =
+        Overrides { data_dir: args.data_dir, listen: args.listen, simulate: args.simulate, speed: args.speed };
+    let config = Config::load(args.config.as_deref(), overrides)?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
+        format!("cannot listen on {}; is another process using it? pick another with --listen", config.listen)
+    })?;
+    let address = listener.local_addr()?;
+    let pipeline = Pipeline::start(config).await.context("cannot start the pipeline")?;
+    let (shutdown_sender, shutdown) = watch::channel(false);
+    let simulator_task = (!pipeline.config.simulator.profiles.is_empty())
+        .then(|| tokio::spawn(simulator::run(pipeline.ingest(), pipeline.config.simulator.clone(), shutdown.clone())));
+    let state = AppState::from_pipeline(&pipeline);
+    println!(
+        "teleguard listening on http://{address} (dashboard, API, /metrics); data in {}",
+        pipeline.config.data_dir.display()
+    );
+    let mut server_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        teleguard_api::serve(listener, state, async move {
+            let _ = server_shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+    });
+    wait_for_signal().await;
+    tracing::info!("stopping: sources first, then draining the pipeline");
+    let _ = shutdown_sender.send(true);
+    server.await?.context("HTTP server")?;
+    if let Some(task) = simulator_task {
+        task.await?.map_err(anyhow::Error::msg)?;
+    }
+    pipeline.shutdown().await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM ({e}); stop with Ctrl-C");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
