@@ -130,6 +130,7 @@ pub struct Totals {
     received: i64,
     valid: i64,
     rejected: i64,
+    analysed: i64,
     anomalies: i64,
 }
 
@@ -154,6 +155,7 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiErro
         totals.received += p.received;
         totals.valid += p.valid;
         totals.rejected += p.rejected;
+        totals.analysed += p.analysed;
         totals.anomalies += p.anomalies;
     }
     Ok(Json(Stats { profiles, totals, uptime_secs: state.started.elapsed().as_secs_f64() }))

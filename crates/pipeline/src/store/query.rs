@@ -110,6 +110,8 @@ pub struct ProfileCounts {
     pub received: i64,
     pub valid: i64,
     pub rejected: i64,
+    /// Valid readings enriched, analysed and stored in silver.
+    pub analysed: i64,
     pub anomalies: i64,
     pub entities: i64,
     pub last_seen: Option<String>,
@@ -117,7 +119,7 @@ pub struct ProfileCounts {
 
 pub fn profile_counts(connection: &Connection) -> Result<Vec<ProfileCounts>, StoreError> {
     let mut statement = connection.prepare_cached(
-        "SELECT p.profile, p.received, p.valid, p.rejected, p.anomalies, p.last_seen_ms,
+        "SELECT p.profile, p.received, p.valid, p.rejected, p.analysed, p.anomalies, p.last_seen_ms,
                 (SELECT COUNT(*) FROM entities e WHERE e.profile = p.profile)
          FROM profile_counts p ORDER BY p.profile",
     )?;
@@ -128,9 +130,10 @@ pub fn profile_counts(connection: &Connection) -> Result<Vec<ProfileCounts>, Sto
                 received: row.get(1)?,
                 valid: row.get(2)?,
                 rejected: row.get(3)?,
-                anomalies: row.get(4)?,
-                last_seen: row.get::<_, Option<i64>>(5)?.map(format_millis),
-                entities: row.get(6)?,
+                analysed: row.get(4)?,
+                anomalies: row.get(5)?,
+                last_seen: row.get::<_, Option<i64>>(6)?.map(format_millis),
+                entities: row.get(7)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

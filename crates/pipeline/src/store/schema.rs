@@ -71,6 +71,7 @@ const MIGRATIONS: &[&str] = &[
         received INTEGER NOT NULL DEFAULT 0,
         valid INTEGER NOT NULL DEFAULT 0,
         rejected INTEGER NOT NULL DEFAULT 0,
+        analysed INTEGER NOT NULL DEFAULT 0,
         anomalies INTEGER NOT NULL DEFAULT 0,
         last_seen_ms INTEGER
     );

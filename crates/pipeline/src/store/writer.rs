@@ -98,11 +98,15 @@ struct Writer {
     context: WriterContext,
 }
 
+/// First and last event time of each (profile, entity) seen in a transaction.
+type EntitySightings = HashMap<(Arc<str>, Arc<str>), (i64, i64)>;
+
 #[derive(Default)]
 struct ProfileDelta {
     received: i64,
     valid: i64,
     rejected: i64,
+    analysed: i64,
     anomalies: i64,
     last_seen_ms: Option<i64>,
 }
@@ -201,7 +205,7 @@ impl Writer {
     fn write(&mut self, batch: &[WriteCommand]) -> rusqlite::Result<()> {
         let tx = self.connection.transaction()?;
         let mut profiles: BTreeMap<Arc<str>, ProfileDelta> = BTreeMap::new();
-        let mut entities: HashMap<(Arc<str>, Arc<str>), (i64, i64)> = HashMap::new();
+        let mut entities = EntitySightings::new();
         let (mut bronze_rows, mut silver_rows, mut gold_rows) = (0, 0, 0);
         for command in batch {
             match command {
@@ -272,7 +276,7 @@ fn write_silver(
     tx: &Transaction<'_>,
     rows: &[Arc<SilverRow>],
     profiles: &mut BTreeMap<Arc<str>, ProfileDelta>,
-    entities: &mut HashMap<(Arc<str>, Arc<str>), (i64, i64)>,
+    entities: &mut EntitySightings,
 ) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO silver (id, profile, entity_id, timestamp_ms, latitude, longitude, metrics, attributes,
@@ -280,7 +284,7 @@ fn write_silver(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
     for row in rows {
-        insert.execute(params![
+        let inserted = insert.execute(params![
             row.id,
             &*row.profile,
             &*row.entity,
@@ -294,6 +298,7 @@ fn write_silver(
             row.processed_at_ms
         ])?;
         let delta = profiles.entry(row.profile.clone()).or_default();
+        delta.analysed += inserted as i64;
         delta.last_seen_ms = delta.last_seen_ms.max(Some(row.timestamp_ms));
         let seen =
             entities.entry((row.profile.clone(), row.entity.clone())).or_insert((row.timestamp_ms, row.timestamp_ms));
@@ -346,16 +351,18 @@ fn write_gold(
 fn write_counts(
     tx: &Transaction<'_>,
     profiles: &BTreeMap<Arc<str>, ProfileDelta>,
-    entities: &HashMap<(Arc<str>, Arc<str>), (i64, i64)>,
+    entities: &EntitySightings,
 ) -> rusqlite::Result<()> {
     let mut upsert = tx.prepare_cached(
-        "INSERT INTO profile_counts (profile, received, valid, rejected, anomalies, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO profile_counts (profile, received, valid, rejected, analysed, anomalies, last_seen_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (profile) DO UPDATE SET received = received + excluded.received, valid = valid + excluded.valid,
-             rejected = rejected + excluded.rejected, anomalies = anomalies + excluded.anomalies,
+             rejected = rejected + excluded.rejected, analysed = analysed + excluded.analysed,
+             anomalies = anomalies + excluded.anomalies,
              last_seen_ms = MAX(COALESCE(last_seen_ms, excluded.last_seen_ms), COALESCE(excluded.last_seen_ms, last_seen_ms))",
     )?;
     for (profile, d) in profiles {
-        upsert.execute(params![&**profile, d.received, d.valid, d.rejected, d.anomalies, d.last_seen_ms])?;
+        upsert.execute(params![&**profile, d.received, d.valid, d.rejected, d.analysed, d.anomalies, d.last_seen_ms])?;
     }
     let mut seen = tx.prepare_cached(
         "INSERT INTO entities (profile, entity_id, first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4)
