@@ -70,7 +70,8 @@ async fn kill_9_while_readings_stream_in_loses_nothing_acknowledged() {
                     break;
                 }
                 let entities: Vec<String> = (0..10).map(|j| format!("s{sender}-b{batch}-e{j}")).collect();
-                let body: Vec<serde_json::Value> = entities.iter().flat_map(|e| (0..50).map(move |i| drone(e, i))).collect();
+                let body: Vec<serde_json::Value> =
+                    entities.iter().flat_map(|e| (0..50).map(move |i| drone(e, i))).collect();
                 match client.post(&url).body(serde_json::to_vec(&body).unwrap()).send().await {
                     Ok(response) if response.status() == 202 => acknowledged.extend(entities),
                     _ => break,

@@ -16,16 +16,30 @@ async fn each_bad_message_gets_its_error_and_a_dead_letter() {
 
     let cases: [(&str, &str); 8] = [
         (r#"{"vehicle_id": "V002", "timestamp": "#, "invalid JSON"),
-        (r#"{"vehicle_id": "V002", "timestamp": "2024-09-04T10:00:00Z", "latitude": 37.7, "longitude": -122.4, "speed": "fast"}"#,
-            "field `speed`: expected a number, found string \"fast\""),
-        (r#"{"timestamp": "2024-09-04T10:00:00Z", "latitude": 37.7, "longitude": -122.4, "speed": 40}"#, "field `vehicle_id`: is required"),
-        (r#"{"vehicle_id": "V002", "timestamp": "2024-09-04T10:00:00Z", "latitude": 37.7, "longitude": -122.4, "speed": NaN}"#, "invalid JSON"),
-        (r#"{"vehicle_id": "V002", "timestamp": "2024-09-04T10:00:00Z", "latitude": 95.5, "longitude": -122.4, "speed": 40}"#,
-            "field `latitude`: 95.5 is out of range [-90, 90]"),
-        (r#"{"vehicle_id": "V002", "timestamp": "last tuesday", "latitude": 37.7, "longitude": -122.4, "speed": 40}"#,
-            "field `timestamp`: \"last tuesday\" is not an ISO 8601 timestamp"),
-        (r#"{"vehicle_id": ["V002"], "timestamp": "2024-09-04T10:00:00Z", "latitude": 37.7, "longitude": -122.4, "speed": 40}"#,
-            "field `vehicle_id`: expected a string id, found an array"),
+        (
+            r#"{"vehicle_id": "V002", "timestamp": "2024-09-04T10:00:00Z", "latitude": 37.7, "longitude": -122.4, "speed": "fast"}"#,
+            "field `speed`: expected a number, found string \"fast\"",
+        ),
+        (
+            r#"{"timestamp": "2024-09-04T10:00:00Z", "latitude": 37.7, "longitude": -122.4, "speed": 40}"#,
+            "field `vehicle_id`: is required",
+        ),
+        (
+            r#"{"vehicle_id": "V002", "timestamp": "2024-09-04T10:00:00Z", "latitude": 37.7, "longitude": -122.4, "speed": NaN}"#,
+            "invalid JSON",
+        ),
+        (
+            r#"{"vehicle_id": "V002", "timestamp": "2024-09-04T10:00:00Z", "latitude": 95.5, "longitude": -122.4, "speed": 40}"#,
+            "field `latitude`: 95.5 is out of range [-90, 90]",
+        ),
+        (
+            r#"{"vehicle_id": "V002", "timestamp": "last tuesday", "latitude": 37.7, "longitude": -122.4, "speed": 40}"#,
+            "field `timestamp`: \"last tuesday\" is not an ISO 8601 timestamp",
+        ),
+        (
+            r#"{"vehicle_id": ["V002"], "timestamp": "2024-09-04T10:00:00Z", "latitude": 37.7, "longitude": -122.4, "speed": 40}"#,
+            "field `vehicle_id`: expected a string id, found an array",
+        ),
         ("42", "expected a JSON object, found number 42"),
     ];
     for (body, expected) in cases {

@@ -38,8 +38,13 @@ async fn every_profile_is_accepted_and_its_spike_is_reported_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let client = client();
-    let cases = [("vehicle", "V001", "speed"), ("drone", "dev", "battery_level"), ("aircraft", "FL1", "altitude"),
-        ("environment", "env-1", "temperature"), ("vibration", "vib-1", "rms_velocity_x")];
+    let cases = [
+        ("vehicle", "V001", "speed"),
+        ("drone", "dev", "battery_level"),
+        ("aircraft", "FL1", "altitude"),
+        ("environment", "env-1", "temperature"),
+        ("vibration", "vib-1", "rms_velocity_x"),
+    ];
     for (profile, entity, _) in cases {
         // Three shapes of body: an array, NDJSON, and single objects.
         let readings = series(profile, entity);
@@ -67,7 +72,10 @@ async fn every_profile_is_accepted_and_its_spike_is_reported_with_a_reason() {
         assert_eq!(top["threshold"], 3.0);
         assert_eq!(top["model_is_anomaly"], 1);
         let reason = top["reason"].as_str().unwrap();
-        assert!(reason.starts_with(metric_name) && reason.contains("σ") && reason.contains("last 20 readings"), "{reason}");
+        assert!(
+            reason.starts_with(metric_name) && reason.contains("σ") && reason.contains("last 20 readings"),
+            "{reason}"
+        );
         assert_eq!(anomalies.as_array().unwrap().len(), 1, "only the spike is anomalous in {profile}: {anomalies}");
     }
 
@@ -85,7 +93,12 @@ async fn every_profile_is_accepted_and_its_spike_is_reported_with_a_reason() {
     assert_eq!(metric(&metrics, "anomaly_detector_messages_consumed_total"), 105.0);
     let detected: f64 = cases
         .iter()
-        .map(|(p, _, _)| metric(&metrics, &format!("anomaly_detector_anomalies_detected_total{{profile=\"{p}\",detector=\"zscore\"}}")))
+        .map(|(p, _, _)| {
+            metric(
+                &metrics,
+                &format!("anomaly_detector_anomalies_detected_total{{profile=\"{p}\",detector=\"zscore\"}}"),
+            )
+        })
         .sum();
     assert_eq!(detected, 5.0);
     assert_eq!(metric(&metrics, "pipeline_end_to_end_latency_seconds_count"), 105.0);

@@ -362,7 +362,15 @@ fn write_counts(
              last_seen_ms = MAX(COALESCE(last_seen_ms, excluded.last_seen_ms), COALESCE(excluded.last_seen_ms, last_seen_ms))",
     )?;
     for (profile, d) in profiles {
-        upsert.execute(params![&**profile, d.received, d.valid, d.rejected, d.analysed, d.anomalies, d.last_seen_ms])?;
+        upsert.execute(params![
+            &**profile,
+            d.received,
+            d.valid,
+            d.rejected,
+            d.analysed,
+            d.anomalies,
+            d.last_seen_ms
+        ])?;
     }
     let mut seen = tx.prepare_cached(
         "INSERT INTO entities (profile, entity_id, first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4)

@@ -83,7 +83,12 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value 
 }
 
 /// Posts `body` to `/api/ingest/{profile}`; returns the status and JSON answer.
-pub async fn post(client: &reqwest::Client, server: &Server, profile: &str, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+pub async fn post(
+    client: &reqwest::Client,
+    server: &Server,
+    profile: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, serde_json::Value) {
     let response = client.post(server.url(&format!("/api/ingest/{profile}"))).body(body).send().await.expect("POST");
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
