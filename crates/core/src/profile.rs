@@ -118,6 +118,8 @@ pub struct Profile {
     pub enrich_drivers: bool,
     pub enrich_geofences: bool,
     pub zscore: Option<ZScoreSettings>,
+    /// Where validation finds each field in a message.
+    pub layout: crate::validate::Layout,
 }
 
 #[derive(Debug, Clone)]
@@ -246,7 +248,7 @@ impl Profile {
         if errors.len() > start {
             return None;
         }
-        Some(Profile {
+        let mut profile = Profile {
             id,
             name: name.into(),
             description: raw.description,
@@ -260,7 +262,10 @@ impl Profile {
             enrich_drivers,
             enrich_geofences,
             zscore,
-        })
+            layout: Default::default(),
+        };
+        profile.layout = crate::validate::Layout::of(&profile);
+        Some(profile)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Event-time parsing: epoch seconds or milliseconds, or an ISO 8601 / RFC 3339 string.
 
+use crate::json::Scalar;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 
@@ -19,12 +20,12 @@ pub enum TimeFormat {
 const MAX_MS: i64 = 7_258_118_400_000;
 
 /// Parses a JSON timestamp into epoch milliseconds, or says why it cannot.
-pub fn parse_timestamp(value: &serde_json::Value, format: TimeFormat) -> Result<i64, String> {
-    let ms = match (value, format) {
-        (serde_json::Value::Number(n), TimeFormat::Auto | TimeFormat::EpochSeconds | TimeFormat::EpochMillis) => {
-            let Some(x) = n.as_f64().filter(|x| x.is_finite()) else {
-                return Err(format!("{n} is not a finite number"));
-            };
+pub fn parse_timestamp(value: &Scalar<'_>, format: TimeFormat) -> Result<i64, String> {
+    let ms = match (value.as_f64(), value, format) {
+        (Some(x), _, TimeFormat::Auto | TimeFormat::EpochSeconds | TimeFormat::EpochMillis) => {
+            if !x.is_finite() {
+                return Err(format!("{value} is not a finite number"));
+            }
             let seconds = match format {
                 TimeFormat::EpochSeconds => true,
                 TimeFormat::EpochMillis => false,
@@ -32,10 +33,8 @@ pub fn parse_timestamp(value: &serde_json::Value, format: TimeFormat) -> Result<
             };
             if seconds { x * 1000.0 } else { x }.round()
         }
-        (serde_json::Value::String(s), TimeFormat::Auto | TimeFormat::Iso8601) => parse_iso8601(s)? as f64,
-        (other, format) => {
-            return Err(format!("expected a timestamp ({format:?}), found {}", describe(other)));
-        }
+        (None, Scalar::Str(s), TimeFormat::Auto | TimeFormat::Iso8601) => parse_iso8601(s)? as f64,
+        (_, other, format) => return Err(format!("expected a timestamp ({format:?}), found {}", other.describe())),
     };
     if !(0.0..=MAX_MS as f64).contains(&ms) {
         return Err(format!("{value} is outside 1970..2200"));
@@ -68,47 +67,36 @@ pub fn now_millis() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-/// A short description of a JSON value's type for error messages.
-pub fn describe(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::Null => "null".into(),
-        serde_json::Value::Bool(b) => format!("boolean {b}"),
-        serde_json::Value::Number(n) => format!("number {n}"),
-        serde_json::Value::String(s) if s.len() > 40 => format!("a string of {} bytes", s.len()),
-        serde_json::Value::String(s) => format!("string {s:?}"),
-        serde_json::Value::Array(_) => "an array".into(),
-        serde_json::Value::Object(_) => "an object".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    fn json(text: &'static str) -> Scalar<'static> {
+        serde_json::from_str(text).unwrap()
+    }
 
     #[test]
     fn auto_tells_seconds_from_millis() {
-        assert_eq!(parse_timestamp(&json!(1725446400000_i64), TimeFormat::Auto), Ok(1_725_446_400_000));
-        assert_eq!(parse_timestamp(&json!(1725446400), TimeFormat::Auto), Ok(1_725_446_400_000));
-        assert_eq!(parse_timestamp(&json!(1725446400.5), TimeFormat::Auto), Ok(1_725_446_400_500));
+        assert_eq!(parse_timestamp(&json(r#"1725446400000"#), TimeFormat::Auto), Ok(1_725_446_400_000));
+        assert_eq!(parse_timestamp(&json(r#"1725446400"#), TimeFormat::Auto), Ok(1_725_446_400_000));
+        assert_eq!(parse_timestamp(&json(r#"1725446400.5"#), TimeFormat::Auto), Ok(1_725_446_400_500));
     }
 
     #[test]
     fn iso_forms_parse_as_utc() {
         let expected = Ok(1_725_444_000_000);
-        assert_eq!(parse_timestamp(&json!("2024-09-04T10:00:00Z"), TimeFormat::Auto), expected);
-        assert_eq!(parse_timestamp(&json!("2024-09-04T12:00:00+02:00"), TimeFormat::Iso8601), expected);
-        assert_eq!(parse_timestamp(&json!("2024-09-04 10:00:00"), TimeFormat::Auto), expected);
-        assert_eq!(parse_timestamp(&json!("2024-09-04T10:00:00.000"), TimeFormat::Auto), expected);
+        assert_eq!(parse_timestamp(&json(r#""2024-09-04T10:00:00Z""#), TimeFormat::Auto), expected);
+        assert_eq!(parse_timestamp(&json(r#""2024-09-04T12:00:00+02:00""#), TimeFormat::Iso8601), expected);
+        assert_eq!(parse_timestamp(&json(r#""2024-09-04 10:00:00""#), TimeFormat::Auto), expected);
+        assert_eq!(parse_timestamp(&json(r#""2024-09-04T10:00:00.000""#), TimeFormat::Auto), expected);
     }
 
     #[test]
     fn rejects_wrong_types_and_absurd_times() {
-        assert!(parse_timestamp(&json!("yesterday"), TimeFormat::Auto).is_err());
-        assert!(parse_timestamp(&json!(true), TimeFormat::Auto).is_err());
-        assert!(parse_timestamp(&json!(-5), TimeFormat::Auto).is_err());
-        assert!(parse_timestamp(&json!(1e300), TimeFormat::Auto).is_err());
-        assert!(parse_timestamp(&json!("2024-09-04T10:00:00Z"), TimeFormat::EpochMillis).is_err());
+        assert!(parse_timestamp(&json(r#""yesterday""#), TimeFormat::Auto).is_err());
+        assert!(parse_timestamp(&json(r#"true"#), TimeFormat::Auto).is_err());
+        assert!(parse_timestamp(&json(r#"-5"#), TimeFormat::Auto).is_err());
+        assert!(parse_timestamp(&json(r#"1e300"#), TimeFormat::Auto).is_err());
+        assert!(parse_timestamp(&json(r#""2024-09-04T10:00:00Z""#), TimeFormat::EpochMillis).is_err());
     }
 
     #[test]

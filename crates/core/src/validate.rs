@@ -1,10 +1,10 @@
 //! Schema check: turns one JSON message into a canonical [`Reading`] or a [`Rejection`]
 //! that names the field at fault.
 
+use crate::json::{FieldTable, Message, Scalar, parse_message};
 use crate::model::{GeoPoint, MetricId, Reading};
-use crate::profile::Profile;
-use crate::time::{describe, parse_timestamp};
-use serde_json::{Map, Value};
+use crate::profile::{MetricSelector, Profile};
+use crate::time::parse_timestamp;
 use std::fmt;
 use std::sync::Arc;
 
@@ -39,6 +39,36 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// Where each field a profile reads sits in a parsed message.
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    pub table: FieldTable,
+    entity: usize,
+    timestamp: usize,
+    position: Option<(usize, usize)>,
+    selector: Option<(usize, usize)>,
+    metrics: Vec<usize>,
+    attributes: Vec<usize>,
+}
+
+impl Layout {
+    /// The layout of a profile's fields; built once per profile.
+    pub fn of(profile: &Profile) -> Layout {
+        let mut table = FieldTable::default();
+        let entity = table.slot_for(&profile.entity_field);
+        let timestamp = table.slot_for(&profile.timestamp_field);
+        let position = profile.position.as_ref().map(|p| (table.slot_for(&p.latitude), table.slot_for(&p.longitude)));
+        let selector =
+            profile.metric_selector.as_ref().map(|s| (table.slot_for(&s.name_field), table.slot_for(&s.value_field)));
+        let metrics = match selector {
+            Some(_) => Vec::new(),
+            None => profile.metrics.iter().map(|m| table.slot_for(&m.name)).collect(),
+        };
+        let attributes = profile.attributes.iter().map(|a| table.slot_for(&a.name)).collect();
+        Layout { table, entity, timestamp, position, selector, metrics, attributes }
+    }
+}
+
 /// Validates one message of `profile` and maps it onto the canonical reading.
 pub fn validate(profile: &Profile, payload: &[u8]) -> Result<Reading, Rejection> {
     if payload.len() > MAX_MESSAGE_BYTES {
@@ -47,40 +77,52 @@ pub fn validate(profile: &Profile, payload: &[u8]) -> Result<Reading, Rejection>
             payload.len()
         )));
     }
-    let value: Value = serde_json::from_slice(payload).map_err(|e| Rejection::message(format!("invalid JSON: {e}")))?;
-    let Value::Object(object) = value else {
-        return Err(Rejection::message(format!("expected a JSON object, found {}", describe(&value))));
+    let layout = &profile.layout;
+    let slots = match parse_message(payload, &layout.table) {
+        Ok(Message::Object(slots)) => slots,
+        Ok(Message::NotAnObject(other)) => {
+            return Err(Rejection::message(format!("expected a JSON object, found {}", other.describe())));
+        }
+        Err(e) => return Err(Rejection::message(format!("invalid JSON: {e}"))),
     };
-    validate_object(profile, &object)
-}
-
-/// Validates an already parsed JSON object.
-pub fn validate_object(profile: &Profile, object: &Map<String, Value>) -> Result<Reading, Rejection> {
-    let entity = entity_id(object, &profile.entity_field)?;
+    let field = |slot: usize| slots[slot].as_ref().filter(|v| **v != Scalar::Null);
+    let entity = entity_id(field(layout.entity), &profile.entity_field)?;
     let timestamp_field = &profile.timestamp_field;
-    let timestamp = required(object, timestamp_field)?;
+    let timestamp = field(layout.timestamp).ok_or_else(|| Rejection::field(timestamp_field, "is required"))?;
     let event_time_ms =
         parse_timestamp(timestamp, profile.timestamp_format).map_err(|e| Rejection::field(timestamp_field, e))?;
-    let position = match &profile.position {
-        Some(fields) => {
-            let lat = number_in(object, &fields.latitude, -90.0, 90.0)?;
-            let lon = number_in(object, &fields.longitude, -180.0, 180.0)?;
+    let position = match (&profile.position, layout.position) {
+        (Some(fields), Some((lat_slot, lon_slot))) => {
+            let lat = required_number(field(lat_slot), &fields.latitude, -90.0, 90.0)?;
+            let lon = required_number(field(lon_slot), &fields.longitude, -180.0, 180.0)?;
             Some(GeoPoint { lat, lon })
         }
-        None => None,
+        _ => None,
     };
-    let metrics = match &profile.metric_selector {
-        Some(selector) => vec![selected_metric(profile, object, &selector.name_field, &selector.value_field)?],
-        None => wide_metrics(profile, object)?,
+    let metrics = match (&profile.metric_selector, layout.selector) {
+        (Some(selector), Some((name_slot, value_slot))) => {
+            vec![selected_metric(profile, selector, field(name_slot), field(value_slot))?]
+        }
+        _ => {
+            let mut metrics = Vec::with_capacity(profile.metrics.len());
+            for (index, (spec, &slot)) in profile.metrics.iter().zip(&layout.metrics).enumerate() {
+                let value = match field(slot) {
+                    None if !spec.required => continue,
+                    value => value,
+                };
+                metrics.push((index as MetricId, required_number(value, &spec.name, spec.min, spec.max)?));
+            }
+            metrics
+        }
     };
     let mut attributes = Vec::new();
-    for (index, spec) in profile.attributes.iter().enumerate() {
-        let value = match object.get(&*spec.name) {
-            None | Some(Value::Null) if !spec.required => continue,
-            None | Some(Value::Null) => return Err(Rejection::field(&spec.name, "is required")),
-            Some(Value::String(s)) => s,
+    for (index, (spec, &slot)) in profile.attributes.iter().zip(&layout.attributes).enumerate() {
+        let value = match field(slot) {
+            None if !spec.required => continue,
+            None => return Err(Rejection::field(&spec.name, "is required")),
+            Some(Scalar::Str(s)) => s,
             Some(other) => {
-                return Err(Rejection::field(&spec.name, format!("expected a string, found {}", describe(other))));
+                return Err(Rejection::field(&spec.name, format!("expected a string, found {}", other.describe())));
             }
         };
         if let Some(allowed) = &spec.values
@@ -88,26 +130,25 @@ pub fn validate_object(profile: &Profile, object: &Map<String, Value>) -> Result
         {
             return Err(Rejection::field(&spec.name, format!("{value:?} is not one of {allowed:?}")));
         }
-        attributes.push((index as u16, Arc::from(value.as_str())));
+        attributes.push((index as u16, Arc::from(&**value)));
     }
     Ok(Reading { profile: profile.id, entity, event_time_ms, position, metrics, attributes })
 }
 
-fn required<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a Value, Rejection> {
-    match object.get(field) {
-        None | Some(Value::Null) => Err(Rejection::field(field, "is required")),
-        Some(value) => Ok(value),
-    }
-}
-
-fn entity_id(object: &Map<String, Value>, field: &str) -> Result<Arc<str>, Rejection> {
-    let id = match required(object, field)? {
-        Value::String(s) => s.trim().to_string(),
-        Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
-        other => {
-            return Err(Rejection::field(field, format!("expected a string id, found {}", describe(other))));
+fn entity_id(value: Option<&Scalar<'_>>, field: &str) -> Result<Arc<str>, Rejection> {
+    let id: &str = match value {
+        None => return Err(Rejection::field(field, "is required")),
+        Some(Scalar::Str(s)) => s.trim(),
+        Some(Scalar::Int(i)) => return checked_entity(&i.to_string(), field),
+        Some(Scalar::UInt(u)) => return checked_entity(&u.to_string(), field),
+        Some(other) => {
+            return Err(Rejection::field(field, format!("expected a string id, found {}", other.describe())));
         }
     };
+    checked_entity(id, field)
+}
+
+fn checked_entity(id: &str, field: &str) -> Result<Arc<str>, Rejection> {
     if id.is_empty() {
         return Err(Rejection::field(field, "must not be empty"));
     }
@@ -120,62 +161,44 @@ fn entity_id(object: &Map<String, Value>, field: &str) -> Result<Arc<str>, Rejec
     Ok(id.into())
 }
 
-fn number(value: &Value, field: &str) -> Result<f64, Rejection> {
-    match value {
-        Value::Number(n) => match n.as_f64() {
-            Some(x) if x.is_finite() => Ok(x),
-            _ => Err(Rejection::field(field, format!("{n} is not a finite number"))),
-        },
-        other => Err(Rejection::field(field, format!("expected a number, found {}", describe(other)))),
-    }
-}
-
-fn number_in(object: &Map<String, Value>, field: &str, min: f64, max: f64) -> Result<f64, Rejection> {
-    let x = number(required(object, field)?, field)?;
-    check_range(x, field, min, max)
-}
-
-fn check_range(x: f64, field: &str, min: f64, max: f64) -> Result<f64, Rejection> {
+fn required_number(value: Option<&Scalar<'_>>, field: &str, min: f64, max: f64) -> Result<f64, Rejection> {
+    let value = value.ok_or_else(|| Rejection::field(field, "is required"))?;
+    let x = match value.as_f64() {
+        Some(x) if x.is_finite() => x,
+        Some(_) => return Err(Rejection::field(field, format!("{value} is not a finite number"))),
+        None => return Err(Rejection::field(field, format!("expected a number, found {}", value.describe()))),
+    };
     if x < min || x > max {
         return Err(Rejection::field(field, format!("{x} is out of range [{min}, {max}]")));
     }
     Ok(x)
 }
 
-fn wide_metrics(profile: &Profile, object: &Map<String, Value>) -> Result<Vec<(MetricId, f64)>, Rejection> {
-    let mut metrics = Vec::with_capacity(profile.metrics.len());
-    for (index, spec) in profile.metrics.iter().enumerate() {
-        let value = match object.get(&*spec.name) {
-            None | Some(Value::Null) if !spec.required => continue,
-            None | Some(Value::Null) => return Err(Rejection::field(&spec.name, "is required")),
-            Some(value) => value,
-        };
-        let x = check_range(number(value, &spec.name)?, &spec.name, spec.min, spec.max)?;
-        metrics.push((index as MetricId, x));
-    }
-    Ok(metrics)
-}
-
 fn selected_metric(
     profile: &Profile,
-    object: &Map<String, Value>,
-    name_field: &str,
-    value_field: &str,
+    selector: &MetricSelector,
+    name: Option<&Scalar<'_>>,
+    value: Option<&Scalar<'_>>,
 ) -> Result<(MetricId, f64), Rejection> {
-    let name = match required(object, name_field)? {
-        Value::String(s) => s,
-        other => {
-            return Err(Rejection::field(name_field, format!("expected a string, found {}", describe(other))));
+    let name = match name {
+        None => return Err(Rejection::field(&selector.name_field, "is required")),
+        Some(Scalar::Str(s)) => s,
+        Some(other) => {
+            return Err(Rejection::field(
+                &selector.name_field,
+                format!("expected a string, found {}", other.describe()),
+            ));
         }
     };
     let Some(id) = profile.metric_id(name) else {
         let known: Vec<&str> = profile.metrics.iter().map(|m| &*m.name).collect();
-        return Err(Rejection::field(name_field, format!("unknown metric {name:?}; known: {known:?}")));
+        return Err(Rejection::field(&selector.name_field, format!("unknown metric {name:?}; known: {known:?}")));
     };
     let spec = &profile.metrics[usize::from(id)];
-    let x = number(required(object, value_field)?, value_field)?;
-    let x = check_range(x, value_field, spec.min, spec.max).map_err(|mut e| {
-        e.message = format!("{name} {}", e.message);
+    let x = required_number(value, &selector.value_field, spec.min, spec.max).map_err(|mut e| {
+        if e.message.contains("out of range") {
+            e.message = format!("{name} {}", e.message);
+        }
         e
     })?;
     Ok((id, x))

@@ -6,7 +6,7 @@
 
 use crate::metrics::{Metrics, ProfileSourceLabels};
 use crate::store::writer::StoreWriter;
-use crate::store::{BronzeContent, BronzeRow, StoreError};
+use crate::store::{BronzeContent, BronzeRow, StoreError, accepted_payload};
 use crate::worker::{WorkBatch, WorkItem};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,21 +109,18 @@ impl Ingest {
         let verdicts: Vec<Result<Reading, Rejection>> = items.iter().map(|item| validate(&profile, item)).collect();
         let valid = verdicts.iter().filter(|v| v.is_ok()).count();
         self.admit(valid, admission).await?;
-        let mut accepted = Vec::with_capacity(valid);
         let mut rows = Vec::new();
-        for (payload, verdict) in items.into_iter().zip(&verdicts) {
-            match verdict {
-                Ok(_) => accepted.push(payload),
-                Err(rejection) => {
-                    let content = BronzeContent::Rejected { reason: rejection.to_string(), payload };
-                    rows.push(BronzeRow { received_at_ms, source, profile: profile.name.clone(), content });
-                }
-            }
-        }
-        if !accepted.is_empty() {
+        if valid > 0 {
             // First, so that the first id answered is the first reading's.
-            let content = BronzeContent::Accepted(accepted);
-            rows.insert(0, BronzeRow { received_at_ms, source, profile: profile.name.clone(), content });
+            let accepted = items.iter().zip(&verdicts).filter(|(_, v)| v.is_ok()).map(|(item, _)| item.as_slice());
+            let content = BronzeContent::Accepted { messages: valid, payload: accepted_payload(accepted) };
+            rows.push(BronzeRow { received_at_ms, source, profile: profile.name.clone(), content });
+        }
+        for (payload, verdict) in items.into_iter().zip(&verdicts) {
+            if let Err(rejection) = verdict {
+                let content = BronzeContent::Rejected { reason: rejection.to_string(), payload };
+                rows.push(BronzeRow { received_at_ms, source, profile: profile.name.clone(), content });
+            }
         }
         let first_id = match self.shared.store.append_bronze(rows).await {
             Ok(id) => id,

@@ -7,6 +7,7 @@ use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::sync::Arc;
+use teleguard_core::json::Scalar;
 use teleguard_core::time::{TimeFormat, format_millis, parse_timestamp};
 use teleguard_pipeline::store::SilverRow;
 use teleguard_pipeline::store::query::{self, AnomalyFilter, AnomalyOrder, AnomalyRecord, DeadLetter, ProfileCounts};
@@ -41,7 +42,7 @@ pub async fn anomalies(
     let since_ms = match params.since.as_deref() {
         None | Some("") => None,
         Some(text) => {
-            let value = text.parse::<f64>().map(serde_json::Value::from).unwrap_or_else(|_| text.into());
+            let value = text.parse::<f64>().map(Scalar::Float).unwrap_or_else(|_| Scalar::Str(text.into()));
             Some(parse_timestamp(&value, TimeFormat::Auto).map_err(|e| ApiError::bad_request(format!("since: {e}")))?)
         }
     };

@@ -64,8 +64,9 @@ pub struct BronzeRow {
 
 #[derive(Debug, Clone)]
 pub enum BronzeContent {
-    /// The valid messages of one submission, in order; their readings get consecutive ids.
-    Accepted(Vec<Vec<u8>>),
+    /// The valid messages of one submission, in order, as one JSON array (see
+    /// [`accepted_payload`]); their readings get consecutive ids.
+    Accepted { messages: usize, payload: Vec<u8> },
     /// One rejected message and why.
     Rejected { reason: String, payload: Vec<u8> },
 }
@@ -74,17 +75,17 @@ impl BronzeRow {
     /// How many ids the row takes: one per accepted message, one for a rejected message.
     pub fn ids(&self) -> i64 {
         match &self.content {
-            BronzeContent::Accepted(messages) => messages.len() as i64,
+            BronzeContent::Accepted { messages, .. } => *messages as i64,
             BronzeContent::Rejected { .. } => 1,
         }
     }
 }
 
 /// The bronze payload of accepted messages: a JSON array of them as received.
-pub fn accepted_payload(messages: &[Vec<u8>]) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(messages.iter().map(|m| m.len() + 1).sum::<usize>() + 2);
+pub fn accepted_payload<'a>(messages: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(messages.clone().map(|m| m.len() + 1).sum::<usize>() + 2);
     payload.push(b'[');
-    for (index, message) in messages.iter().enumerate() {
+    for (index, message) in messages.enumerate() {
         if index > 0 {
             payload.push(b',');
         }

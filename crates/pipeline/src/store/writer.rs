@@ -5,7 +5,7 @@
 //! acknowledged once it is on disk, and the readings a derived append carries release their
 //! in-flight permits once their silver rows are.
 
-use super::{BronzeContent, BronzeRow, GoldRow, SilverRow, StoreError, accepted_payload};
+use super::{BronzeContent, BronzeRow, GoldRow, SilverRow, StoreError};
 use crate::metrics::{LayerLabels, Metrics};
 use rusqlite::{Connection, Transaction, params};
 use std::collections::{BTreeMap, HashMap};
@@ -248,13 +248,13 @@ fn write_bronze(
         let count = row.ids();
         delta.received += count;
         let (verdict, reason, payload) = match &row.content {
-            BronzeContent::Accepted(messages) => {
+            BronzeContent::Accepted { payload, .. } => {
                 delta.valid += count;
-                ("valid", None, accepted_payload(messages))
+                ("valid", None, payload.as_slice())
             }
             BronzeContent::Rejected { reason, payload } => {
                 delta.rejected += 1;
-                ("rejected", Some(reason.as_str()), payload.clone())
+                ("rejected", Some(reason.as_str()), payload.as_slice())
             }
         };
         insert.execute(params![
