@@ -89,6 +89,16 @@ pub struct Anomaly {
     pub reason: String,
     /// The features that drove the finding, name to value.
     pub features: Vec<(Arc<str>, f64)>,
+    /// For findings that last (a stop, a zone visit): when it began and, once it is over,
+    /// when it ended. A finding with an end replaces the open one of the same id.
+    pub episode: Option<Episode>,
+}
+
+/// The time span of a finding that lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Episode {
+    pub start_ms: i64,
+    pub end_ms: Option<i64>,
 }
 
 /// The stable id of an anomaly: FNV-1a over its identifying parts, as 16 hex digits.

@@ -3,11 +3,11 @@
 //! The built-in profiles live in `profiles/builtin.toml` and are parsed by the same code that
 //! reads a user's `[profiles.NAME]` tables, so a user adds a device kind without writing Rust.
 
+use crate::detect::settings::{DetectorSettings, ProfileShape, RawDetectors};
 use crate::model::{MetricId, ProfileId};
 use crate::time::TimeFormat;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 const BUILTIN_PROFILES: &str = include_str!("../profiles/builtin.toml");
@@ -69,39 +69,6 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDetectors {
-    pub zscore: Option<RawZScore>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawZScore {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    #[serde(default = "default_window")]
-    pub window: usize,
-    #[serde(default = "default_threshold")]
-    pub threshold: f64,
-}
-
-fn default_true() -> bool {
-    true
-}
-fn default_window() -> usize {
-    30
-}
-fn default_threshold() -> f64 {
-    3.0
-}
-
-impl Default for RawZScore {
-    fn default() -> Self {
-        RawZScore { enabled: true, window: default_window(), threshold: default_threshold() }
-    }
-}
-
 /// A validated profile.
 #[derive(Debug, Clone)]
 pub struct Profile {
@@ -117,7 +84,7 @@ pub struct Profile {
     pub attributes: Vec<AttributeSpec>,
     pub enrich_drivers: bool,
     pub enrich_geofences: bool,
-    pub zscore: Option<ZScoreSettings>,
+    pub detectors: DetectorSettings,
     /// Where validation finds each field in a message.
     pub layout: crate::validate::Layout,
 }
@@ -149,12 +116,6 @@ pub struct AttributeSpec {
     pub name: Arc<str>,
     pub values: Option<Vec<String>>,
     pub required: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ZScoreSettings {
-    pub window: NonZeroUsize,
-    pub threshold: f64,
 }
 
 impl Profile {
@@ -231,20 +192,16 @@ impl Profile {
         if enrich_geofences && position.is_none() {
             fail("geofence enrichment needs latitude_field and longitude_field".into());
         }
-        let zscore_raw = raw.detectors.zscore.unwrap_or_default();
-        let zscore = match NonZeroUsize::new(zscore_raw.window) {
-            _ if !zscore_raw.enabled => None,
-            Some(window) if window.get() >= 2 && zscore_raw.threshold > 0.0 => {
-                Some(ZScoreSettings { window, threshold: zscore_raw.threshold })
-            }
-            _ => {
-                fail(format!(
-                    "detectors.zscore: window {} must be at least 2 and threshold {} above 0",
-                    zscore_raw.window, zscore_raw.threshold
-                ));
-                None
-            }
+        let shape = ProfileShape {
+            metric_names: metrics.iter().map(|m: &MetricSpec| &*m.name).collect(),
+            has_position: position.is_some(),
+            enriches_zones: enrich_geofences,
         };
+        let mut detector_errors = Vec::new();
+        let detectors = raw.detectors.validate(&shape, &mut detector_errors);
+        for error in detector_errors {
+            fail(error);
+        }
         if errors.len() > start {
             return None;
         }
@@ -261,7 +218,7 @@ impl Profile {
             attributes,
             enrich_drivers,
             enrich_geofences,
-            zscore,
+            detectors,
             layout: Default::default(),
         };
         profile.layout = crate::validate::Layout::of(&profile);

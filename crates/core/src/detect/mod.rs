@@ -2,11 +2,20 @@
 //!
 //! Each keeps its own state per entity; the pipeline shards entities across workers so one
 //! entity's state lives in one detector instance and sees its readings in order.
+//!
+//! - [`zscore`]: rolling z-score / 3-sigma per entity and metric.
+//! - [`isolation_forest`]: Liu et al.'s isolation forest over a profile's features.
+//! - [`rules`]: track rules over enriched vehicle readings (teleport, geofence, stops).
+//! - [`settings`]: how a profile configures each of them.
 
+pub mod isolation_forest;
+pub mod rules;
+pub mod settings;
 pub mod zscore;
 
 use crate::model::{Anomaly, Enrichment, Reading};
 use crate::profile::Profile;
+use std::sync::Arc;
 
 /// What a detector sees of one reading.
 #[derive(Debug, Clone, Copy)]
@@ -16,12 +25,56 @@ pub struct Observation<'a> {
     pub enrichment: &'a Enrichment,
 }
 
+/// One detector's judgement of one reading (and metric, for per-metric detectors).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Score {
+    pub detector: &'static str,
+    pub metric: Option<Arc<str>>,
+    pub score: f64,
+    pub threshold: f64,
+    pub is_anomaly: bool,
+}
+
+/// Where detectors put what they find: anomalies always, every score only when asked
+/// (`teleguard replay --all-scores`), so the live pipeline pays nothing for them.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub anomalies: Vec<Anomaly>,
+    pub scores: Vec<Score>,
+    keep_scores: bool,
+}
+
+impl Findings {
+    pub fn keeping_scores() -> Self {
+        Findings { keep_scores: true, ..Default::default() }
+    }
+
+    /// Records a judgement; `metric` is only called when scores are kept.
+    pub fn score(
+        &mut self,
+        detector: &'static str,
+        metric: impl FnOnce() -> Option<Arc<str>>,
+        score: f64,
+        threshold: f64,
+        is_anomaly: bool,
+    ) {
+        if self.keep_scores {
+            self.scores.push(Score { detector, metric: metric(), score, threshold, is_anomaly });
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.anomalies.clear();
+        self.scores.clear();
+    }
+}
+
 /// A streaming detector.
 pub trait Detector: Send {
     /// The name anomalies carry, e.g. `zscore`.
     fn name(&self) -> &'static str;
-    /// Takes one reading into the detector's state and appends any anomalies it raises.
-    fn observe(&mut self, observation: Observation<'_>, anomalies: &mut Vec<Anomaly>);
+    /// Takes one reading into the detector's state and records what it finds.
+    fn observe(&mut self, observation: Observation<'_>, findings: &mut Findings);
 }
 
 /// The detectors one pipeline worker runs, in order.
@@ -37,14 +90,64 @@ impl std::fmt::Debug for DetectorSet {
 }
 
 impl DetectorSet {
-    /// Every detector teleguard ships, each configured per profile.
-    pub fn standard() -> Self {
-        DetectorSet { detectors: vec![Box::new(zscore::ZScoreDetector::default())] }
+    /// Every detector teleguard ships, each configured per profile; isolation-forest models
+    /// are shared through `models` (one registry per pipeline).
+    pub fn standard(models: Arc<isolation_forest::ModelRegistry>) -> Self {
+        DetectorSet {
+            detectors: vec![
+                Box::new(zscore::ZScoreDetector::default()),
+                Box::new(isolation_forest::IsolationForestDetector::new(models)),
+                Box::new(rules::teleport::TeleportDetector::default()),
+                Box::new(rules::geofence::GeofenceBreachDetector::default()),
+                Box::new(rules::stop::UnusualStopDetector::default()),
+            ],
+        }
     }
 
-    pub fn observe(&mut self, observation: Observation<'_>, anomalies: &mut Vec<Anomaly>) {
+    pub fn observe(&mut self, observation: Observation<'_>, findings: &mut Findings) {
         for detector in &mut self.detectors {
-            detector.observe(observation, anomalies);
+            detector.observe(observation, findings);
         }
+    }
+}
+
+/// The names of every shipped detector.
+pub const DETECTOR_NAMES: [&str; 5] =
+    [zscore::NAME, isolation_forest::NAME, rules::teleport::NAME, rules::geofence::NAME, rules::stop::NAME];
+
+/// A number written the way a person reads it: at most two decimals, no trailing zeros,
+/// thousands separated, very large values in scientific notation.
+pub fn for_people(x: f64) -> String {
+    if x.abs() >= 1e9 {
+        return format!("{x:.2e}");
+    }
+    let text = format!("{x:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    let (sign, digits) = text.strip_prefix('-').map_or(("", text), |rest| ("-", rest));
+    let (whole, fraction) = digits.split_once('.').map_or((digits, None), |(w, f)| (w, Some(f)));
+    let mut grouped = String::new();
+    for (i, c) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    match fraction {
+        Some(f) => format!("{sign}{grouped}.{f}"),
+        None => format!("{sign}{grouped}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::for_people;
+
+    #[test]
+    fn numbers_read_like_a_person_writes_them() {
+        assert_eq!(for_people(1520.0), "1,520");
+        assert_eq!(for_people(18.3333), "18.33");
+        assert_eq!(for_people(-1234567.5), "-1,234,567.5");
+        assert_eq!(for_people(0.0), "0");
+        assert_eq!(for_people(100.0), "100");
     }
 }

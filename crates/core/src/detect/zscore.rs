@@ -5,7 +5,7 @@
 //! to an anchor that moves to the window mean each time the window has been replaced, so
 //! rounding neither drifts nor cancels after a level shift.
 
-use super::{Detector, Observation};
+use super::{Detector, Findings, Observation, for_people};
 use crate::model::{Anomaly, ProfileId, Severity, anomaly_id};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -119,22 +119,33 @@ impl Detector for ZScoreDetector {
         NAME
     }
 
-    fn observe(&mut self, observation: Observation<'_>, anomalies: &mut Vec<Anomaly>) {
+    fn observe(&mut self, observation: Observation<'_>, findings: &mut Findings) {
         let Observation { profile, reading, .. } = observation;
-        let Some(settings) = profile.zscore else {
+        let Some(settings) = &profile.detectors.zscore else {
             return;
         };
         let key = (reading.profile, reading.entity.clone());
         let windows = self.windows.entry(key).or_insert_with(|| vec![None; profile.metrics.len()]);
         for &(metric, x) in &reading.metrics {
+            if !settings.watched[usize::from(metric)] {
+                continue;
+            }
             let window = windows[usize::from(metric)].get_or_insert_with(|| RollingWindow::new(settings.window.get()));
             if let Some((mean, std)) = window.mean_std() {
                 let z = z_score(x, mean, std);
-                if z.abs() > settings.threshold {
+                let is_anomaly = z.abs() > settings.threshold;
+                findings.score(
+                    NAME,
+                    || Some(profile.metric_name(metric).clone()),
+                    z.abs(),
+                    settings.threshold,
+                    is_anomaly,
+                );
+                if is_anomaly {
                     let name = profile.metric_name(metric);
                     let direction = if z > 0.0 { "above" } else { "below" };
                     let score = z.abs();
-                    anomalies.push(Anomaly {
+                    findings.anomalies.push(Anomaly {
                         id: anomaly_id(&profile.name, &reading.entity, reading.event_time_ms, NAME, name),
                         detector: NAME,
                         metric: Some(name.clone()),
@@ -144,9 +155,9 @@ impl Detector for ZScoreDetector {
                         severity: Severity::from_excess(score, settings.threshold),
                         reason: format!(
                             "{name} {} is {}σ {direction} the mean {} of the last {} readings",
-                            round_for_people(x),
-                            round_for_people(score),
-                            round_for_people(mean),
+                            for_people(x),
+                            for_people(score),
+                            for_people(mean),
                             window.len()
                         ),
                         features: vec![
@@ -155,22 +166,13 @@ impl Detector for ZScoreDetector {
                             (Arc::from("std"), std),
                             (Arc::from("z"), z),
                         ],
+                        episode: None,
                     });
                 }
             }
             window.push(x);
         }
     }
-}
-
-/// A number written the way a person reads it: at most two decimals, no trailing zeros,
-/// very large values in scientific notation.
-fn round_for_people(x: f64) -> String {
-    if x.abs() >= 1e6 {
-        return format!("{x:.2e}");
-    }
-    let text = format!("{x:.2}");
-    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 #[cfg(test)]
@@ -194,10 +196,10 @@ mod tests {
                     metrics: vec![(0, x)],
                     attributes: vec![],
                 };
-                let mut out = Vec::new();
+                let mut findings = Findings::default();
                 let enrichment = Enrichment::default();
-                detector.observe(Observation { profile, reading: &reading, enrichment: &enrichment }, &mut out);
-                out
+                detector.observe(Observation { profile, reading: &reading, enrichment: &enrichment }, &mut findings);
+                findings.anomalies
             })
             .collect()
     }

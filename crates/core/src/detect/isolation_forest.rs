@@ -1,0 +1,463 @@
+//! Isolation forest (Liu, Ting and Zhou, 2008) over a profile's features, trained on the first
+//! readings of its scope (references 001 and 002).
+//!
+//! Trees split on a random feature at a random value between the node's minimum and maximum,
+//! down to depth ⌈log₂ ψ⌉ for a subsample of ψ = min(256, n) readings; a reading's score is
+//! 2^(−E[h(x)] / c(ψ)), where h is the path length plus c(size) at the leaf. The threshold is
+//! the (1 − contamination) quantile of the training scores. This is the algorithm of
+//! scikit-learn's `IsolationForest`; its `score_samples` is the negative of this score.
+
+use super::settings::{Feature, IsolationForestSettings, ModelScope};
+use super::{Detector, Findings, Observation, for_people};
+use crate::model::{Anomaly, Severity, anomaly_id};
+use rand::rngs::SmallRng;
+use rand::seq::index::sample;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The detector's name on anomalies.
+pub const NAME: &str = "isolation_forest";
+
+/// The largest subsample a tree is grown from.
+const MAX_SUBSAMPLE: usize = 256;
+/// Readings kept for retraining, per scope.
+const RESERVOIR_SIZE: usize = 1024;
+/// Marks a leaf in [`Tree::feature`].
+const LEAF: u16 = u16::MAX;
+
+/// The average path length of an unsuccessful search in a binary search tree of `n` items.
+pub fn average_path_length(n: usize) -> f64 {
+    match n {
+        0 | 1 => 0.0,
+        2 => 1.0,
+        _ => {
+            let n = n as f64;
+            2.0 * ((n - 1.0).ln() + 0.577_215_664_901_532_9) - 2.0 * (n - 1.0) / n
+        }
+    }
+}
+
+/// One isolation tree, as flat arrays: node `i` splits on `feature[i]` at `value[i]` into
+/// `left[i]` (< value) and `right[i]`, or is a leaf whose path adds `value[i]` = c(size).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tree {
+    feature: Vec<u16>,
+    value: Vec<f64>,
+    left: Vec<u32>,
+    right: Vec<u32>,
+}
+
+impl Tree {
+    fn grow(data: &[Vec<f64>], rows: &mut [usize], max_depth: usize, rng: &mut SmallRng) -> Tree {
+        let mut tree = Tree { feature: Vec::new(), value: Vec::new(), left: Vec::new(), right: Vec::new() };
+        tree.node(data, rows, 0, max_depth, rng);
+        tree
+    }
+
+    fn leaf(&mut self, size: usize) -> u32 {
+        self.feature.push(LEAF);
+        self.value.push(average_path_length(size));
+        self.left.push(0);
+        self.right.push(0);
+        (self.feature.len() - 1) as u32
+    }
+
+    fn node(
+        &mut self,
+        data: &[Vec<f64>],
+        rows: &mut [usize],
+        depth: usize,
+        max_depth: usize,
+        rng: &mut SmallRng,
+    ) -> u32 {
+        if rows.len() <= 1 || depth >= max_depth {
+            return self.leaf(rows.len());
+        }
+        let features = data[0].len();
+        // Try features in random order until one is not constant here.
+        let mut order: Vec<usize> = (0..features).collect();
+        for tried in 0..features {
+            let pick = rng.random_range(tried..features);
+            order.swap(tried, pick);
+            let feature = order[tried];
+            let (min, max) = rows.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| {
+                (lo.min(data[r][feature]), hi.max(data[r][feature]))
+            });
+            if max <= min {
+                continue;
+            }
+            let split = min + rng.random::<f64>() * (max - min);
+            let mut boundary = 0;
+            for i in 0..rows.len() {
+                if data[rows[i]][feature] < split {
+                    rows.swap(i, boundary);
+                    boundary += 1;
+                }
+            }
+            let index = self.feature.len();
+            self.feature.push(feature as u16);
+            self.value.push(split);
+            self.left.push(0);
+            self.right.push(0);
+            let (low, high) = rows.split_at_mut(boundary);
+            let left = self.node(data, low, depth + 1, max_depth, rng);
+            let right = self.node(data, high, depth + 1, max_depth, rng);
+            self.left[index] = left;
+            self.right[index] = right;
+            return index as u32;
+        }
+        self.leaf(rows.len())
+    }
+
+    fn path_length(&self, x: &[f64]) -> f64 {
+        let mut node = 0usize;
+        let mut depth = 0.0;
+        loop {
+            let feature = self.feature[node];
+            if feature == LEAF {
+                return depth + self.value[node];
+            }
+            node = if x[usize::from(feature)] < self.value[node] { self.left[node] } else { self.right[node] } as usize;
+            depth += 1.0;
+        }
+    }
+}
+
+/// A trained forest with its threshold and what typical training readings look like.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IsolationForest {
+    trees: Vec<Tree>,
+    subsample: usize,
+    /// Scores above this are anomalies.
+    pub threshold: f64,
+    /// Per feature: mean and standard deviation of the training readings.
+    pub feature_mean: Vec<f64>,
+    pub feature_std: Vec<f64>,
+    pub trained_on: usize,
+}
+
+impl IsolationForest {
+    /// Grows `trees` trees on `data` (rows of equal length) and sets the threshold so that a
+    /// `contamination` share of the training rows score above it.
+    pub fn fit(data: &[Vec<f64>], trees: usize, contamination: f64, seed: u64) -> IsolationForest {
+        assert!(!data.is_empty(), "an isolation forest needs training data");
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let subsample = data.len().min(MAX_SUBSAMPLE);
+        let max_depth = (subsample.max(2) as f64).log2().ceil() as usize;
+        let grown = (0..trees)
+            .map(|_| {
+                let mut rows: Vec<usize> = sample(&mut rng, data.len(), subsample).into_vec();
+                Tree::grow(data, &mut rows, max_depth, &mut rng)
+            })
+            .collect();
+        let features = data[0].len();
+        let n = data.len() as f64;
+        let feature_mean: Vec<f64> = (0..features).map(|f| data.iter().map(|r| r[f]).sum::<f64>() / n).collect();
+        let feature_std = (0..features)
+            .map(|f| (data.iter().map(|r| (r[f] - feature_mean[f]).powi(2)).sum::<f64>() / n).sqrt())
+            .collect();
+        let mut forest = IsolationForest {
+            trees: grown,
+            subsample,
+            threshold: 0.0,
+            feature_mean,
+            feature_std,
+            trained_on: data.len(),
+        };
+        let mut scores: Vec<f64> = data.iter().map(|row| forest.score(row)).collect();
+        scores.sort_by(f64::total_cmp);
+        forest.threshold = quantile(&scores, 1.0 - contamination);
+        forest
+    }
+
+    /// 2^(−E[h(x)] / c(ψ)): near 1 for readings isolated quickly, near 0.5 or below otherwise.
+    pub fn score(&self, x: &[f64]) -> f64 {
+        let mean_path = self.trees.iter().map(|t| t.path_length(x)).sum::<f64>() / self.trees.len() as f64;
+        2f64.powf(-mean_path / average_path_length(self.subsample))
+    }
+}
+
+/// Linear-interpolated quantile of sorted values (numpy's default).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let position = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let (low, high) = (position.floor() as usize, position.ceil() as usize);
+    sorted[low] + (sorted[high] - sorted[low]) * (position - low as f64)
+}
+
+/// Which model a reading is scored by: its profile's, or its own entity's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModelKey {
+    pub profile: Arc<str>,
+    pub entity: Option<Arc<str>>,
+}
+
+impl ModelKey {
+    /// How the key is written in the store, e.g. `drone` or `drone/d-1`.
+    pub fn label(&self) -> String {
+        match &self.entity {
+            Some(entity) => format!("{}/{entity}", self.profile),
+            None => self.profile.to_string(),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ScopeState {
+    Collecting(Vec<Vec<f64>>),
+    Trained { model: Arc<IsolationForest>, reservoir: Vec<Vec<f64>>, seen: u64, since_training: usize },
+}
+
+/// Models shared by every worker's detector: training data of a scope is gathered from all
+/// of them, so a per-profile model does not depend on how entities are sharded.
+#[derive(Debug, Default)]
+pub struct ModelRegistry {
+    scopes: Mutex<HashMap<ModelKey, ScopeState>>,
+    trained: Mutex<Vec<(ModelKey, Arc<IsolationForest>)>>,
+}
+
+impl ModelRegistry {
+    /// Installs a model loaded from the store.
+    pub fn install(&self, key: ModelKey, model: IsolationForest) {
+        let state = ScopeState::Trained { model: Arc::new(model), reservoir: Vec::new(), seen: 0, since_training: 0 };
+        self.scopes.lock().expect("model registry lock").insert(key, state);
+    }
+
+    /// Models trained since the last call, to be stored.
+    pub fn take_trained(&self) -> Vec<(ModelKey, Arc<IsolationForest>)> {
+        std::mem::take(&mut *self.trained.lock().expect("model registry lock"))
+    }
+
+    /// Feeds one feature vector to its scope; answers the model to score it with, if trained.
+    fn offer(
+        &self,
+        key: &ModelKey,
+        features: &[f64],
+        settings: &IsolationForestSettings,
+    ) -> Option<Arc<IsolationForest>> {
+        let mut scopes = self.scopes.lock().expect("model registry lock");
+        let state = scopes.entry(key.clone()).or_insert_with(|| ScopeState::Collecting(Vec::new()));
+        match state {
+            ScopeState::Collecting(rows) => {
+                rows.push(features.to_vec());
+                if rows.len() < settings.training_size {
+                    return None;
+                }
+                let model =
+                    Arc::new(IsolationForest::fit(rows, settings.trees, settings.contamination, seed(key, settings)));
+                let reservoir = std::mem::take(rows);
+                let seen = reservoir.len() as u64;
+                *state = ScopeState::Trained { model: model.clone(), reservoir, seen, since_training: 0 };
+                self.trained.lock().expect("model registry lock").push((key.clone(), model.clone()));
+                // The training readings themselves are not scored: the model has not seen them yet.
+                None
+            }
+            ScopeState::Trained { model, reservoir, seen, since_training } => {
+                if settings.retrain_every == 0 {
+                    return Some(model.clone());
+                }
+                *seen += 1;
+                if reservoir.len() < RESERVOIR_SIZE {
+                    reservoir.push(features.to_vec());
+                } else {
+                    let slot =
+                        (seed(key, settings).wrapping_add(*seen).wrapping_mul(0x9E37_79B9_7F4A_7C15) % *seen) as usize;
+                    if slot < RESERVOIR_SIZE {
+                        reservoir[slot] = features.to_vec();
+                    }
+                }
+                *since_training += 1;
+                if *since_training >= settings.retrain_every {
+                    *since_training = 0;
+                    *model = Arc::new(IsolationForest::fit(
+                        reservoir,
+                        settings.trees,
+                        settings.contamination,
+                        seed(key, settings) ^ *seen,
+                    ));
+                    self.trained.lock().expect("model registry lock").push((key.clone(), model.clone()));
+                }
+                Some(model.clone())
+            }
+        }
+    }
+}
+
+fn seed(key: &ModelKey, settings: &IsolationForestSettings) -> u64 {
+    let label = key.label();
+    label.bytes().fold(settings.seed ^ 0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Scores readings with their scope's forest once it is trained.
+#[derive(Debug)]
+pub struct IsolationForestDetector {
+    models: Arc<ModelRegistry>,
+    /// Trained models already fetched, so scoring does not take the registry's lock.
+    cached: HashMap<ModelKey, Arc<IsolationForest>>,
+    /// Each entity's previous metrics, for `_diff` and `_change` features.
+    previous: HashMap<(u16, Arc<str>), Vec<(u16, f64)>>,
+    features: Vec<f64>,
+}
+
+impl IsolationForestDetector {
+    pub fn new(models: Arc<ModelRegistry>) -> Self {
+        IsolationForestDetector { models, cached: HashMap::new(), previous: HashMap::new(), features: Vec::new() }
+    }
+}
+
+/// Fills `out` with the reading's features; false when one is missing.
+fn compute_features(
+    settings: &IsolationForestSettings,
+    metrics: &[(u16, f64)],
+    previous: Option<&Vec<(u16, f64)>>,
+    out: &mut Vec<f64>,
+) -> bool {
+    out.clear();
+    let value = |list: &[(u16, f64)], id: u16| list.iter().find(|(m, _)| *m == id).map(|(_, v)| *v);
+    for feature in &settings.features {
+        let x = match *feature {
+            Feature::Metric(id) => value(metrics, id),
+            Feature::Diff(id) => {
+                value(metrics, id).map(|now| previous.and_then(|p| value(p, id)).map_or(0.0, |before| now - before))
+            }
+            Feature::AngleChange(id) => value(metrics, id).map(|now| {
+                previous
+                    .and_then(|p| value(p, id))
+                    .map_or(0.0, |before| (now - before + 540.0).rem_euclid(360.0) - 180.0)
+            }),
+        };
+        match x {
+            Some(x) => out.push(x),
+            None => return false,
+        }
+    }
+    true
+}
+
+impl Detector for IsolationForestDetector {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn observe(&mut self, observation: Observation<'_>, findings: &mut Findings) {
+        let Observation { profile, reading, .. } = observation;
+        let Some(settings) = &profile.detectors.isolation_forest else { return };
+        let entity_key = (reading.profile, reading.entity.clone());
+        let previous = self.previous.get(&entity_key);
+        let complete = compute_features(settings, &reading.metrics, previous, &mut self.features);
+        self.previous.insert(entity_key, reading.metrics.clone());
+        if !complete {
+            return;
+        }
+        let key = ModelKey {
+            profile: profile.name.clone(),
+            entity: (settings.scope == ModelScope::Entity).then(|| reading.entity.clone()),
+        };
+        let model = match self.cached.get(&key) {
+            Some(model) if settings.retrain_every == 0 => Some(model.clone()),
+            _ => self.models.offer(&key, &self.features, settings),
+        };
+        let Some(model) = model else { return };
+        if settings.retrain_every == 0 {
+            self.cached.entry(key.clone()).or_insert_with(|| model.clone());
+        }
+        let score = model.score(&self.features);
+        let is_anomaly = score > model.threshold;
+        findings.score(NAME, || None, score, model.threshold, is_anomaly);
+        if !is_anomaly {
+            return;
+        }
+        let mut drivers: Vec<(usize, f64)> = self
+            .features
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (i, (x - model.feature_mean[i]).abs() / model.feature_std[i].max(1e-9)))
+            .collect();
+        drivers.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let unusual: Vec<String> = drivers
+            .iter()
+            .take(2)
+            .map(|&(i, _)| {
+                format!(
+                    "{} {} (typical {})",
+                    settings.feature_names[i],
+                    for_people(self.features[i]),
+                    for_people(model.feature_mean[i])
+                )
+            })
+            .collect();
+        findings.anomalies.push(Anomaly {
+            id: anomaly_id(&profile.name, &reading.entity, reading.event_time_ms, NAME, ""),
+            detector: NAME,
+            metric: None,
+            value: None,
+            score,
+            threshold: model.threshold,
+            severity: Severity::from_excess(score - 0.5, model.threshold - 0.5),
+            reason: format!(
+                "isolation score {} is above the {} threshold of the {} model (trained on {} readings); most unusual: {}",
+                for_people(score),
+                for_people(model.threshold),
+                key.label(),
+                model.trained_on,
+                unusual.join(", ")
+            ),
+            features: settings.feature_names.iter().cloned().zip(self.features.iter().copied()).collect(),
+            episode: None,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cloud(n: usize, seed: u64) -> Vec<Vec<f64>> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        (0..n).map(|_| vec![rng.random::<f64>() * 2.0 - 1.0, rng.random::<f64>() * 2.0 - 1.0]).collect()
+    }
+
+    #[test]
+    fn average_path_length_matches_the_paper() {
+        assert_eq!(average_path_length(1), 0.0);
+        assert_eq!(average_path_length(2), 1.0);
+        assert!((average_path_length(256) - 10.2448).abs() < 1e-3);
+    }
+
+    #[test]
+    fn outliers_score_higher_than_the_cloud() {
+        let forest = IsolationForest::fit(&cloud(200, 1), 100, 0.05, 7);
+        let inside = forest.score(&[0.0, 0.0]);
+        let outside = forest.score(&[6.0, -6.0]);
+        assert!(outside > 0.6 && inside < 0.5, "inside {inside}, outside {outside}");
+        assert!(outside > forest.threshold && inside < forest.threshold);
+    }
+
+    #[test]
+    fn threshold_flags_the_contamination_share_of_training_data() {
+        let data = cloud(400, 2);
+        let forest = IsolationForest::fit(&data, 100, 0.05, 3);
+        let flagged = data.iter().filter(|row| forest.score(row) > forest.threshold).count();
+        assert!((19..=21).contains(&flagged), "{flagged} of 400 flagged");
+    }
+
+    #[test]
+    fn same_seed_same_model_and_it_round_trips_through_json() {
+        let data = cloud(200, 4);
+        let a = IsolationForest::fit(&data, 20, 0.05, 9);
+        assert_eq!(a, IsolationForest::fit(&data, 20, 0.05, 9));
+        let json = serde_json::to_string(&a).unwrap();
+        let back: IsolationForest = serde_json::from_str(&json).unwrap();
+        assert_eq!(a.score(&[0.3, 0.9]), back.score(&[0.3, 0.9]));
+    }
+
+    #[test]
+    fn constant_features_do_not_break_training() {
+        let data: Vec<Vec<f64>> = (0..50).map(|i| vec![1.0, f64::from(i % 5)]).collect();
+        let forest = IsolationForest::fit(&data, 10, 0.05, 1);
+        assert!(forest.score(&[1.0, 2.0]).is_finite());
+        let flat: Vec<Vec<f64>> = vec![vec![3.0, 3.0]; 20];
+        assert!(IsolationForest::fit(&flat, 10, 0.05, 1).score(&[3.0, 3.0]).is_finite());
+    }
+}

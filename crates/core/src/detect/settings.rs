@@ -1,0 +1,339 @@
+//! Detector settings as a profile writes them (`[profiles.NAME.detectors.*]`), and validated.
+
+use chrono::NaiveTime;
+use chrono_tz::Tz;
+use serde::Deserialize;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDetectors {
+    pub zscore: Option<RawZScore>,
+    pub isolation_forest: Option<RawIsolationForest>,
+    pub teleport: Option<RawTeleport>,
+    pub geofence_breach: Option<RawGeofenceBreach>,
+    pub unusual_stop: Option<RawUnusualStop>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawZScore {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_window")]
+    pub window: usize,
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+    /// Metrics to watch; all of the profile's by default.
+    pub metrics: Option<Vec<String>>,
+}
+
+impl Default for RawZScore {
+    fn default() -> Self {
+        RawZScore { enabled: true, window: default_window(), threshold: default_threshold(), metrics: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIsolationForest {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Metric names, or `<metric>_diff` (change since the entity's previous reading), or
+    /// `<metric>_change` (the same for an angle in degrees, wrapped to ±180).
+    pub features: Vec<String>,
+    /// `profile` (one model for every entity of the profile) or `entity` (one each).
+    #[serde(default = "default_scope")]
+    pub scope: String,
+    #[serde(default = "default_training_size")]
+    pub training_size: usize,
+    #[serde(default = "default_contamination")]
+    pub contamination: f64,
+    #[serde(default = "default_trees")]
+    pub trees: usize,
+    /// Retrain from a reservoir of recent readings every this many readings; 0 = never.
+    #[serde(default)]
+    pub retrain_every: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTeleport {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_max_speed")]
+    pub max_speed_kmh: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeofenceBreach {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_restricted")]
+    pub zones: Vec<String>,
+    #[serde(default = "default_from")]
+    pub allowed_from: String,
+    #[serde(default = "default_until")]
+    pub allowed_until: String,
+    /// IANA name of the fleet's time zone, e.g. `Europe/Berlin`.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUnusualStop {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_speed_metric")]
+    pub speed_metric: String,
+    #[serde(default = "default_stop_speed")]
+    pub speed_below_kmh: f64,
+    #[serde(default = "default_stop_secs")]
+    pub min_duration_secs: u64,
+    #[serde(default = "default_safe_zones")]
+    pub safe_zones: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_window() -> usize {
+    30
+}
+fn default_threshold() -> f64 {
+    3.0
+}
+fn default_scope() -> String {
+    "profile".into()
+}
+fn default_training_size() -> usize {
+    200
+}
+fn default_contamination() -> f64 {
+    0.05
+}
+fn default_trees() -> usize {
+    100
+}
+fn default_max_speed() -> f64 {
+    400.0
+}
+fn default_restricted() -> Vec<String> {
+    vec!["Restricted Area".into()]
+}
+fn default_from() -> String {
+    "09:00".into()
+}
+fn default_until() -> String {
+    "17:00".into()
+}
+fn default_time_zone() -> String {
+    "UTC".into()
+}
+fn default_speed_metric() -> String {
+    "speed".into()
+}
+fn default_stop_speed() -> f64 {
+    5.0
+}
+fn default_stop_secs() -> u64 {
+    1800
+}
+fn default_safe_zones() -> Vec<String> {
+    vec!["Warehouse".into(), "Rest Area".into(), "Service Center".into()]
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZScoreSettings {
+    pub window: NonZeroUsize,
+    pub threshold: f64,
+    /// Per metric of the profile: watched or not.
+    pub watched: Vec<bool>,
+}
+
+/// How an isolation-forest feature is computed from readings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Feature {
+    Metric(u16),
+    /// Change since the entity's previous reading.
+    Diff(u16),
+    /// Change of an angle in degrees since the previous reading, wrapped to ±180.
+    AngleChange(u16),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelScope {
+    Profile,
+    Entity,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IsolationForestSettings {
+    pub features: Vec<Feature>,
+    pub feature_names: Vec<Arc<str>>,
+    pub scope: ModelScope,
+    pub training_size: usize,
+    pub contamination: f64,
+    pub trees: usize,
+    pub retrain_every: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeleportSettings {
+    pub max_speed_kmh: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeofenceBreachSettings {
+    pub zones: Vec<String>,
+    pub allowed_from: NaiveTime,
+    pub allowed_until: NaiveTime,
+    pub time_zone: Tz,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnusualStopSettings {
+    pub speed_metric: u16,
+    pub speed_below_kmh: f64,
+    pub min_duration_ms: i64,
+    pub safe_zones: Vec<String>,
+}
+
+/// Every detector's validated settings for one profile; `None` means off.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DetectorSettings {
+    pub zscore: Option<ZScoreSettings>,
+    pub isolation_forest: Option<IsolationForestSettings>,
+    pub teleport: Option<TeleportSettings>,
+    pub geofence_breach: Option<GeofenceBreachSettings>,
+    pub unusual_stop: Option<UnusualStopSettings>,
+}
+
+/// What validation needs to know about the profile.
+pub struct ProfileShape<'a> {
+    pub metric_names: Vec<&'a str>,
+    pub has_position: bool,
+    pub enriches_zones: bool,
+}
+
+impl RawDetectors {
+    /// Validates every detector's settings, pushing each problem to `errors`.
+    pub fn validate(self, shape: &ProfileShape<'_>, errors: &mut Vec<String>) -> DetectorSettings {
+        let metric = |name: &str, what: &str, errors: &mut Vec<String>| -> Option<u16> {
+            let found = shape.metric_names.iter().position(|m| *m == name).map(|i| i as u16);
+            if found.is_none() {
+                errors.push(format!("{what}: unknown metric `{name}`; the profile has {:?}", shape.metric_names));
+            }
+            found
+        };
+        let zscore_raw = self.zscore.unwrap_or_default();
+        let zscore = if !zscore_raw.enabled {
+            None
+        } else {
+            let window = NonZeroUsize::new(zscore_raw.window).filter(|w| w.get() >= 2);
+            if window.is_none() || !(zscore_raw.threshold > 0.0) {
+                errors.push(format!(
+                    "detectors.zscore: window {} must be at least 2 and threshold {} above 0",
+                    zscore_raw.window, zscore_raw.threshold
+                ));
+            }
+            let mut watched = vec![zscore_raw.metrics.is_none(); shape.metric_names.len()];
+            for name in zscore_raw.metrics.iter().flatten() {
+                if let Some(index) = metric(name, "detectors.zscore.metrics", errors) {
+                    watched[usize::from(index)] = true;
+                }
+            }
+            window.map(|window| ZScoreSettings { window, threshold: zscore_raw.threshold, watched })
+        };
+        let isolation_forest = self.isolation_forest.filter(|f| f.enabled).and_then(|raw| {
+            let mut features = Vec::new();
+            for name in &raw.features {
+                let feature = if let Some(base) = name.strip_suffix("_diff").filter(|b| shape.metric_names.contains(b))
+                {
+                    metric(base, "detectors.isolation_forest.features", errors).map(Feature::Diff)
+                } else if let Some(base) = name.strip_suffix("_change").filter(|b| shape.metric_names.contains(b)) {
+                    metric(base, "detectors.isolation_forest.features", errors).map(Feature::AngleChange)
+                } else {
+                    metric(name, "detectors.isolation_forest.features", errors).map(Feature::Metric)
+                };
+                features.extend(feature);
+            }
+            let scope = match raw.scope.as_str() {
+                "profile" => ModelScope::Profile,
+                "entity" => ModelScope::Entity,
+                other => {
+                    errors.push(format!("detectors.isolation_forest.scope {other:?}: use \"profile\" or \"entity\""));
+                    ModelScope::Profile
+                }
+            };
+            if raw.features.is_empty() || raw.training_size < 2 || raw.trees == 0 {
+                errors.push("detectors.isolation_forest: needs features, training_size >= 2 and trees >= 1".into());
+            }
+            if !(raw.contamination > 0.0 && raw.contamination < 0.5) {
+                errors.push(format!(
+                    "detectors.isolation_forest.contamination {} must lie in (0, 0.5)",
+                    raw.contamination
+                ));
+            }
+            Some(IsolationForestSettings {
+                features,
+                feature_names: raw.features.iter().map(|f| Arc::from(f.as_str())).collect(),
+                scope,
+                training_size: raw.training_size,
+                contamination: raw.contamination,
+                trees: raw.trees,
+                retrain_every: raw.retrain_every,
+                seed: raw.seed,
+            })
+        });
+        let teleport = self.teleport.filter(|t| t.enabled).map(|raw| {
+            if !shape.has_position {
+                errors.push("detectors.teleport needs latitude_field and longitude_field".into());
+            }
+            if !(raw.max_speed_kmh > 0.0) {
+                errors.push(format!("detectors.teleport.max_speed_kmh {} must be above 0", raw.max_speed_kmh));
+            }
+            TeleportSettings { max_speed_kmh: raw.max_speed_kmh }
+        });
+        let geofence_breach = self.geofence_breach.filter(|g| g.enabled).map(|raw| {
+            if !shape.enriches_zones {
+                errors.push("detectors.geofence_breach needs enrich = [\"geofences\"]".into());
+            }
+            let mut time = |text: &str, what: &str| {
+                NaiveTime::parse_from_str(text, "%H:%M").unwrap_or_else(|_| {
+                    errors.push(format!("detectors.geofence_breach.{what} {text:?} is not HH:MM"));
+                    NaiveTime::MIN
+                })
+            };
+            let allowed_from = time(&raw.allowed_from, "allowed_from");
+            let allowed_until = time(&raw.allowed_until, "allowed_until");
+            let time_zone = raw.time_zone.parse::<Tz>().unwrap_or_else(|_| {
+                errors.push(format!(
+                    "detectors.geofence_breach.time_zone {:?} is not an IANA time zone (e.g. Europe/Berlin)",
+                    raw.time_zone
+                ));
+                Tz::UTC
+            });
+            GeofenceBreachSettings { zones: raw.zones, allowed_from, allowed_until, time_zone }
+        });
+        let unusual_stop = self.unusual_stop.filter(|s| s.enabled).map(|raw| {
+            let speed_metric = metric(&raw.speed_metric, "detectors.unusual_stop.speed_metric", errors).unwrap_or(0);
+            if !shape.enriches_zones {
+                errors.push("detectors.unusual_stop needs enrich = [\"geofences\"]".into());
+            }
+            UnusualStopSettings {
+                speed_metric,
+                speed_below_kmh: raw.speed_below_kmh,
+                min_duration_ms: (raw.min_duration_secs as i64).saturating_mul(1000),
+                safe_zones: raw.safe_zones,
+            }
+        });
+        DetectorSettings { zscore, isolation_forest, teleport, geofence_breach, unusual_stop }
+    }
+}
