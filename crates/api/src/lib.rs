@@ -4,6 +4,7 @@
 //! - [`app`] builds the router from an [`AppState`]; tests drive it with `oneshot`.
 //! - [`routes::ingest`]: `POST /api/ingest/{profile}` (one object, an array, or NDJSON).
 //! - [`routes::query`]: anomalies, readings, stats, dead letters, profiles.
+//! - [`routes::alerts`]: alerts and their lifecycle.
 //! - [`error`]: the one [`error::ApiError`] every handler returns.
 
 pub mod error;
@@ -20,6 +21,7 @@ use teleguard_pipeline::ingest::Ingest;
 use teleguard_pipeline::live::LiveView;
 use teleguard_pipeline::metrics::Metrics;
 use teleguard_pipeline::store::Reader;
+use teleguard_pipeline::store::writer::StoreWriter;
 
 const DASHBOARD: &str = include_str!("../assets/dashboard.html");
 
@@ -28,6 +30,7 @@ const DASHBOARD: &str = include_str!("../assets/dashboard.html");
 pub struct AppState {
     pub ingest: Ingest,
     pub reader: Arc<Reader>,
+    pub store: StoreWriter,
     pub live: Arc<LiveView>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
@@ -40,6 +43,7 @@ impl AppState {
         AppState {
             ingest: pipeline.ingest(),
             reader: pipeline.reader.clone(),
+            store: pipeline.store(),
             live: pipeline.live.clone(),
             metrics: pipeline.metrics.clone(),
             max_body_bytes: pipeline.config.max_body_bytes.get(),
@@ -61,6 +65,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/stats", get(routes::query::stats))
         .route("/api/dead-letters", get(routes::query::dead_letters))
         .route("/api/profiles", get(routes::query::profiles))
+        .route("/api/alerts", get(routes::alerts::list))
+        .route("/api/alerts/{id}/ack", post(routes::alerts::acknowledge))
+        .route("/api/alerts/{id}/resolve", post(routes::alerts::resolve))
         .with_state(state)
 }
 

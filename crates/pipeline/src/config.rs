@@ -27,6 +27,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub reference: RawReference,
     #[serde(default)]
+    pub alerts: RawAlerts,
+    #[serde(default)]
     pub profiles: BTreeMap<String, RawProfile>,
 }
 
@@ -64,6 +66,14 @@ pub struct RawSimulator {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    /// Anomalies of the same entity and detector within this many seconds (event time) of an
+    /// alert's last one update it instead of opening another.
+    pub cooldown_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawReference {
     pub drivers: Option<PathBuf>,
     pub geofences: Option<PathBuf>,
@@ -90,6 +100,7 @@ pub struct Config {
     /// How long an HTTP ingest waits for room before answering 503.
     pub busy_wait: Duration,
     pub durability: Durability,
+    pub alert_cooldown: Duration,
     pub simulator: SimulatorConfig,
     pub drivers_json: String,
     pub geofences_geojson: String,
@@ -165,6 +176,7 @@ impl Config {
                 inflight_readings,
                 busy_wait: Duration::from_millis(raw.pipeline.busy_wait_ms.unwrap_or(1000)),
                 durability: raw.store.durability,
+                alert_cooldown: Duration::from_secs(raw.alerts.cooldown_secs.unwrap_or(600)),
                 simulator,
                 drivers_json,
                 geofences_geojson,

@@ -27,6 +27,7 @@ use crate::store::writer::{StoreWriter, WriterContext};
 use anyhow::Context as _;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use teleguard_core::detect::isolation_forest::{ModelKey, ModelRegistry};
 use teleguard_core::enrich::Enricher;
 use teleguard_core::geo::GeofenceIndex;
 use tokio::sync::{Semaphore, mpsc};
@@ -68,8 +69,21 @@ impl Pipeline {
 
         let capacity = config.inflight_readings.get();
         let inflight = Arc::new(Semaphore::new(capacity));
-        let writer_context =
-            WriterContext { metrics: metrics.clone(), inflight: inflight.clone(), inflight_capacity: capacity };
+        let models = Arc::new(ModelRegistry::default());
+        for (scope, json) in store::stored_models(&connection)? {
+            let model = serde_json::from_str(&json).with_context(|| format!("stored model {scope:?} is unreadable"))?;
+            let (profile, entity) = match scope.split_once('/') {
+                Some((profile, entity)) => (profile, Some(Arc::from(entity))),
+                None => (scope.as_str(), None),
+            };
+            models.install(ModelKey { profile: Arc::from(profile), entity }, model);
+        }
+        let writer_context = WriterContext {
+            alert_cooldown_ms: config.alert_cooldown.as_millis() as i64,
+            metrics: metrics.clone(),
+            inflight: inflight.clone(),
+            inflight_capacity: capacity,
+        };
         let (store, writer_thread) = store::writer::spawn(connection, next_bronze_id, writer_context)?;
         let worker_context = worker::WorkerContext {
             profiles: config.profiles.clone(),
@@ -77,6 +91,7 @@ impl Pipeline {
             store: store.clone(),
             metrics: metrics.clone(),
             live: live.clone(),
+            models,
         };
         let mut shards = Vec::new();
         let mut worker_threads = Vec::new();
@@ -100,6 +115,11 @@ impl Pipeline {
             }
         }
         Ok(Pipeline { config, metrics, live, reader, ingest, store, writer_thread, worker_threads })
+    }
+
+    /// The store writer, for operator actions (alerts).
+    pub fn store(&self) -> StoreWriter {
+        self.store.clone()
     }
 
     /// The handle sources use to submit messages.

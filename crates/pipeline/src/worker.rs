@@ -7,9 +7,10 @@ use crate::store::{GoldRow, SilverRow};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
-use teleguard_core::detect::{DetectorSet, Observation};
+use teleguard_core::detect::isolation_forest::ModelRegistry;
+use teleguard_core::detect::{DetectorSet, Findings, Observation};
 use teleguard_core::enrich::Enricher;
-use teleguard_core::model::{Anomaly, Reading};
+use teleguard_core::model::Reading;
 use teleguard_core::profile::ProfileRegistry;
 use teleguard_core::time::now_millis;
 use tokio::sync::mpsc;
@@ -40,6 +41,7 @@ pub struct WorkerContext {
     pub store: StoreWriter,
     pub metrics: Arc<Metrics>,
     pub live: Arc<crate::live::LiveView>,
+    pub models: Arc<ModelRegistry>,
 }
 
 /// Starts worker `index` on its own thread; it stops when every sender of `batches` is gone.
@@ -74,7 +76,7 @@ pub struct Worker {
     detectors: DetectorSet,
     /// JSON-quoted metric and attribute names per profile, computed once.
     quoted_names: Vec<(Vec<String>, Vec<String>)>,
-    anomalies: Vec<Anomaly>,
+    findings: Findings,
 }
 
 impl std::fmt::Debug for Worker {
@@ -96,7 +98,8 @@ impl Worker {
                 )
             })
             .collect();
-        Worker { context, detectors: DetectorSet::standard(), quoted_names, anomalies: Vec::new() }
+        let detectors = DetectorSet::standard(context.models.clone());
+        Worker { context, detectors, quoted_names, findings: Findings::default() }
     }
 
     /// Enriches and analyses `items` in order and queues their rows for the store.
@@ -108,9 +111,9 @@ impl Worker {
         for item in items {
             let profile = self.context.profiles.get(item.reading.profile).clone();
             let enrichment = self.context.enricher.enrich(&profile, &item.reading);
-            self.anomalies.clear();
+            self.findings.clear();
             let observation = Observation { profile: &profile, reading: &item.reading, enrichment: &enrichment };
-            self.detectors.observe(observation, &mut self.anomalies);
+            self.detectors.observe(observation, &mut self.findings);
             let (metric_names, attribute_names) = &self.quoted_names[usize::from(item.reading.profile)];
             let reading = &item.reading;
             let row = SilverRow {
@@ -129,10 +132,10 @@ impl Worker {
                 driver_name: enrichment.driver_name,
                 current_zone: enrichment.current_zone,
                 processed_at_ms,
-                anomalies: self.anomalies.iter().map(|a| a.detector.to_string()).collect(),
+                anomalies: self.findings.anomalies.iter().map(|a| a.detector.to_string()).collect(),
                 received: item.received,
             };
-            for anomaly in self.anomalies.drain(..) {
+            for anomaly in self.findings.anomalies.drain(..) {
                 self.context
                     .metrics
                     .anomalies_detected
@@ -155,6 +158,10 @@ impl Worker {
         self.context.metrics.messages_consumed.inc_by(permits as u64);
         // Shown by the API right away: their messages are already durable in bronze.
         self.context.live.push(silver.iter().cloned());
+        for (key, model) in self.context.models.take_trained() {
+            let json = serde_json::to_string(&*model).expect("a model serialises");
+            self.context.store.append_model_blocking(key.label(), json)?;
+        }
         self.context.store.append_derived_blocking(silver, gold, permits)
     }
 }

@@ -1,4 +1,5 @@
 //! The API's handlers, by concern.
 
+pub mod alerts;
 pub mod ingest;
 pub mod query;

@@ -15,7 +15,7 @@ use teleguard_pipeline::store::query::{self, AnomalyFilter, AnomalyOrder, Anomal
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
 
-fn limit_of(limit: Option<usize>) -> Result<usize, ApiError> {
+pub(crate) fn limit_of(limit: Option<usize>) -> Result<usize, ApiError> {
     match limit.unwrap_or(DEFAULT_LIMIT) {
         0 => Err(ApiError::bad_request("limit must be at least 1")),
         n => Ok(n.min(MAX_LIMIT)),
@@ -192,9 +192,30 @@ pub async fn profiles(State(state): State<AppState>) -> Json<serde_json::Value> 
                 "position": p.position.as_ref().map(|f| serde_json::json!({"latitude": f.latitude, "longitude": f.longitude})),
                 "metrics": p.metrics.iter().map(|m| serde_json::json!({"field": &*m.name, "unit": m.unit, "min": m.min, "max": m.max, "required": m.required})).collect::<Vec<_>>(),
                 "attributes": p.attributes.iter().map(|a| serde_json::json!({"field": &*a.name, "values": a.values, "required": a.required})).collect::<Vec<_>>(),
-                "detectors": {"zscore": p.zscore.map(|z| serde_json::json!({"window": z.window.get(), "threshold": z.threshold}))},
+                "detectors": detectors_of(p),
             })
         })
         .collect();
     Json(serde_json::Value::Array(profiles))
+}
+
+/// The detectors a profile runs, with their main settings.
+fn detectors_of(p: &teleguard_core::profile::Profile) -> serde_json::Value {
+    let d = &p.detectors;
+    serde_json::json!({
+        "zscore": d.zscore.as_ref().map(|z| serde_json::json!({"window": z.window.get(), "threshold": z.threshold})),
+        "isolation_forest": d.isolation_forest.as_ref().map(|f| serde_json::json!({
+            "features": f.feature_names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "training_size": f.training_size, "contamination": f.contamination, "trees": f.trees,
+            "scope": if f.scope == teleguard_core::detect::settings::ModelScope::Entity { "entity" } else { "profile" },
+        })),
+        "teleport": d.teleport.as_ref().map(|t| serde_json::json!({"max_speed_kmh": t.max_speed_kmh})),
+        "geofence_breach": d.geofence_breach.as_ref().map(|g| serde_json::json!({
+            "zones": g.zones, "allowed_from": g.allowed_from.format("%H:%M").to_string(),
+            "allowed_until": g.allowed_until.format("%H:%M").to_string(), "time_zone": g.time_zone.name(),
+        })),
+        "unusual_stop": d.unusual_stop.as_ref().map(|u| serde_json::json!({
+            "speed_below_kmh": u.speed_below_kmh, "min_duration_secs": u.min_duration_ms / 1000, "safe_zones": u.safe_zones,
+        })),
+    })
 }

@@ -289,6 +289,9 @@ fn seed(key: &ModelKey, settings: &IsolationForestSettings) -> u64 {
     label.bytes().fold(settings.seed ^ 0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// A reading's metrics: (metric id, value).
+type Metrics = Vec<(u16, f64)>;
+
 /// Scores readings with their scope's forest once it is trained.
 #[derive(Debug)]
 pub struct IsolationForestDetector {
@@ -296,7 +299,7 @@ pub struct IsolationForestDetector {
     /// Trained models already fetched, so scoring does not take the registry's lock.
     cached: HashMap<ModelKey, Arc<IsolationForest>>,
     /// Each entity's previous metrics, for `_diff` and `_change` features.
-    previous: HashMap<(u16, Arc<str>), Vec<(u16, f64)>>,
+    previous: HashMap<(u16, Arc<str>), Metrics>,
     features: Vec<f64>,
 }
 
@@ -310,7 +313,7 @@ impl IsolationForestDetector {
 fn compute_features(
     settings: &IsolationForestSettings,
     metrics: &[(u16, f64)],
-    previous: Option<&Vec<(u16, f64)>>,
+    previous: Option<&Metrics>,
     out: &mut Vec<f64>,
 ) -> bool {
     out.clear();

@@ -237,7 +237,7 @@ impl RawDetectors {
             None
         } else {
             let window = NonZeroUsize::new(zscore_raw.window).filter(|w| w.get() >= 2);
-            if window.is_none() || !(zscore_raw.threshold > 0.0) {
+            if window.is_none() || zscore_raw.threshold.is_nan() || zscore_raw.threshold <= 0.0 {
                 errors.push(format!(
                     "detectors.zscore: window {} must be at least 2 and threshold {} above 0",
                     zscore_raw.window, zscore_raw.threshold
@@ -251,7 +251,7 @@ impl RawDetectors {
             }
             window.map(|window| ZScoreSettings { window, threshold: zscore_raw.threshold, watched })
         };
-        let isolation_forest = self.isolation_forest.filter(|f| f.enabled).and_then(|raw| {
+        let isolation_forest = self.isolation_forest.filter(|f| f.enabled).map(|raw| {
             let mut features = Vec::new();
             for name in &raw.features {
                 let feature = if let Some(base) = name.strip_suffix("_diff").filter(|b| shape.metric_names.contains(b))
@@ -281,7 +281,7 @@ impl RawDetectors {
                     raw.contamination
                 ));
             }
-            Some(IsolationForestSettings {
+            IsolationForestSettings {
                 features,
                 feature_names: raw.features.iter().map(|f| Arc::from(f.as_str())).collect(),
                 scope,
@@ -290,13 +290,13 @@ impl RawDetectors {
                 trees: raw.trees,
                 retrain_every: raw.retrain_every,
                 seed: raw.seed,
-            })
+            }
         });
         let teleport = self.teleport.filter(|t| t.enabled).map(|raw| {
             if !shape.has_position {
                 errors.push("detectors.teleport needs latitude_field and longitude_field".into());
             }
-            if !(raw.max_speed_kmh > 0.0) {
+            if raw.max_speed_kmh.is_nan() || raw.max_speed_kmh <= 0.0 {
                 errors.push(format!("detectors.teleport.max_speed_kmh {} must be above 0", raw.max_speed_kmh));
             }
             TeleportSettings { max_speed_kmh: raw.max_speed_kmh }

@@ -5,6 +5,7 @@
 //! connection and commits batched transactions ([`writer`]); API reads use their own
 //! connection ([`query`]).
 
+pub mod gold;
 pub mod query;
 pub mod schema;
 pub mod writer;
@@ -295,4 +296,11 @@ pub fn unprocessed_bronze(connection: &Connection) -> Result<Vec<Unprocessed>, S
         }
     }
     Ok(unprocessed)
+}
+
+/// Every stored isolation-forest model: (scope label, model JSON).
+pub fn stored_models(connection: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+    let mut statement = connection.prepare("SELECT scope, model FROM models ORDER BY scope")?;
+    let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
 }

@@ -180,6 +180,69 @@ pub fn dead_letters(
     Ok(rows)
 }
 
+/// One alert as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertRecord {
+    pub id: i64,
+    pub profile: String,
+    pub entity: String,
+    pub detector: String,
+    pub state: String,
+    pub severity: String,
+    pub reason: String,
+    pub anomalies: i64,
+    pub first_anomaly_id: String,
+    pub last_anomaly_id: String,
+    pub first_event: String,
+    pub last_event: String,
+    pub opened_at: String,
+    pub updated_at: String,
+    pub acknowledged_at: Option<String>,
+    pub resolved_at: Option<String>,
+}
+
+const ALERT_COLUMNS: &str = "id, profile, entity_id, detector, state, severity, reason, anomalies, first_anomaly_id,
+    last_anomaly_id, first_event_ms, last_event_ms, opened_at_ms, updated_at_ms, acknowledged_at_ms, resolved_at_ms";
+
+fn alert_record(row: &Row<'_>) -> rusqlite::Result<AlertRecord> {
+    Ok(AlertRecord {
+        id: row.get(0)?,
+        profile: row.get(1)?,
+        entity: row.get(2)?,
+        detector: row.get(3)?,
+        state: row.get(4)?,
+        severity: row.get(5)?,
+        reason: row.get(6)?,
+        anomalies: row.get(7)?,
+        first_anomaly_id: row.get(8)?,
+        last_anomaly_id: row.get(9)?,
+        first_event: format_millis(row.get(10)?),
+        last_event: format_millis(row.get(11)?),
+        opened_at: format_millis(row.get(12)?),
+        updated_at: format_millis(row.get(13)?),
+        acknowledged_at: row.get::<_, Option<i64>>(14)?.map(format_millis),
+        resolved_at: row.get::<_, Option<i64>>(15)?.map(format_millis),
+    })
+}
+
+/// Alerts, most recently updated first, optionally of one state.
+pub fn alerts(connection: &Connection, state: Option<&str>, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {ALERT_COLUMNS} FROM alerts WHERE ?1 IS NULL OR state = ?1 ORDER BY updated_at_ms DESC, id DESC LIMIT ?2"
+    );
+    let mut statement = connection.prepare_cached(&sql)?;
+    let rows =
+        statement.query_map(rusqlite::params![state, limit as i64], alert_record)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// One alert by id.
+pub fn alert(connection: &Connection, id: i64) -> Result<Option<AlertRecord>, StoreError> {
+    use rusqlite::OptionalExtension;
+    let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1");
+    Ok(connection.prepare_cached(&sql)?.query_row([id], alert_record).optional()?)
+}
+
 /// Silver rows scanned at most when looking up an entity that is not in memory.
 const ENTITY_SCAN_ROWS: i64 = 1_000_000;
 

@@ -61,10 +61,43 @@ const MIGRATIONS: &[&str] = &[
         severity TEXT NOT NULL,
         reason TEXT NOT NULL,
         features TEXT NOT NULL,
-        detected_at_ms INTEGER NOT NULL
+        detected_at_ms INTEGER NOT NULL,
+        -- Findings that last (a stop, a zone visit): when they began and ended.
+        episode_start_ms INTEGER,
+        episode_end_ms INTEGER
     );
     CREATE INDEX telemetry_anomalies_by_excess ON telemetry_anomalies (anomaly_score / threshold DESC);
     CREATE INDEX telemetry_anomalies_by_time ON telemetry_anomalies (detected_at_ms DESC);
+
+    -- An alert per (profile, entity, detector) episode: anomalies within the cooldown of the
+    -- alert's last one update it instead of opening another.
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        profile TEXT NOT NULL,
+        entity_id TEXT NOT NULL,
+        detector TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('open', 'acknowledged', 'resolved')),
+        severity TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        first_anomaly_id TEXT NOT NULL,
+        last_anomaly_id TEXT NOT NULL,
+        anomalies INTEGER NOT NULL,
+        first_event_ms INTEGER NOT NULL,
+        last_event_ms INTEGER NOT NULL,
+        opened_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        acknowledged_at_ms INTEGER,
+        resolved_at_ms INTEGER
+    );
+    CREATE INDEX alerts_by_key ON alerts (profile, entity_id, detector, state);
+    CREATE INDEX alerts_by_update ON alerts (updated_at_ms DESC);
+
+    CREATE TABLE models (
+        scope TEXT PRIMARY KEY,
+        detector TEXT NOT NULL,
+        model TEXT NOT NULL,
+        trained_at_ms INTEGER NOT NULL
+    );
 
     CREATE TABLE profile_counts (
         profile TEXT PRIMARY KEY,

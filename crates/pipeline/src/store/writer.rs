@@ -5,12 +5,14 @@
 //! acknowledged once it is on disk, and the readings a derived append carries release their
 //! in-flight permits once their silver rows are.
 
+use super::gold::{AlertAction, AlertTransition};
 use super::{BronzeContent, BronzeRow, GoldRow, SilverRow, StoreError};
 use crate::metrics::{LayerLabels, Metrics};
 use rusqlite::{Connection, Transaction, params};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
+use teleguard_core::time::now_millis;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Rows gathered into one transaction at most.
@@ -23,6 +25,10 @@ pub enum WriteCommand {
     Bronze { rows: Vec<BronzeRow>, reply: oneshot::Sender<Result<i64, String>> },
     /// Append analysed readings and their anomalies; frees `permits` in-flight slots after.
     Derived { silver: Vec<Arc<SilverRow>>, gold: Vec<GoldRow>, permits: usize },
+    /// Store a trained isolation-forest model under its scope label.
+    Model { scope: String, json: String },
+    /// Acknowledge or resolve an alert; answered after the commit.
+    Alert { id: i64, action: AlertAction, reply: oneshot::Sender<Result<AlertTransition, String>> },
     /// Answered once everything queued before it is committed.
     Flush { reply: oneshot::Sender<()> },
 }
@@ -32,7 +38,7 @@ impl WriteCommand {
         match self {
             WriteCommand::Bronze { rows, .. } => rows.len() * 8,
             WriteCommand::Derived { silver, gold, .. } => silver.len() + gold.len(),
-            WriteCommand::Flush { .. } => 0,
+            WriteCommand::Model { .. } | WriteCommand::Alert { .. } | WriteCommand::Flush { .. } => 1,
         }
     }
 }
@@ -63,6 +69,18 @@ impl StoreWriter {
             .map_err(|_| StoreError::WriterStopped)
     }
 
+    /// Queues a trained model for storage (from a worker thread).
+    pub fn append_model_blocking(&self, scope: String, json: String) -> Result<(), StoreError> {
+        self.commands.blocking_send(WriteCommand::Model { scope, json }).map_err(|_| StoreError::WriterStopped)
+    }
+
+    /// Acknowledges or resolves an alert once the change is committed.
+    pub async fn transition_alert(&self, id: i64, action: AlertAction) -> Result<AlertTransition, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(WriteCommand::Alert { id, action, reply }).await.map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?.map_err(StoreError::Schema)
+    }
+
     /// Waits until everything queued so far is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
@@ -77,6 +95,8 @@ pub struct WriterContext {
     pub metrics: Arc<Metrics>,
     pub inflight: Arc<Semaphore>,
     pub inflight_capacity: usize,
+    /// Anomalies this close (in event time) to an alert's last one update it.
+    pub alert_cooldown_ms: i64,
 }
 
 /// Starts the writer thread on `connection`.
@@ -139,8 +159,8 @@ impl Writer {
         let result = self.write(&batch);
         let metrics = &self.context.metrics;
         metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
-        let committed = match result {
-            Ok(()) => true,
+        let (committed, mut transitions) = match result {
+            Ok(transitions) => (true, transitions.into_iter()),
             Err(e) => {
                 metrics.store_errors.inc();
                 tracing::error!(
@@ -148,7 +168,7 @@ impl Writer {
                     batch.len()
                 );
                 self.next_bronze_id = first_id;
-                false
+                (false, Vec::new().into_iter())
             }
         };
         let mut next_id = first_id;
@@ -171,6 +191,14 @@ impl Writer {
                             .observe_latencies(silver.iter().map(|row| now.duration_since(row.received).as_secs_f64()));
                     }
                 }
+                WriteCommand::Alert { reply, .. } => {
+                    let answer = match transitions.next() {
+                        Some(transition) => Ok(transition),
+                        None => Err("the store could not commit; retry".to_string()),
+                    };
+                    let _ = reply.send(answer);
+                }
+                WriteCommand::Model { .. } => {}
                 WriteCommand::Flush { reply } => {
                     let _ = reply.send(());
                 }
@@ -202,11 +230,13 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, batch: &[WriteCommand]) -> rusqlite::Result<()> {
+    /// Writes a batch in one transaction; answers each alert command's outcome, in order.
+    fn write(&mut self, batch: &[WriteCommand]) -> rusqlite::Result<Vec<AlertTransition>> {
         let tx = self.connection.transaction()?;
         let mut profiles: BTreeMap<Arc<str>, ProfileDelta> = BTreeMap::new();
         let mut entities = EntitySightings::new();
         let (mut bronze_rows, mut silver_rows, mut gold_rows) = (0, 0, 0);
+        let mut transitions = Vec::new();
         for command in batch {
             match command {
                 WriteCommand::Bronze { rows, .. } => {
@@ -216,7 +246,23 @@ impl Writer {
                 WriteCommand::Derived { silver, gold, .. } => {
                     silver_rows += silver.len();
                     write_silver(&tx, silver, &mut profiles, &mut entities)?;
-                    gold_rows += write_gold(&tx, gold, &mut profiles)?;
+                    gold_rows += super::gold::write_gold(&tx, gold, self.context.alert_cooldown_ms, &mut |profile| {
+                        profiles.entry(profile.clone()).or_default().anomalies += 1;
+                    })?;
+                }
+                WriteCommand::Model { scope, json } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO models (scope, detector, model, trained_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![
+                        scope,
+                        teleguard_core::detect::isolation_forest::NAME,
+                        json,
+                        now_millis()
+                    ])?;
+                }
+                WriteCommand::Alert { id, action, .. } => {
+                    transitions.push(super::gold::transition_alert(&tx, *id, *action, now_millis())?);
                 }
                 WriteCommand::Flush { .. } => {}
             }
@@ -229,7 +275,7 @@ impl Writer {
                 metrics.store_rows_written.get_or_create(&LayerLabels { layer: layer.into() }).inc_by(count as u64);
             }
         }
-        Ok(())
+        Ok(transitions)
     }
 }
 
@@ -306,46 +352,6 @@ fn write_silver(
         seen.1 = seen.1.max(row.timestamp_ms);
     }
     Ok(())
-}
-
-/// Inserts anomalies not stored before; returns how many were new.
-fn write_gold(
-    tx: &Transaction<'_>,
-    rows: &[GoldRow],
-    profiles: &mut BTreeMap<Arc<str>, ProfileDelta>,
-) -> rusqlite::Result<usize> {
-    let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO telemetry_anomalies (id, reading_id, profile, entity_id, timestamp_ms, detector, metric, value,
-             anomaly_score, threshold, model_label, model_is_anomaly, severity, reason, features, detected_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, -1, 1, ?11, ?12, ?13, ?14)",
-    )?;
-    let mut inserted = 0;
-    for row in rows {
-        let a = &row.anomaly;
-        let features: serde_json::Map<String, serde_json::Value> =
-            a.features.iter().map(|(name, value)| (name.to_string(), serde_json::json!(value))).collect();
-        let changed = insert.execute(params![
-            a.id,
-            row.reading_id,
-            &*row.profile,
-            &*row.entity,
-            row.timestamp_ms,
-            a.detector,
-            a.metric.as_deref(),
-            a.value,
-            a.score,
-            a.threshold,
-            a.severity.as_str(),
-            a.reason,
-            serde_json::Value::Object(features).to_string(),
-            row.detected_at_ms
-        ])?;
-        if changed > 0 {
-            inserted += 1;
-            profiles.entry(row.profile.clone()).or_default().anomalies += 1;
-        }
-    }
-    Ok(inserted)
 }
 
 fn write_counts(
