@@ -64,6 +64,19 @@ impl Severity {
         }
     }
 
+    /// Severity of a score bounded by `ceiling` (e.g. an isolation score, at most 1): how much
+    /// of the room between threshold and ceiling it takes, below 20 % minor, below 40 % major.
+    pub fn from_share_of_headroom(score: f64, threshold: f64, ceiling: f64) -> Self {
+        let share = (score - threshold) / (ceiling - threshold).max(f64::EPSILON);
+        if share >= 0.4 {
+            Severity::Critical
+        } else if share >= 0.2 {
+            Severity::Major
+        } else {
+            Severity::Minor
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::Minor => "minor",

@@ -25,6 +25,8 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Push simulated readings through validate, enrich, detect and store as fast as possible.
     Bench(commands::bench::BenchArgs),
+    /// Run the configured detectors over a CSV or NDJSON file in event-time order; NDJSON out.
+    Replay(commands::replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => commands::run::run(args).await,
             Command::Bench(args) => commands::bench::bench(args).await,
+            Command::Replay(args) => tokio::task::block_in_place(|| commands::replay::replay(args)),
         }
     });
     match result {

@@ -397,7 +397,7 @@ impl Detector for IsolationForestDetector {
             value: None,
             score,
             threshold: model.threshold,
-            severity: Severity::from_excess(score - 0.5, model.threshold - 0.5),
+            severity: Severity::from_share_of_headroom(score, model.threshold, 1.0),
             reason: format!(
                 "isolation score {} is above the {} threshold of the {} model (trained on {} readings); most unusual: {}",
                 for_people(score),
