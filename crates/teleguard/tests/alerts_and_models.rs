@@ -1,0 +1,92 @@
+//! Live detectors through the real binary: a teleport opens an alert, repeats update it, an
+//! operator acknowledges and resolves it; an isolation-forest model trained live is stored
+//! and scores the same after a restart.
+
+mod common;
+
+use common::{Server, client, get_json, post, wait_for};
+use serde_json::{Value, json};
+
+fn vehicle(t: u32, lat: f64) -> Value {
+    json!({"vehicle_id": "V009", "timestamp": format!("2024-09-04T12:{:02}:{:02}Z", t / 60, t % 60),
+           "latitude": lat, "longitude": -122.45, "speed": 40.0, "engine_status": "on"})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn teleports_open_one_alert_that_an_operator_acknowledges_and_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let client = client();
+    // Two spoofed fixes (out and back) within the cooldown: two anomalies, one alert.
+    let track = [vehicle(0, 37.76), vehicle(5, 37.7601), vehicle(10, 38.5), vehicle(15, 37.7603)];
+    let (status, _) = post(&client, &server, "vehicle", serde_json::to_vec(&track).unwrap()).await;
+    assert_eq!(status, 202);
+    let url = server.url("/api/alerts?state=open");
+    let alerts = wait_for("the teleport alert", || async {
+        let alerts = get_json(&client, &url).await;
+        alerts.as_array().unwrap().iter().any(|a| a["anomalies"] == 2).then_some(alerts)
+    })
+    .await;
+    let alert = &alerts[0];
+    assert_eq!((&alert["detector"], &alert["entity"], &alert["state"]), (&json!("teleport"), &json!("V009"), &json!("open")));
+    assert!(alert["reason"].as_str().unwrap().starts_with("implied speed"), "{alert}");
+    let id = alert["id"].as_i64().unwrap();
+
+    let acked: Value = client.post(server.url(&format!("/api/alerts/{id}/ack"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(acked["state"], "acknowledged");
+    assert!(acked["acknowledged_at"].is_string());
+    let resolved: Value =
+        client.post(server.url(&format!("/api/alerts/{id}/resolve"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(resolved["state"], "resolved");
+    let again = client.post(server.url(&format!("/api/alerts/{id}/ack"))).send().await.unwrap();
+    assert_eq!(again.status(), 409);
+    assert_eq!(client.post(server.url("/api/alerts/999999/resolve")).send().await.unwrap().status(), 404);
+    assert_eq!(client.get(server.url("/api/alerts?state=closed")).send().await.unwrap().status(), 400);
+    let listed = get_json(&client, &server.url("/api/alerts?state=resolved")).await;
+    assert_eq!(listed[0]["id"], id);
+
+    // A new teleport after resolution opens a new alert.
+    let later = [vehicle(600, 37.7605), vehicle(605, 36.9)];
+    post(&client, &server, "vehicle", serde_json::to_vec(&later).unwrap()).await;
+    wait_for("a fresh alert", || async { (get_json(&client, &url).await.as_array().unwrap().len() == 1).then_some(()) }).await;
+}
+
+fn drone(i: usize, battery: f64) -> Value {
+    let wobble = (i % 7) as f64 * 0.3;
+    json!({"timestamp": 1_725_446_400_000_u64 + i as u64 * 1000, "drone_id": format!("d-{}", i % 4),
+           "latitude": 37.77, "longitude": -122.42, "altitude": 120.0 + wobble, "velocity": 12.0 + wobble / 3.0,
+           "acceleration_x": 0.1 * wobble, "acceleration_y": -0.1 * wobble, "acceleration_z": 0.05,
+           "battery_level": battery, "signal_strength": -67.0 - wobble})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_isolation_forest_trained_live_is_kept_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let client = client();
+    let training: Vec<Value> = (0..200).map(|i| drone(i, 90.0 - (i % 5) as f64)).collect();
+    assert_eq!(post(&client, &server, "drone", serde_json::to_vec(&training).unwrap()).await.0, 202);
+    let outlier = [drone(1000, 4.0)];
+    assert_eq!(post(&client, &server, "drone", serde_json::to_vec(&outlier).unwrap()).await.0, 202);
+    let url = server.url("/api/anomalies?detector=isolation_forest");
+    let first = wait_for("the forest's anomaly", || async {
+        let found = get_json(&client, &url).await;
+        (!found.as_array().unwrap().is_empty()).then_some(found)
+    })
+    .await;
+    assert!(first[0]["reason"].as_str().unwrap().contains("battery_level 4"), "{}", first[0]["reason"]);
+    assert!(first[0]["reason"].as_str().unwrap().contains("trained on 200 readings"));
+    let score = first[0]["anomaly_score"].as_f64().unwrap();
+    assert!(server.terminate().success());
+
+    // After a restart no new training is needed: the same outlier, seconds later, scores the same.
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(post(&client, &server, "drone", serde_json::to_vec(&[drone(1007, 4.0)]).unwrap()).await.0, 202);
+    let url = server.url("/api/anomalies?detector=isolation_forest&order=recent");
+    let second = wait_for("the reloaded forest's anomaly", || async {
+        let found = get_json(&client, &url).await;
+        (found.as_array().unwrap().len() == 2).then_some(found)
+    })
+    .await;
+    assert_eq!(second[0]["anomaly_score"].as_f64().unwrap(), score);
+}

@@ -1,0 +1,151 @@
+//! `teleguard replay` over a simulated fleet day with injected teleports, an out-of-hours
+//! restricted-zone visit and a long stop: every injected rule anomaly is found, and nothing
+//! else fires a rule (in particular, no teleport between two vehicles).
+
+use serde_json::{Value, json};
+use std::io::Write;
+use std::process::Command;
+use teleguard_core::geo::GeofenceIndex;
+use teleguard_core::model::GeoPoint;
+
+const DAY_START_MS: i64 = 1_725_408_000_000; // 2024-09-04T00:00:00Z
+const STEP_MS: i64 = 30_000;
+
+fn geofences() -> GeofenceIndex {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/geofences.geojson")).unwrap();
+    GeofenceIndex::from_geojson(&text).unwrap()
+}
+
+/// The average of a zone's outer ring: inside it for the bundled (convex-ish) zones.
+fn centre_of(index: &GeofenceIndex, name: &str) -> GeoPoint {
+    let zone = index.zones().iter().find(|z| &*z.name == name).unwrap();
+    let ring = &zone.shape.0[0].exterior().0;
+    let n = (ring.len() - 1) as f64;
+    GeoPoint { lat: ring[..ring.len() - 1].iter().map(|c| c.y).sum::<f64>() / n, lon: ring[..ring.len() - 1].iter().map(|c| c.x).sum::<f64>() / n }
+}
+
+/// A vehicle circling `centre` at 40 km/h on a loop of `radius_deg`.
+fn on_loop(centre: GeoPoint, radius_deg: f64, t_ms: i64, phase: f64) -> GeoPoint {
+    let radius_km = radius_deg * 111.2;
+    let angle = phase + 40.0 / radius_km * (t_ms as f64 / 3_600_000.0);
+    GeoPoint { lat: centre.lat + radius_deg * angle.cos(), lon: centre.lon + radius_deg * angle.sin() / centre.lat.to_radians().cos() }
+}
+
+fn at(minutes: i64) -> i64 {
+    DAY_START_MS + minutes * 60_000
+}
+
+#[test]
+fn a_fleet_day_replayed_finds_every_injected_rule_anomaly_and_nothing_else() {
+    let zones = geofences();
+    let restricted = centre_of(&zones, "Restricted Area");
+    let mut lines = Vec::new();
+    let mut t = DAY_START_MS;
+    while t < DAY_START_MS + 86_400_000 {
+        for v in 1..=15 {
+            // Loops spread over San Francisco, away from every zone; V005's passes 1.7 km from a restricted one.
+            let centre = if v == 5 {
+                GeoPoint { lat: restricted.lat + 0.015, lon: restricted.lon }
+            } else {
+                GeoPoint { lat: 37.745 + 0.006 * f64::from(v % 5), lon: -122.49 + 0.012 * f64::from(v / 5) }
+            };
+            let mut position = on_loop(centre, 0.005, t, f64::from(v));
+            let mut speed = 40.0 + f64::from((t / STEP_MS % 7) as i32) * 0.5;
+            if v == 3 && t == at(12 * 60) {
+                position.lat += 0.5; // one spoofed fix 55 km away, then back
+            }
+            if v == 5 && (at(22 * 60)..at(22 * 60 + 30)).contains(&t) {
+                position = restricted;
+                speed = 8.0;
+            }
+            if v == 7 && (at(14 * 60)..at(14 * 60 + 50)).contains(&t) {
+                position = on_loop(centre, 0.005, at(14 * 60), 7.0);
+                speed = 0.0;
+            }
+            if !(v == 5 && (at(22 * 60)..at(22 * 60 + 30)).contains(&t)) {
+                assert!(zones.zone_at(position).is_none(), "V{v:03}'s own track enters a zone at {t}");
+            }
+            let timestamp = teleguard_core::time::format_millis(t);
+            lines.push(json!({"vehicle_id": format!("V{v:03}"), "timestamp": timestamp, "latitude": position.lat,
+                              "longitude": position.lon, "speed": speed, "engine_status": if speed > 0.0 { "on" } else { "idle" }}));
+        }
+        t += STEP_MS;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("fleet-day.ndjson");
+    let mut file = std::fs::File::create(&input).unwrap();
+    for line in &lines {
+        writeln!(file, "{line}").unwrap();
+    }
+    let output = dir.path().join("anomalies.ndjson");
+    let status = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["replay", input.to_str().unwrap(), "--profile", "vehicle", "--out", output.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let anomalies: Vec<Value> =
+        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rules: Vec<&Value> = anomalies.iter().filter(|a| a["detector"] != "zscore").collect();
+    let summary: Vec<String> = rules.iter().map(|a| format!("{} {} {}", a["detector"], a["entity"], a["timestamp"])).collect();
+
+    let teleports: Vec<&&Value> = rules.iter().filter(|a| a["detector"] == "teleport").collect();
+    assert_eq!(teleports.len(), 2, "out and back, and no other: {summary:#?}");
+    assert!(teleports.iter().all(|a| a["entity"] == "V003"));
+    assert_eq!(teleports[0]["timestamp"], "2024-09-04T12:00:00.000Z");
+    assert!(teleports[0]["reason"].as_str().unwrap().contains(" km/h over 55.8"), "{}", teleports[0]["reason"]);
+
+    let breaches: Vec<&&Value> = rules.iter().filter(|a| a["detector"] == "geofence_breach").collect();
+    assert_eq!(breaches.len(), 2, "opened, then closed: {summary:#?}");
+    assert!(breaches.iter().all(|a| a["entity"] == "V005"));
+    assert_eq!(breaches[0]["episode_start"], "2024-09-04T22:00:00.000Z");
+    assert_eq!(breaches[1]["episode_end"], "2024-09-04T22:30:00.000Z");
+
+    let stops: Vec<&&Value> = rules.iter().filter(|a| a["detector"] == "unusual_stop").collect();
+    assert_eq!(stops.len(), 2, "raised past 30 min, then closed: {summary:#?}");
+    assert!(stops.iter().all(|a| a["entity"] == "V007"));
+    assert_eq!(stops[0]["timestamp"], "2024-09-04T14:30:30.000Z");
+    assert_eq!(stops[1]["episode_end"], "2024-09-04T14:50:00.000Z");
+    assert!(stops[1]["reason"].as_str().unwrap().contains("for 50 min"), "{}", stops[1]["reason"]);
+    assert_eq!(rules.len(), 6, "{summary:#?}");
+
+    // With --all-scores: one line per reading and detector, in input order.
+    let scores = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["replay", input.to_str().unwrap(), "--profile", "vehicle", "--all-scores"])
+        .output()
+        .unwrap();
+    assert!(scores.status.success());
+    let records: Vec<u64> = String::from_utf8(scores.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["record"].as_u64().unwrap())
+        .collect();
+    assert!(records.windows(2).all(|w| w[0] <= w[1]), "input order");
+    assert!(records.len() > lines.len() * 3, "{} score lines for {} readings", records.len(), lines.len());
+}
+
+#[test]
+fn csv_input_with_a_header_row_is_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("sensor.csv");
+    let mut csv = String::from("timestamp,sensor_id,metric_type,value\n");
+    for i in 0..40 {
+        let value = if i == 30 { 95.0 } else { 21.0 + f64::from(i % 3) * 0.2 };
+        csv.push_str(&format!("2024-09-04T10:{i:02}:00Z,env-1,temperature,{value}\n"));
+    }
+    csv.push_str("2024-09-04T11:00:00Z,env-1,temperature,hot\n");
+    std::fs::write(&input, csv).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["replay", input.to_str().unwrap(), "--profile", "environment"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("record 41: field `value`: expected a number, found string \"hot\""), "{stderr}");
+    let anomalies: Vec<Value> = String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(anomalies.len(), 1, "{anomalies:#?}");
+    assert_eq!(anomalies[0]["timestamp"], "2024-09-04T10:30:00.000Z");
+    assert_eq!(anomalies[0]["metric"], "temperature");
+    let refused = Command::new(env!("CARGO_BIN_EXE_teleguard")).args(["replay", "nowhere.csv", "--profile", "boat"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown profile \"boat\""));
+}
