@@ -8,7 +8,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 use teleguard_core::detect::isolation_forest::{IsolationForest, IsolationForestDetector, ModelRegistry};
-use teleguard_core::detect::rules::{geofence::GeofenceBreachDetector, stop::UnusualStopDetector, teleport::TeleportDetector};
+use teleguard_core::detect::rules::{
+    geofence::GeofenceBreachDetector, stop::UnusualStopDetector, teleport::TeleportDetector,
+};
 use teleguard_core::detect::zscore::ZScoreDetector;
 use teleguard_core::detect::{Detector, Findings, Observation};
 use teleguard_core::enrich::{Enricher, parse_drivers};
@@ -37,7 +39,12 @@ fn simulated(profile: &str, count: usize, registry: &ProfileRegistry) -> Vec<Rea
     messages.iter().take(count).map(|m| validate(profile, &m.payload).unwrap()).collect()
 }
 
-fn run(detector: &mut dyn Detector, registry: &ProfileRegistry, readings: &[Reading], enrichments: &[Enrichment]) -> f64 {
+fn run(
+    detector: &mut dyn Detector,
+    registry: &ProfileRegistry,
+    readings: &[Reading],
+    enrichments: &[Enrichment],
+) -> f64 {
     let mut findings = Findings::default();
     let started = Instant::now();
     for (reading, enrichment) in readings.iter().zip(enrichments) {
@@ -73,10 +80,16 @@ fn main() {
     for row in &rows {
         black_box(forest.score(row));
     }
-    println!("isolation forest: {:.2} M readings/s scored (100 trees, 7 features)", rows.len() as f64 / started.elapsed().as_secs_f64() / 1e6);
+    println!(
+        "isolation forest: {:.2} M readings/s scored (100 trees, 7 features)",
+        rows.len() as f64 / started.elapsed().as_secs_f64() / 1e6
+    );
     let mut detector = IsolationForestDetector::new(Arc::new(ModelRegistry::default()));
     let seconds = run(&mut detector, &registry, &drones, &none);
-    println!("isolation forest detector: {:.2} M readings/s (features, scoring, findings)", drones.len() as f64 / seconds / 1e6);
+    println!(
+        "isolation forest detector: {:.2} M readings/s (features, scoring, findings)",
+        drones.len() as f64 / seconds / 1e6
+    );
 
     let vehicles = simulated("vehicle", n, &registry);
     let drivers = parse_drivers(include_str!("../../../data/drivers.json")).unwrap();
@@ -85,7 +98,10 @@ fn main() {
     let vehicle = registry.by_name("vehicle").unwrap();
     let started = Instant::now();
     let enrichments: Vec<Enrichment> = vehicles.iter().map(|r| enricher.enrich(vehicle, r)).collect();
-    println!("enrichment (driver + R-tree zone lookup): {:.1} M readings/s", n as f64 / started.elapsed().as_secs_f64() / 1e6);
+    println!(
+        "enrichment (driver + R-tree zone lookup): {:.1} M readings/s",
+        n as f64 / started.elapsed().as_secs_f64() / 1e6
+    );
     let mut rules: Vec<Box<dyn Detector>> = vec![
         Box::new(TeleportDetector::default()),
         Box::new(GeofenceBreachDetector::default()),

@@ -28,11 +28,15 @@ async fn teleports_open_one_alert_that_an_operator_acknowledges_and_resolves() {
     })
     .await;
     let alert = &alerts[0];
-    assert_eq!((&alert["detector"], &alert["entity"], &alert["state"]), (&json!("teleport"), &json!("V009"), &json!("open")));
+    assert_eq!(
+        (&alert["detector"], &alert["entity"], &alert["state"]),
+        (&json!("teleport"), &json!("V009"), &json!("open"))
+    );
     assert!(alert["reason"].as_str().unwrap().starts_with("implied speed"), "{alert}");
     let id = alert["id"].as_i64().unwrap();
 
-    let acked: Value = client.post(server.url(&format!("/api/alerts/{id}/ack"))).send().await.unwrap().json().await.unwrap();
+    let acked: Value =
+        client.post(server.url(&format!("/api/alerts/{id}/ack"))).send().await.unwrap().json().await.unwrap();
     assert_eq!(acked["state"], "acknowledged");
     assert!(acked["acknowledged_at"].is_string());
     let resolved: Value =
@@ -48,7 +52,10 @@ async fn teleports_open_one_alert_that_an_operator_acknowledges_and_resolves() {
     // A new teleport after resolution opens a new alert.
     let later = [vehicle(600, 37.7605), vehicle(605, 36.9)];
     post(&client, &server, "vehicle", serde_json::to_vec(&later).unwrap()).await;
-    wait_for("a fresh alert", || async { (get_json(&client, &url).await.as_array().unwrap().len() == 1).then_some(()) }).await;
+    wait_for("a fresh alert", || async {
+        (get_json(&client, &url).await.as_array().unwrap().len() == 1).then_some(())
+    })
+    .await;
 }
 
 fn drone(i: usize, battery: f64) -> Value {

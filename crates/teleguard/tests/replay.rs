@@ -21,14 +21,20 @@ fn centre_of(index: &GeofenceIndex, name: &str) -> GeoPoint {
     let zone = index.zones().iter().find(|z| &*z.name == name).unwrap();
     let ring = &zone.shape.0[0].exterior().0;
     let n = (ring.len() - 1) as f64;
-    GeoPoint { lat: ring[..ring.len() - 1].iter().map(|c| c.y).sum::<f64>() / n, lon: ring[..ring.len() - 1].iter().map(|c| c.x).sum::<f64>() / n }
+    GeoPoint {
+        lat: ring[..ring.len() - 1].iter().map(|c| c.y).sum::<f64>() / n,
+        lon: ring[..ring.len() - 1].iter().map(|c| c.x).sum::<f64>() / n,
+    }
 }
 
 /// A vehicle circling `centre` at 40 km/h on a loop of `radius_deg`.
 fn on_loop(centre: GeoPoint, radius_deg: f64, t_ms: i64, phase: f64) -> GeoPoint {
     let radius_km = radius_deg * 111.2;
     let angle = phase + 40.0 / radius_km * (t_ms as f64 / 3_600_000.0);
-    GeoPoint { lat: centre.lat + radius_deg * angle.cos(), lon: centre.lon + radius_deg * angle.sin() / centre.lat.to_radians().cos() }
+    GeoPoint {
+        lat: centre.lat + radius_deg * angle.cos(),
+        lon: centre.lon + radius_deg * angle.sin() / centre.lat.to_radians().cos(),
+    }
 }
 
 fn at(minutes: i64) -> i64 {
@@ -86,7 +92,8 @@ fn a_fleet_day_replayed_finds_every_injected_rule_anomaly_and_nothing_else() {
     let anomalies: Vec<Value> =
         std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let rules: Vec<&Value> = anomalies.iter().filter(|a| a["detector"] != "zscore").collect();
-    let summary: Vec<String> = rules.iter().map(|a| format!("{} {} {}", a["detector"], a["entity"], a["timestamp"])).collect();
+    let summary: Vec<String> =
+        rules.iter().map(|a| format!("{} {} {}", a["detector"], a["entity"], a["timestamp"])).collect();
 
     let teleports: Vec<&&Value> = rules.iter().filter(|a| a["detector"] == "teleport").collect();
     assert_eq!(teleports.len(), 2, "out and back, and no other: {summary:#?}");
@@ -141,11 +148,15 @@ fn csv_input_with_a_header_row_is_replayed() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("record 41: field `value`: expected a number, found string \"hot\""), "{stderr}");
-    let anomalies: Vec<Value> = String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let anomalies: Vec<Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(anomalies.len(), 1, "{anomalies:#?}");
     assert_eq!(anomalies[0]["timestamp"], "2024-09-04T10:30:00.000Z");
     assert_eq!(anomalies[0]["metric"], "temperature");
-    let refused = Command::new(env!("CARGO_BIN_EXE_teleguard")).args(["replay", "nowhere.csv", "--profile", "boat"]).output().unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["replay", "nowhere.csv", "--profile", "boat"])
+        .output()
+        .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown profile \"boat\""));
 }

@@ -8,7 +8,7 @@
 //! scikit-learn's `IsolationForest`; its `score_samples` is the negative of this score.
 
 use super::settings::{Feature, IsolationForestSettings, ModelScope};
-use super::{Detector, Findings, Observation, for_people};
+use super::{Detector, EntityMap, Findings, Observation, for_people};
 use crate::model::{Anomaly, Severity, anomaly_id};
 use rand::rngs::SmallRng;
 use rand::seq::index::sample;
@@ -24,8 +24,6 @@ pub const NAME: &str = "isolation_forest";
 const MAX_SUBSAMPLE: usize = 256;
 /// Readings kept for retraining, per scope.
 const RESERVOIR_SIZE: usize = 1024;
-/// Marks a leaf in [`Tree::feature`].
-const LEAF: u16 = u16::MAX;
 
 /// The average path length of an unsuccessful search in a binary search tree of `n` items.
 pub fn average_path_length(n: usize) -> f64 {
@@ -39,41 +37,63 @@ pub fn average_path_length(n: usize) -> f64 {
     }
 }
 
-/// One isolation tree, as flat arrays: node `i` splits on `feature[i]` at `value[i]` into
-/// `left[i]` (< value) and `right[i]`, or is a leaf whose path adds `value[i]` = c(size).
+/// One isolation tree, stored as a complete binary tree of depth `depth` so scoring is a
+/// fixed number of branch-free steps: internal node `i` sends `x` to child `2i + 1` or, when
+/// `x[feature[i]] >= threshold[i]`, to `2i + 2`. A leaf above the last level continues down
+/// its leftmost path through pass-through nodes (threshold +∞); each slot of the last level
+/// holds the path length of the leaf it belongs to: its depth plus c(size).
+/// Values are compared as `f32`, as scikit-learn's trees do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tree {
+    depth: u8,
     feature: Vec<u16>,
-    value: Vec<f64>,
-    left: Vec<u32>,
-    right: Vec<u32>,
+    #[serde(with = "infinite_as_null")]
+    threshold: Vec<f32>,
+    leaf_path: Vec<f32>,
+}
+
+/// JSON has no infinity: pass-through thresholds (+∞) are written as null.
+mod infinite_as_null {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(values: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
+        let wire: Vec<Option<f32>> = values.iter().map(|v| v.is_finite().then_some(*v)).collect();
+        wire.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f32>, D::Error> {
+        let wire: Vec<Option<f32>> = Vec::deserialize(deserializer)?;
+        Ok(wire.into_iter().map(|v| v.unwrap_or(f32::INFINITY)).collect())
+    }
 }
 
 impl Tree {
-    fn grow(data: &[Vec<f64>], rows: &mut [usize], max_depth: usize, rng: &mut SmallRng) -> Tree {
-        let mut tree = Tree { feature: Vec::new(), value: Vec::new(), left: Vec::new(), right: Vec::new() };
-        tree.node(data, rows, 0, max_depth, rng);
+    fn grow(data: &[Vec<f64>], rows: &mut [usize], depth: usize, rng: &mut SmallRng) -> Tree {
+        let internal = (1usize << depth) - 1;
+        let mut tree = Tree {
+            depth: depth as u8,
+            feature: vec![0; internal],
+            threshold: vec![f32::INFINITY; internal],
+            leaf_path: vec![0.0; internal + 1],
+        };
+        tree.node(data, rows, 0, 0, rng);
         tree
     }
 
-    fn leaf(&mut self, size: usize) -> u32 {
-        self.feature.push(LEAF);
-        self.value.push(average_path_length(size));
-        self.left.push(0);
-        self.right.push(0);
-        (self.feature.len() - 1) as u32
+    /// Ends the path at `index` (depth `level`): its leftmost descendant on the last level
+    /// carries the path length.
+    fn leaf(&mut self, mut index: usize, mut level: usize, size: usize) {
+        let path = level as f64 + average_path_length(size);
+        while level < usize::from(self.depth) {
+            index = 2 * index + 1;
+            level += 1;
+        }
+        self.leaf_path[index - self.feature.len()] = path as f32;
     }
 
-    fn node(
-        &mut self,
-        data: &[Vec<f64>],
-        rows: &mut [usize],
-        depth: usize,
-        max_depth: usize,
-        rng: &mut SmallRng,
-    ) -> u32 {
-        if rows.len() <= 1 || depth >= max_depth {
-            return self.leaf(rows.len());
+    fn node(&mut self, data: &[Vec<f64>], rows: &mut [usize], index: usize, level: usize, rng: &mut SmallRng) {
+        if rows.len() <= 1 || level >= usize::from(self.depth) {
+            return self.leaf(index, level, rows.len());
         }
         let features = data[0].len();
         // Try features in random order until one is not constant here.
@@ -82,53 +102,109 @@ impl Tree {
             let pick = rng.random_range(tried..features);
             order.swap(tried, pick);
             let feature = order[tried];
-            let (min, max) = rows.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| {
-                (lo.min(data[r][feature]), hi.max(data[r][feature]))
+            let (min, max) = rows.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &r| {
+                let x = data[r][feature] as f32;
+                (lo.min(x), hi.max(x))
             });
             if max <= min {
                 continue;
             }
-            let split = min + rng.random::<f64>() * (max - min);
+            let split = (f64::from(min) + rng.random::<f64>() * f64::from(max - min)) as f32;
+            let split = if split <= min { max } else { split };
             let mut boundary = 0;
             for i in 0..rows.len() {
-                if data[rows[i]][feature] < split {
+                if (data[rows[i]][feature] as f32) < split {
                     rows.swap(i, boundary);
                     boundary += 1;
                 }
             }
-            let index = self.feature.len();
-            self.feature.push(feature as u16);
-            self.value.push(split);
-            self.left.push(0);
-            self.right.push(0);
+            self.feature[index] = feature as u16;
+            self.threshold[index] = split;
             let (low, high) = rows.split_at_mut(boundary);
-            let left = self.node(data, low, depth + 1, max_depth, rng);
-            let right = self.node(data, high, depth + 1, max_depth, rng);
-            self.left[index] = left;
-            self.right[index] = right;
-            return index as u32;
+            self.node(data, low, 2 * index + 1, level + 1, rng);
+            self.node(data, high, 2 * index + 2, level + 1, rng);
+            return;
         }
-        self.leaf(rows.len())
+        self.leaf(index, level, rows.len())
     }
+}
 
-    fn path_length(&self, x: &[f64]) -> f64 {
-        let mut node = 0usize;
-        let mut depth = 0.0;
-        loop {
-            let feature = self.feature[node];
-            if feature == LEAF {
-                return depth + self.value[node];
-            }
-            node = if x[usize::from(feature)] < self.value[node] { self.left[node] } else { self.right[node] } as usize;
-            depth += 1.0;
+/// One internal node of the packed forest: 8 bytes, one load per step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Node {
+    threshold: f32,
+    feature: u32,
+}
+
+/// Every tree's nodes in one array (all trees have the same depth), for scoring.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Packed {
+    depth: u8,
+    internal: usize,
+    nodes: Vec<Node>,
+    leaf_path: Vec<f32>,
+}
+
+impl Packed {
+    fn of(trees: &[Tree]) -> Packed {
+        let depth = trees.first().map_or(0, |t| t.depth);
+        let internal = (1usize << depth) - 1;
+        let mut packed = Packed { depth, internal, nodes: Vec::new(), leaf_path: Vec::new() };
+        for tree in trees {
+            debug_assert_eq!(tree.depth, depth);
+            packed.nodes.extend(
+                tree.feature.iter().zip(&tree.threshold).map(|(f, t)| Node { threshold: *t, feature: u32::from(*f) }),
+            );
+            packed.leaf_path.extend(&tree.leaf_path);
+        }
+        packed
+    }
+}
+
+/// A forest as stored: its trees and what it learnt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StoredForest {
+    trees: Vec<Tree>,
+    subsample: usize,
+    threshold: f64,
+    feature_mean: Vec<f64>,
+    feature_std: Vec<f64>,
+    trained_on: usize,
+}
+
+impl From<StoredForest> for IsolationForest {
+    fn from(stored: StoredForest) -> Self {
+        IsolationForest {
+            packed: Packed::of(&stored.trees),
+            trees: stored.trees,
+            subsample: stored.subsample,
+            threshold: stored.threshold,
+            feature_mean: stored.feature_mean,
+            feature_std: stored.feature_std,
+            trained_on: stored.trained_on,
+        }
+    }
+}
+
+impl From<IsolationForest> for StoredForest {
+    fn from(forest: IsolationForest) -> Self {
+        StoredForest {
+            trees: forest.trees,
+            subsample: forest.subsample,
+            threshold: forest.threshold,
+            feature_mean: forest.feature_mean,
+            feature_std: forest.feature_std,
+            trained_on: forest.trained_on,
         }
     }
 }
 
 /// A trained forest with its threshold and what typical training readings look like.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredForest", into = "StoredForest")]
 pub struct IsolationForest {
     trees: Vec<Tree>,
+    packed: Packed,
     subsample: usize,
     /// Scores above this are anomalies.
     pub threshold: f64,
@@ -146,7 +222,8 @@ impl IsolationForest {
         let mut rng = SmallRng::seed_from_u64(seed);
         let subsample = data.len().min(MAX_SUBSAMPLE);
         let max_depth = (subsample.max(2) as f64).log2().ceil() as usize;
-        let grown = (0..trees)
+        debug_assert!(max_depth <= 16, "subsamples are at most {MAX_SUBSAMPLE}");
+        let grown: Vec<Tree> = (0..trees)
             .map(|_| {
                 let mut rows: Vec<usize> = sample(&mut rng, data.len(), subsample).into_vec();
                 Tree::grow(data, &mut rows, max_depth, &mut rng)
@@ -159,6 +236,7 @@ impl IsolationForest {
             .map(|f| (data.iter().map(|r| (r[f] - feature_mean[f]).powi(2)).sum::<f64>() / n).sqrt())
             .collect();
         let mut forest = IsolationForest {
+            packed: Packed::of(&grown),
             trees: grown,
             subsample,
             threshold: 0.0,
@@ -174,7 +252,39 @@ impl IsolationForest {
 
     /// 2^(−E[h(x)] / c(ψ)): near 1 for readings isolated quickly, near 0.5 or below otherwise.
     pub fn score(&self, x: &[f64]) -> f64 {
-        let mean_path = self.trees.iter().map(|t| t.path_length(x)).sum::<f64>() / self.trees.len() as f64;
+        let mut narrow = [0f32; 32];
+        let wide: Vec<f32>;
+        let x: &[f32] = if x.len() <= narrow.len() {
+            for (slot, value) in narrow.iter_mut().zip(x) {
+                *slot = *value as f32;
+            }
+            &narrow[..x.len()]
+        } else {
+            wide = x.iter().map(|v| *v as f32).collect();
+            &wide
+        };
+        // Trees in lock step, LANES at a time: independent chains of loads the CPU overlaps.
+        const LANES: usize = 8;
+        let Packed { depth, internal, nodes, leaf_path } = &self.packed;
+        let trees = self.trees.len();
+        let mut total = 0f32;
+        let mut first = 0;
+        while first < trees {
+            let lanes = LANES.min(trees - first);
+            let mut index = [0usize; LANES];
+            for _ in 0..*depth {
+                for (lane, i) in index.iter_mut().enumerate().take(lanes) {
+                    let node = nodes[(first + lane) * internal + *i];
+                    let go_right = x[node.feature as usize] >= node.threshold;
+                    *i = 2 * *i + 1 + usize::from(go_right);
+                }
+            }
+            for (lane, i) in index.iter().enumerate().take(lanes) {
+                total += leaf_path[(first + lane) * (internal + 1) + (i - internal)];
+            }
+            first += lanes;
+        }
+        let mean_path = f64::from(total) / self.trees.len() as f64;
         2f64.powf(-mean_path / average_path_length(self.subsample))
     }
 }
@@ -297,15 +407,20 @@ type Metrics = Vec<(u16, f64)>;
 pub struct IsolationForestDetector {
     models: Arc<ModelRegistry>,
     /// Trained models already fetched, so scoring does not take the registry's lock.
-    cached: HashMap<ModelKey, Arc<IsolationForest>>,
+    cached: rustc_hash::FxHashMap<ModelKey, Arc<IsolationForest>>,
     /// Each entity's previous metrics, for `_diff` and `_change` features.
-    previous: HashMap<(u16, Arc<str>), Metrics>,
+    previous: EntityMap<Metrics>,
     features: Vec<f64>,
 }
 
 impl IsolationForestDetector {
     pub fn new(models: Arc<ModelRegistry>) -> Self {
-        IsolationForestDetector { models, cached: HashMap::new(), previous: HashMap::new(), features: Vec::new() }
+        IsolationForestDetector {
+            models,
+            cached: Default::default(),
+            previous: EntityMap::default(),
+            features: Vec::new(),
+        }
     }
 }
 
@@ -346,10 +461,14 @@ impl Detector for IsolationForestDetector {
     fn observe(&mut self, observation: Observation<'_>, findings: &mut Findings) {
         let Observation { profile, reading, .. } = observation;
         let Some(settings) = &profile.detectors.isolation_forest else { return };
-        let entity_key = (reading.profile, reading.entity.clone());
-        let previous = self.previous.get(&entity_key);
-        let complete = compute_features(settings, &reading.metrics, previous, &mut self.features);
-        self.previous.insert(entity_key, reading.metrics.clone());
+        let previous = self.previous.get_or_insert_with(reading.profile, &reading.entity, Vec::new);
+        let complete = compute_features(
+            settings,
+            &reading.metrics,
+            Some(&*previous).filter(|p| !p.is_empty()),
+            &mut self.features,
+        );
+        previous.clone_from(&reading.metrics);
         if !complete {
             return;
         }

@@ -63,6 +63,11 @@ impl Findings {
         }
     }
 
+    /// Whether every judgement is kept, not only anomalies.
+    pub fn keeps_scores(&self) -> bool {
+        self.keep_scores
+    }
+
     pub fn clear(&mut self) {
         self.anomalies.clear();
         self.scores.clear();
@@ -149,5 +154,47 @@ mod tests {
         assert_eq!(for_people(-1234567.5), "-1,234,567.5");
         assert_eq!(for_people(0.0), "0");
         assert_eq!(for_people(100.0), "100");
+    }
+}
+
+/// Per-entity state of a detector: one map per profile, looked up by the entity's name
+/// without cloning it; a fast non-cryptographic hash (entity ids are not adversarial keys
+/// for a hash-flooding attack here: each costs the sender a validated, stored message).
+#[derive(Debug)]
+pub struct EntityMap<V> {
+    by_profile: Vec<rustc_hash::FxHashMap<Arc<str>, V>>,
+}
+
+impl<V> Default for EntityMap<V> {
+    fn default() -> Self {
+        EntityMap { by_profile: Vec::new() }
+    }
+}
+
+impl<V> EntityMap<V> {
+    /// The entity's state, made by `new` on first sight.
+    pub fn get_or_insert_with(&mut self, profile: u16, entity: &Arc<str>, new: impl FnOnce() -> V) -> &mut V {
+        let index = usize::from(profile);
+        if self.by_profile.len() <= index {
+            self.by_profile.resize_with(index + 1, Default::default);
+        }
+        let map = &mut self.by_profile[index];
+        if !map.contains_key(&**entity) {
+            map.insert(entity.clone(), new());
+        }
+        map.get_mut(&**entity).expect("just inserted")
+    }
+
+    pub fn get(&self, profile: u16, entity: &str) -> Option<&V> {
+        self.by_profile.get(usize::from(profile))?.get(entity)
+    }
+
+    /// Number of entities with state.
+    pub fn len(&self) -> usize {
+        self.by_profile.iter().map(|m| m.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

@@ -5,9 +5,8 @@
 //! to an anchor that moves to the window mean each time the window has been replaced, so
 //! rounding neither drifts nor cancels after a level shift.
 
-use super::{Detector, Findings, Observation, for_people};
-use crate::model::{Anomaly, ProfileId, Severity, anomaly_id};
-use std::collections::HashMap;
+use super::{Detector, EntityMap, Findings, Observation, for_people};
+use crate::model::{Anomaly, Severity, anomaly_id};
 use std::sync::Arc;
 
 /// The detector's name on anomalies.
@@ -53,6 +52,11 @@ impl RollingWindow {
 
     /// Sample mean and standard deviation (n - 1), once the window holds two values.
     pub fn mean_std(&self) -> Option<(f64, f64)> {
+        self.mean_variance().map(|(mean, variance)| (mean, variance.sqrt()))
+    }
+
+    /// Sample mean and variance (n - 1), once the window holds two values.
+    pub fn mean_variance(&self) -> Option<(f64, f64)> {
         let n = self.values.len();
         if n < 2 {
             return None;
@@ -60,7 +64,7 @@ impl RollingWindow {
         let n_f = n as f64;
         let shifted_mean = self.sum / n_f;
         let variance = ((self.sum_squares - self.sum * shifted_mean) / (n_f - 1.0)).max(0.0);
-        Some((self.anchor + shifted_mean, variance.sqrt()))
+        Some((self.anchor + shifted_mean, variance))
     }
 
     pub fn push(&mut self, x: f64) {
@@ -95,16 +99,20 @@ impl RollingWindow {
     }
 }
 
+/// The smallest σ used for a window with this mean.
+fn sigma_floor(mean: f64) -> f64 {
+    (SIGMA_FLOOR_RELATIVE * mean.abs()).max(1e-9)
+}
+
 /// The z of `x` against a window's mean and standard deviation, with the σ floor applied.
 pub fn z_score(x: f64, mean: f64, std: f64) -> f64 {
-    let floor = (SIGMA_FLOOR_RELATIVE * mean.abs()).max(1e-9);
-    (x - mean) / std.max(floor)
+    (x - mean) / std.max(sigma_floor(mean))
 }
 
 /// Rolling z-score over every metric of every profile that enables it.
 #[derive(Debug, Default)]
 pub struct ZScoreDetector {
-    windows: HashMap<(ProfileId, Arc<str>), Vec<Option<RollingWindow>>>,
+    windows: EntityMap<Vec<Option<RollingWindow>>>,
 }
 
 impl ZScoreDetector {
@@ -124,16 +132,26 @@ impl Detector for ZScoreDetector {
         let Some(settings) = &profile.detectors.zscore else {
             return;
         };
-        let key = (reading.profile, reading.entity.clone());
-        let windows = self.windows.entry(key).or_insert_with(|| vec![None; profile.metrics.len()]);
+        let windows =
+            self.windows.get_or_insert_with(reading.profile, &reading.entity, || vec![None; profile.metrics.len()]);
         for &(metric, x) in &reading.metrics {
             if !settings.watched[usize::from(metric)] {
                 continue;
             }
             let window = windows[usize::from(metric)].get_or_insert_with(|| RollingWindow::new(settings.window.get()));
-            if let Some((mean, std)) = window.mean_std() {
+            if let Some((mean, variance)) = window.mean_variance() {
+                // Compare squares first: the square root and division only for anomalies and
+                // kept scores.
+                let floor = sigma_floor(mean);
+                let deviation = x - mean;
+                let is_anomaly =
+                    deviation * deviation > settings.threshold * settings.threshold * variance.max(floor * floor);
+                if !is_anomaly && !findings.keeps_scores() {
+                    window.push(x);
+                    continue;
+                }
+                let std = variance.sqrt();
                 let z = z_score(x, mean, std);
-                let is_anomaly = z.abs() > settings.threshold;
                 findings.score(
                     NAME,
                     || Some(profile.metric_name(metric).clone()),

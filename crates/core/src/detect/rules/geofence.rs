@@ -42,13 +42,16 @@ impl Detector for GeofenceBreachDetector {
             return;
         };
         let Some(utc) = DateTime::from_timestamp_millis(reading.event_time_ms) else { return };
-        let local = utc.with_timezone(&settings.time_zone);
         let zone = enrichment.current_zone.as_ref().filter(|z| settings.zones.iter().any(|name| name == &***z));
-        let in_breach = zone.is_some() && !within_hours(local.time(), settings.allowed_from, settings.allowed_until);
+        // Local time only matters inside a watched zone; most readings are not.
+        let local = zone.map(|_| utc.with_timezone(&settings.time_zone));
+        let in_breach =
+            local.as_ref().is_some_and(|l| !within_hours(l.time(), settings.allowed_from, settings.allowed_until));
         findings.score(NAME, || None, f64::from(u8::from(in_breach)), 0.5, in_breach);
         match (in_breach, breach.open.take()) {
             (true, None) => {
                 let zone = zone.expect("in breach means in a zone").clone();
+                let local = local.expect("in breach means in a zone");
                 findings.anomalies.push(anomaly(
                     profile,
                     reading,
@@ -63,6 +66,7 @@ impl Detector for GeofenceBreachDetector {
             (true, Some(open)) => breach.open = Some(open),
             (false, Some((start_ms, zone))) => {
                 let end = Some(reading.event_time_ms);
+                let local = utc.with_timezone(&settings.time_zone);
                 findings.anomalies.push(anomaly(profile, reading, settings, &zone, start_ms, end, &local));
             }
             (false, None) => {}

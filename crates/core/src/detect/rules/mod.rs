@@ -7,20 +7,20 @@ pub mod geofence;
 pub mod stop;
 pub mod teleport;
 
-use std::collections::HashMap;
+use crate::detect::EntityMap;
 use std::sync::Arc;
 
 /// Per-vehicle state of one rule, keyed by (profile, entity).
 #[derive(Debug)]
 pub struct Tracks<S> {
-    states: HashMap<(u16, Arc<str>), (i64, S)>,
+    states: EntityMap<(i64, S)>,
     /// Readings ignored because they were not newer than the vehicle's previous one.
     pub out_of_order: u64,
 }
 
 impl<S> Default for Tracks<S> {
     fn default() -> Self {
-        Tracks { states: HashMap::new(), out_of_order: 0 }
+        Tracks { states: EntityMap::default(), out_of_order: 0 }
     }
 }
 
@@ -34,7 +34,7 @@ impl<S: Default> Tracks<S> {
         at_ms: i64,
         strictly_newer: bool,
     ) -> Option<(Option<i64>, &mut S)> {
-        let (last, state) = self.states.entry((profile, entity.clone())).or_insert((i64::MIN, S::default()));
+        let (last, state) = self.states.get_or_insert_with(profile, entity, || (i64::MIN, S::default()));
         let previous = (*last != i64::MIN).then_some(*last);
         let stale = if strictly_newer { at_ms <= *last } else { at_ms < *last };
         if stale {
