@@ -295,6 +295,36 @@ impl ProfileRegistry {
         self.profiles.iter()
     }
 
+    /// The same profiles with only the named detectors left on (e.g. `["zscore"]`).
+    pub fn keeping_detectors(&self, keep: &[&str]) -> ProfileRegistry {
+        let profiles = self
+            .profiles
+            .iter()
+            .map(|p| {
+                let mut profile = (**p).clone();
+                let d = &mut profile.detectors;
+                let off = |name: &str| !keep.contains(&name);
+                if off(crate::detect::zscore::NAME) {
+                    d.zscore = None;
+                }
+                if off(crate::detect::isolation_forest::NAME) {
+                    d.isolation_forest = None;
+                }
+                if off(crate::detect::rules::teleport::NAME) {
+                    d.teleport = None;
+                }
+                if off(crate::detect::rules::geofence::NAME) {
+                    d.geofence_breach = None;
+                }
+                if off(crate::detect::rules::stop::NAME) {
+                    d.unusual_stop = None;
+                }
+                Arc::new(profile)
+            })
+            .collect();
+        ProfileRegistry { profiles }
+    }
+
     pub fn names(&self) -> Vec<&str> {
         self.profiles.iter().map(|p| &*p.name).collect()
     }

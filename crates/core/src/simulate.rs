@@ -157,8 +157,15 @@ fn generate(profile: &str, e: &mut Entity, at_ms: i64, dt_s: f64, spike: bool, r
                    "engine_status": if speed < 1.0 { "idle" } else { "on" }})
         }
         "drone" => {
-            e.level += dt_s;
-            let battery = (100.0 - 0.02 * e.level).max(5.0) - if spike { 40.0 } else { 0.0 };
+            // Drones start at different charges, drain with flight time and swap batteries at 20 %.
+            if e.level == 0.0 {
+                e.level = 35.0 + 65.0 * e.extra;
+            }
+            e.level -= 0.02 * dt_s;
+            if e.level < 20.0 {
+                e.level = 100.0;
+            }
+            let battery = e.level - if spike { 40.0 } else { 0.0 };
             let velocity = gauss(rng, 12.0, 0.8).max(0.0);
             advance(e, velocity * 3.6, dt_s);
             json!({"timestamp": at_ms, "drone_id": e.id, "latitude": round6(e.lat), "longitude": round6(e.lon),

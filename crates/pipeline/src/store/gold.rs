@@ -2,7 +2,32 @@
 
 use super::GoldRow;
 use rusqlite::{OptionalExtension, Transaction, params};
+use std::collections::HashMap;
 use std::sync::Arc;
+
+/// The live alert of each (profile, entity, detector) the writer has touched, so raising an
+/// alert needs no look-up query. Only the writer changes alerts, so the cache stays true; it
+/// is emptied when an alert is resolved and when it grows past [`MAX_CACHED_ALERTS`].
+#[derive(Debug, Default)]
+pub struct AlertCache {
+    live: HashMap<(Arc<str>, Arc<str>, &'static str), LiveAlert>,
+}
+
+#[derive(Debug, Clone)]
+struct LiveAlert {
+    id: i64,
+    last_event_ms: i64,
+    severity: String,
+}
+
+const MAX_CACHED_ALERTS: usize = 100_000;
+
+impl AlertCache {
+    /// Forgets everything (after a rolled-back transaction).
+    pub fn clear(&mut self) {
+        self.live.clear();
+    }
+}
 
 /// Writes anomalies: a new one is inserted and opens or updates its alert; one that closes an
 /// episode (a stop, a zone visit) updates the row of the same id. Re-processed anomalies
@@ -12,6 +37,7 @@ pub fn write_gold(
     tx: &Transaction<'_>,
     rows: &[GoldRow],
     alert_cooldown_ms: i64,
+    alerts: &mut AlertCache,
     counted: &mut dyn FnMut(&Arc<str>),
 ) -> rusqlite::Result<usize> {
     let mut insert = tx.prepare_cached(
@@ -61,7 +87,7 @@ pub fn write_gold(
         if inserted > 0 {
             written += 1;
             counted(&row.profile);
-            raise_alert(tx, row, alert_cooldown_ms)?;
+            raise_alert(tx, row, alert_cooldown_ms, alerts)?;
         }
     }
     Ok(written)
@@ -69,31 +95,43 @@ pub fn write_gold(
 
 /// Updates the live alert of the anomaly's (profile, entity, detector) if its last anomaly is
 /// within the cooldown (in event time), or opens a new one.
-fn raise_alert(tx: &Transaction<'_>, row: &GoldRow, cooldown_ms: i64) -> rusqlite::Result<()> {
+fn raise_alert(tx: &Transaction<'_>, row: &GoldRow, cooldown_ms: i64, cache: &mut AlertCache) -> rusqlite::Result<()> {
     let a = &row.anomaly;
-    let mut find = tx.prepare_cached(
-        "SELECT id, severity FROM alerts
-         WHERE profile = ?1 AND entity_id = ?2 AND detector = ?3 AND state != 'resolved' AND last_event_ms >= ?4
-         ORDER BY id DESC LIMIT 1",
-    )?;
-    let live: Option<(i64, String)> = find
-        .query_row(params![&*row.profile, &*row.entity, a.detector, row.timestamp_ms - cooldown_ms], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
-    match live {
-        Some((id, severity)) => {
-            let worst = if severity_rank(&severity) >= severity_rank(a.severity.as_str()) {
-                severity
-            } else {
-                a.severity.as_str().to_string()
-            };
+    let key = (row.profile.clone(), row.entity.clone(), a.detector);
+    let live = match cache.live.get(&key) {
+        Some(live) => Some(live.clone()),
+        None => tx
+            .prepare_cached(
+                "SELECT id, severity, last_event_ms FROM alerts
+                 WHERE profile = ?1 AND entity_id = ?2 AND detector = ?3 AND state != 'resolved'
+                 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(params![&*row.profile, &*row.entity, a.detector], |r| {
+                Ok(LiveAlert { id: r.get(0)?, severity: r.get(1)?, last_event_ms: r.get(2)? })
+            })
+            .optional()?,
+    };
+    let live = live.filter(|l| l.last_event_ms >= row.timestamp_ms - cooldown_ms);
+    let updated = match live {
+        Some(mut live) => {
+            if severity_rank(a.severity.as_str()) > severity_rank(&live.severity) {
+                live.severity = a.severity.as_str().to_string();
+            }
+            live.last_event_ms = live.last_event_ms.max(row.timestamp_ms);
             tx.prepare_cached(
                 "UPDATE alerts SET anomalies = anomalies + 1, last_anomaly_id = ?2, reason = ?3, severity = ?4,
-                     last_event_ms = MAX(last_event_ms, ?5), updated_at_ms = ?6
+                     last_event_ms = ?5, updated_at_ms = ?6
                  WHERE id = ?1",
             )?
-            .execute(params![id, a.id, a.reason, worst, row.timestamp_ms, row.detected_at_ms])?;
+            .execute(params![
+                live.id,
+                a.id,
+                a.reason,
+                live.severity,
+                live.last_event_ms,
+                row.detected_at_ms
+            ])?;
+            live
         }
         None => {
             tx.prepare_cached(
@@ -111,8 +149,17 @@ fn raise_alert(tx: &Transaction<'_>, row: &GoldRow, cooldown_ms: i64) -> rusqlit
                 row.timestamp_ms,
                 row.detected_at_ms
             ])?;
+            LiveAlert {
+                id: tx.last_insert_rowid(),
+                last_event_ms: row.timestamp_ms,
+                severity: a.severity.as_str().to_string(),
+            }
         }
+    };
+    if cache.live.len() >= MAX_CACHED_ALERTS {
+        cache.live.clear();
     }
+    cache.live.insert(key, updated);
     Ok(())
 }
 
@@ -146,6 +193,7 @@ pub fn transition_alert(
     id: i64,
     action: AlertAction,
     now_ms: i64,
+    cache: &mut AlertCache,
 ) -> rusqlite::Result<AlertTransition> {
     let state: Option<String> =
         tx.query_row("SELECT state FROM alerts WHERE id = ?1", [id], |r| r.get(0)).optional()?;
@@ -162,6 +210,7 @@ pub fn transition_alert(
         }
         (AlertAction::Resolve, "resolved") => Ok(AlertTransition::Done),
         (AlertAction::Resolve, _) => {
+            cache.live.clear();
             tx.execute(
                 "UPDATE alerts SET state = 'resolved', resolved_at_ms = ?2, updated_at_ms = ?2 WHERE id = ?1",
                 params![id, now_ms],

@@ -5,7 +5,7 @@
 //! acknowledged once it is on disk, and the readings a derived append carries release their
 //! in-flight permits once their silver rows are.
 
-use super::gold::{AlertAction, AlertTransition};
+use super::gold::{AlertAction, AlertCache, AlertTransition};
 use super::{BronzeContent, BronzeRow, GoldRow, SilverRow, StoreError};
 use crate::metrics::{LayerLabels, Metrics};
 use rusqlite::{Connection, Transaction, params};
@@ -108,7 +108,7 @@ pub fn spawn(
     let (commands, receiver) = mpsc::channel(256);
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || Writer { connection, next_bronze_id, context }.run(receiver))?;
+        .spawn(move || Writer { connection, next_bronze_id, context, alerts: AlertCache::default() }.run(receiver))?;
     Ok((StoreWriter { commands }, handle))
 }
 
@@ -116,6 +116,7 @@ struct Writer {
     connection: Connection,
     next_bronze_id: i64,
     context: WriterContext,
+    alerts: AlertCache,
 }
 
 /// First and last event time of each (profile, entity) seen in a transaction.
@@ -168,6 +169,8 @@ impl Writer {
                     batch.len()
                 );
                 self.next_bronze_id = first_id;
+                // The cache may describe alert changes that were rolled back.
+                self.alerts.clear();
                 (false, Vec::new().into_iter())
             }
         };
@@ -246,9 +249,15 @@ impl Writer {
                 WriteCommand::Derived { silver, gold, .. } => {
                     silver_rows += silver.len();
                     write_silver(&tx, silver, &mut profiles, &mut entities)?;
-                    gold_rows += super::gold::write_gold(&tx, gold, self.context.alert_cooldown_ms, &mut |profile| {
-                        profiles.entry(profile.clone()).or_default().anomalies += 1;
-                    })?;
+                    gold_rows += super::gold::write_gold(
+                        &tx,
+                        gold,
+                        self.context.alert_cooldown_ms,
+                        &mut self.alerts,
+                        &mut |profile| {
+                            profiles.entry(profile.clone()).or_default().anomalies += 1;
+                        },
+                    )?;
                 }
                 WriteCommand::Model { scope, json } => {
                     tx.prepare_cached(
@@ -262,7 +271,7 @@ impl Writer {
                     ])?;
                 }
                 WriteCommand::Alert { id, action, .. } => {
-                    transitions.push(super::gold::transition_alert(&tx, *id, *action, now_millis())?);
+                    transitions.push(super::gold::transition_alert(&tx, *id, *action, now_millis(), &mut self.alerts)?);
                 }
                 WriteCommand::Flush { .. } => {}
             }

@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
+use teleguard_core::detect::DETECTOR_NAMES;
 use teleguard_core::simulate::{SIMULATED_PROFILES, SimSettings, Simulator};
 use teleguard_pipeline::Pipeline;
 use teleguard_pipeline::config::{Config, Overrides, RawConfig};
@@ -26,6 +27,10 @@ pub struct BenchArgs {
     /// Pipeline worker threads [default: one per core].
     #[arg(long)]
     workers: Option<usize>,
+    /// Detectors to run, comma-separated (zscore, isolation_forest, teleport, geofence_breach,
+    /// unusual_stop), or `all`.
+    #[arg(long, default_value = "all")]
+    detectors: String,
     /// Store folder; a fresh temporary one (removed afterwards) by default.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -42,7 +47,15 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut raw = RawConfig::default();
     raw.pipeline.workers = args.workers;
     let overrides = Overrides { data_dir: Some(data_dir.clone()), simulate: Some("none".into()), ..Default::default() };
-    let pipeline = Pipeline::start(Config::validate(raw, overrides)?).await?;
+    let mut config = Config::validate(raw, overrides)?;
+    if args.detectors != "all" {
+        let keep: Vec<&str> = args.detectors.split(',').map(str::trim).collect();
+        if let Some(unknown) = keep.iter().find(|d| !DETECTOR_NAMES.contains(d)) {
+            anyhow::bail!("unknown detector {unknown:?}; known: {}", DETECTOR_NAMES.join(", "));
+        }
+        config.profiles = std::sync::Arc::new(config.profiles.keeping_detectors(&keep));
+    }
+    let pipeline = Pipeline::start(config).await?;
     pipeline.metrics.keep_latency_samples();
     eprintln!(
         "pushing {} readings through {} workers into {}",
@@ -85,7 +98,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let anomalies: f64 = count_anomalies(&pipeline.metrics.encode());
     println!(
-        "{} readings in {:.2} s: {:.0} readings/s end to end (validate, enrich, z-score, bronze+silver+gold store)",
+        "{} readings in {:.2} s: {:.0} readings/s end to end (validate, enrich, detect, bronze+silver+gold store)",
         args.readings,
         elapsed.as_secs_f64(),
         args.readings as f64 / elapsed.as_secs_f64()
