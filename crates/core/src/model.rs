@@ -114,20 +114,28 @@ pub struct Episode {
     pub end_ms: Option<i64>,
 }
 
-/// The stable id of an anomaly: FNV-1a over its identifying parts, as 16 hex digits.
-pub fn anomaly_id(profile: &str, entity: &str, event_time_ms: i64, detector: &str, metric: &str) -> String {
+/// A hash that never changes between runs, builds or machines (FNV-1a, 64 bits), over
+/// `parts` each followed by a separator byte so that ("ab", "c") and ("a", "bc") differ.
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for byte in bytes.iter().chain(std::iter::once(&0xff)) {
+    for part in parts {
+        for byte in part.iter().chain(std::iter::once(&0xff)) {
             hash ^= u64::from(*byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
-    };
-    feed(profile.as_bytes());
-    feed(entity.as_bytes());
-    feed(&event_time_ms.to_le_bytes());
-    feed(detector.as_bytes());
-    feed(metric.as_bytes());
+    }
+    hash
+}
+
+/// The stable id of an anomaly, as 16 hex digits.
+pub fn anomaly_id(profile: &str, entity: &str, event_time_ms: i64, detector: &str, metric: &str) -> String {
+    let hash = stable_hash(&[
+        profile.as_bytes(),
+        entity.as_bytes(),
+        &event_time_ms.to_le_bytes(),
+        detector.as_bytes(),
+        metric.as_bytes(),
+    ]);
     format!("{hash:016x}")
 }
 

@@ -273,10 +273,6 @@ impl Ingest {
 
 /// The worker that owns a reading's entity: a stable hash of (profile, entity).
 pub fn shard_of(reading: &Reading, shards: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(reading.profile);
-    for byte in reading.entity.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = teleguard_core::model::stable_hash(&[&reading.profile.to_le_bytes(), reading.entity.as_bytes()]);
     (hash % shards as u64) as usize
 }

@@ -396,7 +396,7 @@ impl ModelRegistry {
 
 fn seed(key: &ModelKey, settings: &IsolationForestSettings) -> u64 {
     let label = key.label();
-    label.bytes().fold(settings.seed ^ 0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    crate::model::stable_hash(&[&settings.seed.to_le_bytes(), label.as_bytes()])
 }
 
 /// A reading's metrics: (metric id, value).
