@@ -574,6 +574,49 @@ mod tests {
         assert_eq!(a.score(&[0.3, 0.9]), back.score(&[0.3, 0.9]));
     }
 
+    fn settings(scope: ModelScope, retrain_every: usize) -> IsolationForestSettings {
+        IsolationForestSettings {
+            features: vec![Feature::Metric(0), Feature::Metric(1)],
+            feature_names: vec!["a".into(), "b".into()],
+            scope,
+            training_size: 50,
+            contamination: 0.05,
+            trees: 10,
+            retrain_every,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn a_scope_trains_once_on_its_first_readings_then_scores() {
+        let registry = ModelRegistry::default();
+        let key = ModelKey { profile: "drone".into(), entity: None };
+        let settings = settings(ModelScope::Profile, 0);
+        let rows = cloud(60, 5);
+        let answers: Vec<bool> = rows.iter().map(|row| registry.offer(&key, row, &settings).is_some()).collect();
+        assert!(answers[..50].iter().all(|scored| !scored), "no verdict while training");
+        assert!(answers[50..].iter().all(|scored| *scored));
+        let trained = registry.take_trained();
+        assert_eq!(trained.len(), 1);
+        assert_eq!(trained[0].1.trained_on, 50);
+        assert!(registry.take_trained().is_empty());
+    }
+
+    #[test]
+    fn retraining_on_a_schedule_replaces_the_model() {
+        let registry = ModelRegistry::default();
+        let key = ModelKey { profile: "drone".into(), entity: Some("d-1".into()) };
+        let settings = settings(ModelScope::Entity, 100);
+        let shifted: Vec<Vec<f64>> = cloud(250, 6).into_iter().map(|r| vec![r[0] + 10.0, r[1]]).collect();
+        for row in cloud(50, 5).iter().chain(&shifted) {
+            registry.offer(&key, row, &settings);
+        }
+        let trained = registry.take_trained();
+        assert_eq!(trained.len(), 3, "the first model, then one every 100 readings");
+        let latest = &trained[2].1;
+        assert!(latest.score(&[10.0, 0.0]) < latest.score(&[0.0, 0.0]), "the new model learnt the shifted readings");
+    }
+
     #[test]
     fn constant_features_do_not_break_training() {
         let data: Vec<Vec<f64>> = (0..50).map(|i| vec![1.0, f64::from(i % 5)]).collect();
