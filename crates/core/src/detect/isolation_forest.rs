@@ -266,23 +266,31 @@ impl IsolationForest {
         // Trees in lock step, LANES at a time: independent chains of loads the CPU overlaps.
         const LANES: usize = 8;
         let Packed { depth, internal, nodes, leaf_path } = &self.packed;
-        let trees = self.trees.len();
+        let (internal, leaves) = (*internal, *internal + 1);
         let mut total = 0f32;
-        let mut first = 0;
-        while first < trees {
-            let lanes = LANES.min(trees - first);
+        let full_groups = self.trees.len() / LANES;
+        let group_nodes = nodes.chunks_exact(internal * LANES);
+        let group_leaves = leaf_path.chunks_exact(leaves * LANES);
+        for (group, group_leaf) in group_nodes.zip(group_leaves).take(full_groups) {
             let mut index = [0usize; LANES];
             for _ in 0..*depth {
-                for (lane, i) in index.iter_mut().enumerate().take(lanes) {
-                    let node = nodes[(first + lane) * internal + *i];
+                for (lane, i) in index.iter_mut().enumerate() {
+                    let node = group[lane * internal + *i];
                     let go_right = x[node.feature as usize] >= node.threshold;
                     *i = 2 * *i + 1 + usize::from(go_right);
                 }
             }
-            for (lane, i) in index.iter().enumerate().take(lanes) {
-                total += leaf_path[(first + lane) * (internal + 1) + (i - internal)];
+            for (lane, i) in index.iter().enumerate() {
+                total += group_leaf[lane * leaves + (i - internal)];
             }
-            first += lanes;
+        }
+        for tree in full_groups * LANES..self.trees.len() {
+            let mut i = 0;
+            for _ in 0..*depth {
+                let node = nodes[tree * internal + i];
+                i = 2 * i + 1 + usize::from(x[node.feature as usize] >= node.threshold);
+            }
+            total += leaf_path[tree * leaves + (i - internal)];
         }
         let mean_path = f64::from(total) / self.trees.len() as f64;
         2f64.powf(-mean_path / average_path_length(self.subsample))
