@@ -144,14 +144,14 @@ impl Worker {
                         detector: anomaly.detector.into(),
                     })
                     .inc();
-                gold.push(GoldRow {
-                    reading_id: item.bronze_id,
-                    profile: profile.name.clone(),
-                    entity: reading.entity.clone(),
-                    timestamp_ms: reading.event_time_ms,
+                gold.push(GoldRow::new(
+                    item.bronze_id,
+                    profile.name.clone(),
+                    reading.entity.clone(),
+                    reading.event_time_ms,
                     anomaly,
-                    detected_at_ms: processed_at_ms,
-                });
+                    processed_at_ms,
+                ));
             }
             silver.push(Arc::new(row));
         }

@@ -54,9 +54,7 @@ pub fn write_gold(
     let mut written = 0;
     for row in rows {
         let a = &row.anomaly;
-        let features: serde_json::Map<String, serde_json::Value> =
-            a.features.iter().map(|(name, value)| (name.to_string(), serde_json::json!(value))).collect();
-        let features = serde_json::Value::Object(features).to_string();
+        let features = &row.features_json;
         let episode_end = a.episode.and_then(|e| e.end_ms);
         if episode_end.is_some() {
             let closed =

@@ -126,7 +126,25 @@ pub struct GoldRow {
     pub entity: Arc<str>,
     pub timestamp_ms: i64,
     pub anomaly: Anomaly,
+    /// The anomaly's features as a JSON object (made by the worker, not the writer).
+    pub features_json: String,
     pub detected_at_ms: i64,
+}
+
+impl GoldRow {
+    pub fn new(
+        reading_id: i64,
+        profile: Arc<str>,
+        entity: Arc<str>,
+        timestamp_ms: i64,
+        anomaly: Anomaly,
+        detected_at_ms: i64,
+    ) -> Self {
+        let features: serde_json::Map<String, serde_json::Value> =
+            anomaly.features.iter().map(|(name, value)| (name.to_string(), serde_json::json!(value))).collect();
+        let features_json = serde_json::Value::Object(features).to_string();
+        GoldRow { reading_id, profile, entity, timestamp_ms, anomaly, features_json, detected_at_ms }
+    }
 }
 
 /// Reference data as the store holds it.
