@@ -100,10 +100,8 @@ impl Ingest {
         let received = Instant::now();
         let received_at_ms = now_millis();
         let Some(profile) = self.shared.profiles.by_name(profile_name).cloned() else {
-            for payload in items {
-                self.record_rejected(profile_name, source, payload, &format!("unknown profile {profile_name:?}"))
-                    .await?;
-            }
+            let reason = format!("unknown profile {profile_name:?}");
+            self.record_all_rejected(profile_name, source, items, &reason).await?;
             return Err(self.unknown_profile(profile_name));
         };
         let verdicts: Vec<Result<Reading, Rejection>> = items.iter().map(|item| validate(&profile, item)).collect();
@@ -134,7 +132,7 @@ impl Ingest {
             .into_iter()
             .enumerate()
             .filter_map(|(offset, verdict)| verdict.ok().map(|reading| (first_id + offset as i64, reading)));
-        self.dispatch(readings, received, received_at_ms).await;
+        self.dispatch(readings, received).await;
         Ok(report)
     }
 
@@ -146,19 +144,37 @@ impl Ingest {
         payload: Vec<u8>,
         reason: &str,
     ) -> Result<(), IngestError> {
+        self.record_all_rejected(profile_name, source, vec![payload], reason).await
+    }
+
+    /// Records messages that are all rejected for the same reason, in one transaction.
+    async fn record_all_rejected(
+        &self,
+        profile_name: &str,
+        source: &'static str,
+        payloads: Vec<Vec<u8>>,
+        reason: &str,
+    ) -> Result<(), IngestError> {
         let known = self.shared.profiles.by_name(profile_name).map(|p| p.name.clone());
         let profile =
             known.unwrap_or_else(|| profile_name.chars().take(MAX_UNKNOWN_PROFILE_NAME).collect::<String>().into());
         let label = if self.shared.profiles.by_name(&profile).is_some() { &*profile } else { "unknown" };
-        let content = BronzeContent::Rejected { reason: reason.into(), payload };
-        let row = BronzeRow { received_at_ms: now_millis(), source, profile: profile.clone(), content };
-        self.shared.store.append_bronze(vec![row]).await?;
+        let received_at_ms = now_millis();
+        let count = payloads.len() as u64;
+        let rows = payloads
+            .into_iter()
+            .map(|payload| {
+                let content = BronzeContent::Rejected { reason: reason.into(), payload };
+                BronzeRow { received_at_ms, source, profile: profile.clone(), content }
+            })
+            .collect();
+        self.shared.store.append_bronze(rows).await?;
         let metrics = &self.shared.metrics;
         metrics
             .messages_received
             .get_or_create(&ProfileSourceLabels { profile: label.into(), source: source.into() })
-            .inc();
-        metrics.messages_rejected.get_or_create(&Metrics::profile(label)).inc();
+            .inc_by(count);
+        metrics.messages_rejected.get_or_create(&Metrics::profile(label)).inc_by(count);
         Ok(())
     }
 
@@ -177,7 +193,7 @@ impl Ingest {
         };
         self.admit(1, Admission::Wait).await?;
         self.shared.metrics.recovered_readings.inc();
-        self.dispatch(std::iter::once((id, reading)), Instant::now(), now_millis()).await;
+        self.dispatch(std::iter::once((id, reading)), Instant::now()).await;
         Ok(())
     }
 
@@ -251,12 +267,12 @@ impl Ingest {
     }
 
     /// Sends readings to the workers that own their entities, keeping each entity's order.
-    async fn dispatch(&self, readings: impl Iterator<Item = (i64, Reading)>, received: Instant, received_at_ms: i64) {
+    async fn dispatch(&self, readings: impl Iterator<Item = (i64, Reading)>, received: Instant) {
         let shards = &self.shared.shards;
         let mut batches: Vec<Vec<WorkItem>> = vec![Vec::new(); shards.len()];
         for (bronze_id, reading) in readings {
             let shard = shard_of(&reading, shards.len());
-            batches[shard].push(WorkItem { bronze_id, reading, received, received_at_ms });
+            batches[shard].push(WorkItem { bronze_id, reading, received });
         }
         for (shard, items) in batches.into_iter().enumerate() {
             if items.is_empty() {

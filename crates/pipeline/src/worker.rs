@@ -24,7 +24,6 @@ pub struct WorkItem {
     pub bronze_id: i64,
     pub reading: Reading,
     pub received: Instant,
-    pub received_at_ms: i64,
 }
 
 /// Readings of one submission that belong to one worker, in arrival order.
