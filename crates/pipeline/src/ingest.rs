@@ -60,29 +60,25 @@ pub struct Ingest {
     shared: Arc<Shared>,
 }
 
+/// What every ingest handle shares.
 #[derive(Debug)]
-struct Shared {
-    profiles: Arc<ProfileRegistry>,
-    store: StoreWriter,
-    shards: Vec<mpsc::Sender<WorkBatch>>,
-    inflight: Arc<Semaphore>,
-    capacity: usize,
-    metrics: Arc<Metrics>,
+pub(crate) struct Shared {
+    pub profiles: Arc<ProfileRegistry>,
+    pub store: StoreWriter,
+    /// One bounded queue per worker.
+    pub shards: Vec<mpsc::Sender<WorkBatch>>,
+    /// In-flight readings: taken at admission, given back once stored in silver.
+    pub inflight: Arc<Semaphore>,
+    pub capacity: usize,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The longest profile name recorded for a message addressed to an unknown profile.
 const MAX_UNKNOWN_PROFILE_NAME: usize = 64;
 
 impl Ingest {
-    pub(crate) fn new(
-        profiles: Arc<ProfileRegistry>,
-        store: StoreWriter,
-        shards: Vec<mpsc::Sender<WorkBatch>>,
-        inflight: Arc<Semaphore>,
-        capacity: usize,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Ingest { shared: Arc::new(Shared { profiles, store, shards, inflight, capacity, metrics }) }
+    pub(crate) fn new(shared: Shared) -> Self {
+        Ingest { shared: Arc::new(shared) }
     }
 
     pub fn profiles(&self) -> &Arc<ProfileRegistry> {

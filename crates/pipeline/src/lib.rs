@@ -100,7 +100,14 @@ impl Pipeline {
             shards.push(sender);
             worker_threads.push(worker::spawn(index, receiver, worker_context.clone())?);
         }
-        let ingest = Ingest::new(config.profiles.clone(), store.clone(), shards, inflight, capacity, metrics.clone());
+        let ingest = Ingest::new(ingest::Shared {
+            profiles: config.profiles.clone(),
+            store: store.clone(),
+            shards,
+            inflight,
+            capacity,
+            metrics: metrics.clone(),
+        });
         if !unprocessed.is_empty() {
             tracing::info!("re-processing {} acknowledged messages the previous run did not finish", unprocessed.len());
         }
