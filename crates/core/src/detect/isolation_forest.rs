@@ -526,9 +526,8 @@ impl Detector for IsolationForestDetector {
             threshold: model.threshold,
             severity: Severity::from_share_of_headroom(score, model.threshold, 1.0),
             reason: format!(
-                "isolation score {} is above the {} threshold of the {} model (trained on {} readings); most unusual: {}",
-                for_people(score),
-                for_people(model.threshold),
+                "isolation score {score:.3} is above the {:.3} threshold of the {} model (trained on {} readings); most unusual: {}",
+                model.threshold,
                 key.label(),
                 model.trained_on,
                 unusual.join(", ")
