@@ -4,7 +4,6 @@
 use crate::metrics::{DetectorLabels, Metrics};
 use crate::store::writer::StoreWriter;
 use crate::store::{GoldRow, SilverRow};
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 use teleguard_core::detect::isolation_forest::ModelRegistry;
@@ -170,7 +169,8 @@ enum Value<'a> {
     Text(&'a str),
 }
 
-/// A JSON object from pre-quoted keys; numbers are finite (validation guarantees it).
+/// A JSON object from pre-quoted keys; numbers are finite (validation guarantees it) and
+/// written shortest-round-trip by `ryu`, as serde_json does.
 fn json_object<'a>(fields: impl Iterator<Item = (&'a String, Value<'a>)>) -> String {
     let mut text = String::with_capacity(96);
     text.push('{');
@@ -181,9 +181,7 @@ fn json_object<'a>(fields: impl Iterator<Item = (&'a String, Value<'a>)>) -> Str
         text.push_str(key);
         text.push(':');
         match value {
-            Value::Number(x) => {
-                let _ = write!(text, "{x}");
-            }
+            Value::Number(x) => text.push_str(ryu::Buffer::new().format_finite(x)),
             Value::Text(s) => text.push_str(&serde_json::to_string(s).expect("a string serialises")),
         }
     }
