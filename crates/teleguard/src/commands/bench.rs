@@ -24,7 +24,7 @@ pub struct BenchArgs {
     /// Multiplies the reference fleet sizes (15 vehicles, 5 drones, ...).
     #[arg(long, default_value_t = 20.0)]
     fleet_scale: f64,
-    /// Pipeline worker threads [default: one per core].
+    /// Pipeline worker threads [default: one per core but one, at least one].
     #[arg(long)]
     workers: Option<usize>,
     /// Detectors to run, comma-separated (zscore, isolation_forest, teleport, geofence_breach,
@@ -58,9 +58,10 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let pipeline = Pipeline::start(config).await?;
     pipeline.metrics.keep_latency_samples();
     eprintln!(
-        "pushing {} readings through {} workers into {}",
+        "pushing {} readings through {} worker thread(s), detectors: {}, store in {}",
         args.readings,
         pipeline.config.workers,
+        args.detectors,
         data_dir.display()
     );
 
