@@ -54,10 +54,6 @@ impl Enricher {
         };
         Enrichment { driver_name, current_zone }
     }
-
-    pub fn geofences(&self) -> &GeofenceIndex {
-        &self.geofences
-    }
 }
 
 #[cfg(test)]

@@ -50,9 +50,4 @@ impl LiveView {
         };
         source.iter().rev().take(limit).cloned().collect()
     }
-
-    /// Number of distinct entities seen.
-    pub fn entity_count(&self) -> usize {
-        self.inner.lock().expect("live view lock").by_entity.len()
-    }
 }

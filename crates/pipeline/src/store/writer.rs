@@ -34,6 +34,8 @@ pub enum WriteCommand {
 }
 
 impl WriteCommand {
+    /// What a command weighs against [`MAX_ROWS_PER_TRANSACTION`]. A bronze row carries a
+    /// whole submission's payload, so it counts as several rows.
     fn rows(&self) -> usize {
         match self {
             WriteCommand::Bronze { rows, .. } => rows.len() * 8,
