@@ -27,8 +27,9 @@ fn simulated(profile: &str, count: usize, registry: &ProfileRegistry) -> Vec<Rea
         profiles: vec![profile.to_string()],
         seed: 3,
         start_ms: 1_725_408_000_000,
-        anomaly_rate: 0.003,
+        anomaly_rate: 1.0,
         fleet_scale: 40.0,
+        entities: None,
     };
     let mut simulator = Simulator::new(&settings).unwrap();
     let mut messages = Vec::new();

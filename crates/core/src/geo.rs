@@ -6,6 +6,9 @@ use rstar::RTree;
 use rstar::primitives::{GeomWithData, Rectangle};
 use std::sync::Arc;
 
+/// The zones bundled with teleguard (`data/geofences.geojson`): eight around the San Francisco Bay.
+pub const BUNDLED_GEOFENCES: &str = include_str!("../../../data/geofences.geojson");
+
 /// Mean Earth radius in kilometres, as used by the haversine formula.
 pub const EARTH_RADIUS_KM: f64 = 6371.0088;
 

@@ -218,9 +218,11 @@ fn simulator_config(
     if !(speed.is_finite() && speed > 0.0) {
         errors.push(format!("simulator speed {speed} must be a positive number"));
     }
-    let anomaly_rate = raw.anomaly_rate.unwrap_or(0.003);
-    if !(0.0..=1.0).contains(&anomaly_rate) {
-        errors.push(format!("simulator.anomaly_rate {anomaly_rate} must lie in [0, 1]"));
+    let anomaly_rate = raw.anomaly_rate.unwrap_or(1.0);
+    if !(0.0..=3600.0).contains(&anomaly_rate) {
+        errors.push(format!(
+            "simulator.anomaly_rate {anomaly_rate} must lie in [0, 3600] (injected anomalies per entity per hour)"
+        ));
     }
     let fleet_scale = raw.fleet_scale.unwrap_or(1.0);
     if !(fleet_scale.is_finite() && fleet_scale > 0.0) {
@@ -243,7 +245,7 @@ mod tests {
 
     #[test]
     fn all_errors_are_collected() {
-        let raw: RawConfig = toml::from_str("[pipeline]\nworkers = 0\n[simulator]\nanomaly_rate = 2.0\n").unwrap();
+        let raw: RawConfig = toml::from_str("[pipeline]\nworkers = 0\n[simulator]\nanomaly_rate = -1.0\n").unwrap();
         let overrides =
             Overrides { listen: Some("nowhere".into()), simulate: Some("vehicle,boat".into()), ..Default::default() };
         let err = Config::validate(raw, overrides).unwrap_err();

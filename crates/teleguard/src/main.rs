@@ -27,6 +27,8 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Run the configured detectors over a CSV or NDJSON file in event-time order; NDJSON out.
     Replay(commands::replay::ReplayArgs),
+    /// Generate realistic fleet telemetry with labeled injected anomalies (ground truth).
+    Simulate(commands::simulate::SimulateArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
             Command::Run(args) => commands::run::run(args).await,
             Command::Bench(args) => commands::bench::bench(args).await,
             Command::Replay(args) => tokio::task::block_in_place(|| commands::replay::replay(args)),
+            Command::Simulate(args) => commands::simulate::simulate(args).await,
         }
     });
     match result {

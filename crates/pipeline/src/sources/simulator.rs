@@ -22,6 +22,7 @@ pub async fn run(ingest: Ingest, config: SimulatorConfig, mut shutdown: watch::R
         start_ms,
         anomaly_rate: config.anomaly_rate,
         fleet_scale: config.fleet_scale,
+        entities: None,
     };
     let mut simulator = Simulator::new(&settings)?;
     tracing::info!(

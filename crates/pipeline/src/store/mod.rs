@@ -21,7 +21,7 @@ use teleguard_core::model::Anomaly;
 
 /// The bundled reference data, loaded into the store on first start.
 pub const BUNDLED_DRIVERS: &str = include_str!("../../../../data/drivers.json");
-pub const BUNDLED_GEOFENCES: &str = include_str!("../../../../data/geofences.geojson");
+pub const BUNDLED_GEOFENCES: &str = teleguard_core::geo::BUNDLED_GEOFENCES;
 
 /// The database file inside the data folder.
 pub const DATABASE_FILE: &str = "teleguard.db";

@@ -159,8 +159,9 @@ fn generate(args: &BenchArgs) -> anyhow::Result<Batches> {
         profiles: SIMULATED_PROFILES.iter().map(|p| p.to_string()).collect(),
         seed: 1,
         start_ms: 1_735_689_600_000,
-        anomaly_rate: 0.003,
+        anomaly_rate: 1.0,
         fleet_scale: args.fleet_scale,
+        entities: None,
     };
     let mut simulator = Simulator::new(&settings).map_err(anyhow::Error::msg)?;
     let mut chunks = Batches::new();

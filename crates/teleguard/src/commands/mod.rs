@@ -3,3 +3,4 @@
 pub mod bench;
 pub mod replay;
 pub mod run;
+pub mod simulate;

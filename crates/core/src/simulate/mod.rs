@@ -1,0 +1,379 @@
+//! Fleet simulator with ground truth: readings of every built-in profile in each reference
+//! design's own JSON, on a simulated clock, with labeled injected anomalies.
+//!
+//! Every entity has its own random stream derived from the seed, its profile and its index, so
+//! the same seed gives the same bytes, and a vehicle drives the same day whether or not drones
+//! are simulated beside it. Anomalies are injected per entity as a Poisson process of
+//! `anomaly_rate` per entity-hour, never in the first [`WARM_UP_MS`] (detectors are still
+//! learning then) and never two at once on one entity; each becomes a [`Label`] once it ends.
+
+mod aircraft;
+mod drone;
+mod sensors;
+mod vehicle;
+mod wire;
+
+use crate::geo::GeofenceIndex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+use wire::JsonWriter;
+
+/// The built-in profiles the simulator can generate.
+pub const SIMULATED_PROFILES: [&str; 5] = ["vehicle", "drone", "aircraft", "environment", "vibration"];
+
+/// No anomaly is injected this soon after the start: rolling windows and models fill first.
+pub const WARM_UP_MS: i64 = 15 * 60_000;
+
+/// One generated message, ready to ingest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimMessage {
+    pub profile: &'static str,
+    pub event_time_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+/// Where generated messages go, one at a time, in event-time order.
+pub trait SimSink {
+    fn accept(&mut self, profile: &'static str, event_time_ms: i64, payload: &[u8]);
+}
+
+impl SimSink for Vec<SimMessage> {
+    fn accept(&mut self, profile: &'static str, event_time_ms: i64, payload: &[u8]) {
+        self.push(SimMessage { profile, event_time_ms, payload: payload.to_vec() });
+    }
+}
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimSettings {
+    /// Built-in profile names to simulate.
+    pub profiles: Vec<String>,
+    pub seed: u64,
+    pub start_ms: i64,
+    /// Injected anomalies per entity per hour of simulated time; 0 gives clean data.
+    pub anomaly_rate: f64,
+    /// Multiplies the reference fleet sizes (15 vehicles, 5 drones, ...); at least 1 each.
+    pub fleet_scale: f64,
+    /// Entities per profile, instead of the reference size times `fleet_scale`.
+    pub entities: Option<usize>,
+}
+
+impl SimSettings {
+    /// Every profile, the reference fleet sizes, one anomaly per entity-hour.
+    pub fn new(profiles: &[&str], seed: u64, start_ms: i64) -> SimSettings {
+        SimSettings {
+            profiles: profiles.iter().map(|p| p.to_string()).collect(),
+            seed,
+            start_ms,
+            anomaly_rate: 1.0,
+            fleet_scale: 1.0,
+            entities: None,
+        }
+    }
+}
+
+/// One injected anomaly: what, where, and the event times of its first and last affected
+/// readings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Label {
+    /// e.g. `teleport`, `restricted_zone`, `long_stop`, `spike`, `level_shift`.
+    pub kind: &'static str,
+    pub profile: &'static str,
+    pub entity: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// The detectors meant to catch it.
+    pub detectors: &'static [&'static str],
+    /// The metric it affects, when it affects one.
+    pub metric: Option<&'static str>,
+}
+
+/// What every entity model shares: its id, random stream, labels and injection clock.
+#[derive(Debug)]
+struct Core {
+    id: String,
+    rng: SmallRng,
+    /// When the next anomaly is due, if none is running.
+    next_anomaly_ms: i64,
+    /// Mean gap between anomalies, in ms; `None` for clean data.
+    mean_gap_ms: Option<f64>,
+    /// Whether this entity's id has been listed among those seen.
+    announced: bool,
+    start_ms: i64,
+    /// Event time of the last reading sent.
+    last_sent_ms: Option<i64>,
+}
+
+impl Core {
+    fn new(id: String, seed: u64, profile: &str, index: usize, start_ms: i64, rate_per_hour: f64) -> Core {
+        let stream = seed ^ crate::model::stable_hash(&[profile.as_bytes(), &index.to_le_bytes()]);
+        let mut rng = SmallRng::seed_from_u64(stream);
+        let mean_gap_ms = (rate_per_hour > 0.0).then(|| 3_600_000.0 / rate_per_hour);
+        let mut core = Core {
+            id,
+            rng: SmallRng::seed_from_u64(0),
+            next_anomaly_ms: i64::MAX,
+            mean_gap_ms,
+            announced: false,
+            start_ms,
+            last_sent_ms: None,
+        };
+        core.next_anomaly_ms = start_ms + WARM_UP_MS + core.gap(&mut rng);
+        core.rng = rng;
+        core
+    }
+
+    /// An exponentially distributed wait for the next anomaly.
+    fn gap(&self, rng: &mut SmallRng) -> i64 {
+        match self.mean_gap_ms {
+            Some(mean) => (-(1.0 - rng.random::<f64>()).ln() * mean) as i64,
+            None => i64::MAX / 4,
+        }
+    }
+
+    /// Whether an anomaly should start now.
+    fn anomaly_due(&self, at_ms: i64) -> bool {
+        at_ms >= self.next_anomaly_ms
+    }
+
+    /// Schedules the next anomaly after one that ended (or was skipped) at `at_ms`.
+    fn schedule_after(&mut self, at_ms: i64) {
+        let mut rng = std::mem::replace(&mut self.rng, SmallRng::seed_from_u64(0));
+        self.next_anomaly_ms = at_ms.saturating_add(self.gap(&mut rng).max(60_000));
+        self.rng = rng;
+    }
+
+    fn gauss(&mut self, mean: f64, std: f64) -> f64 {
+        gauss(&mut self.rng, mean, std)
+    }
+
+    fn uniform(&mut self, low: f64, high: f64) -> f64 {
+        low + (high - low) * self.rng.random::<f64>()
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        self.rng.random::<f64>() < p
+    }
+
+    fn rng_index(&mut self, n: usize) -> usize {
+        self.rng.random_range(0..n)
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.rng.random_range(0..items.len())]
+    }
+}
+
+/// A normally distributed sample (Box-Muller).
+fn gauss(rng: &mut SmallRng, mean: f64, std: f64) -> f64 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    mean + std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// What an entity model sees of the world while it writes its readings of one tick.
+struct Emit<'a> {
+    profile: &'static str,
+    at_ms: i64,
+    dt_s: f64,
+    json: &'a mut JsonWriter,
+    labels: &'a mut Vec<Label>,
+    seen: &'a mut Vec<(&'static str, String)>,
+    sink: &'a mut dyn SimSink,
+}
+
+impl Emit<'_> {
+    /// Starts a message in the JSON buffer.
+    fn begin(&mut self) -> &mut JsonWriter {
+        self.json.clear();
+        self.json.open();
+        self.json
+    }
+
+    /// Sends the message written since `begin` as `core`'s reading at the tick's time.
+    fn send(&mut self, core: &mut Core) {
+        self.json.close();
+        core.last_sent_ms = Some(self.at_ms);
+        if !core.announced {
+            core.announced = true;
+            self.seen.push((self.profile, core.id.clone()));
+        }
+        self.sink.accept(self.profile, self.at_ms, &self.json.buf);
+    }
+
+    /// Records an injected anomaly of `core` that affected readings from `start_ms` to `end_ms`.
+    fn label(&mut self, core: &Core, kind: Kind, start_ms: i64, end_ms: i64, metric: Option<&'static str>) {
+        self.labels.push(core.label(self.profile, kind, start_ms, end_ms, metric));
+    }
+}
+
+/// A kind of injected anomaly and the detectors meant to catch it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Kind {
+    name: &'static str,
+    detectors: &'static [&'static str],
+}
+
+impl Core {
+    fn label(
+        &self,
+        profile: &'static str,
+        kind: Kind,
+        start_ms: i64,
+        end_ms: i64,
+        metric: Option<&'static str>,
+    ) -> Label {
+        Label { kind: kind.name, profile, entity: self.id.clone(), start_ms, end_ms, detectors: kind.detectors, metric }
+    }
+}
+
+/// One simulated entity of some profile.
+trait EntityModel {
+    /// Writes this entity's readings due at `emit.at_ms` (none, e.g., for an aircraft on the ground).
+    fn emit(&mut self, emit: &mut Emit<'_>);
+    /// Ends a running anomaly at the end of the simulation, labelling what it affected.
+    fn finish(&mut self, profile: &'static str, labels: &mut Vec<Label>);
+}
+
+struct Fleet {
+    profile: &'static str,
+    interval_ms: i64,
+    next_ms: i64,
+    entities: Vec<Box<dyn EntityModel + Send>>,
+}
+
+/// Generates messages in event-time order for all requested profiles.
+pub struct Simulator {
+    fleets: Vec<Fleet>,
+    json: JsonWriter,
+    labels: Vec<Label>,
+    /// Every entity that has sent a reading, by profile, in order of appearance.
+    seen: Vec<(&'static str, String)>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator").field("fleets", &self.fleets.iter().map(|f| f.profile).collect::<Vec<_>>()).finish()
+    }
+}
+
+/// Reference fleet size and reading interval per profile.
+fn fleet_shape(profile: &str) -> Option<(&'static str, usize, i64)> {
+    SIMULATED_PROFILES.iter().find(|p| **p == profile).map(|&p| match p {
+        "vehicle" => (p, 15, 5_000),
+        "drone" => (p, 5, 1_000),
+        "aircraft" => (p, 4, 1_000),
+        "environment" => (p, 10, 5_000),
+        _ => (p, 6, 1_000),
+    })
+}
+
+/// The bundled zones, which vehicles drive between (and must not enter uninvited).
+fn bundled_zones() -> Arc<GeofenceIndex> {
+    Arc::new(GeofenceIndex::from_geojson(crate::geo::BUNDLED_GEOFENCES).expect("the bundled geofences load"))
+}
+
+impl Simulator {
+    /// A simulator for the given profiles; unknown names are an error naming the known ones.
+    pub fn new(settings: &SimSettings) -> Result<Self, String> {
+        let mut fleets = Vec::new();
+        let mut world: Option<Arc<vehicle::World>> = None;
+        for name in &settings.profiles {
+            let Some((profile, size, interval_ms)) = fleet_shape(name) else {
+                return Err(format!("cannot simulate profile {name:?}; known: {}", SIMULATED_PROFILES.join(", ")));
+            };
+            if fleets.iter().any(|f: &Fleet| f.profile == profile) {
+                continue;
+            }
+            let count =
+                settings.entities.unwrap_or_else(|| ((size as f64 * settings.fleet_scale).round() as usize).max(1));
+            let core = |index: usize, id: String| {
+                Core::new(id, settings.seed, profile, index, settings.start_ms, settings.anomaly_rate)
+            };
+            let entities: Vec<Box<dyn EntityModel + Send>> = match profile {
+                "vehicle" => {
+                    let world = world.get_or_insert_with(|| Arc::new(vehicle::World::new(bundled_zones()))).clone();
+                    (0..count)
+                        .map(|i| {
+                            let model = vehicle::Vehicle::new(core(i, format!("V{:03}", i + 1)), world.clone(), i);
+                            Box::new(model) as Box<dyn EntityModel + Send>
+                        })
+                        .collect()
+                }
+                "drone" => (0..count)
+                    .map(|i| Box::new(drone::Drone::new(core(i, format!("drone-{:02}", i + 1)))) as Box<_>)
+                    .collect(),
+                "aircraft" => (0..count)
+                    .map(|i| Box::new(aircraft::Aircraft::new(core(i, String::new()), i + 1)) as Box<_>)
+                    .collect(),
+                "environment" => (0..count)
+                    .map(|i| Box::new(sensors::Environment::new(core(i, format!("env-sensor-{:02}", i + 1)))) as Box<_>)
+                    .collect(),
+                _ => (0..count)
+                    .map(|i| Box::new(sensors::Vibration::new(core(i, format!("vib-{:02}", i + 1)), i + 1)) as Box<_>)
+                    .collect(),
+            };
+            fleets.push(Fleet { profile, interval_ms, next_ms: settings.start_ms, entities });
+        }
+        Ok(Simulator { fleets, json: JsonWriter::default(), labels: Vec::new(), seen: Vec::new(), finished: false })
+    }
+
+    /// Number of simulated entities (aircraft count as one each, whatever flight they fly).
+    pub fn entity_count(&self) -> usize {
+        self.fleets.iter().map(|f| f.entities.len()).sum()
+    }
+
+    /// Event time of the next reading due, if any fleet is simulated.
+    pub fn next_due_ms(&self) -> Option<i64> {
+        self.fleets.iter().map(|f| f.next_ms).min()
+    }
+
+    /// Hands every message due at or before `until_ms` to `sink`, in event-time order.
+    pub fn emit_until(&mut self, until_ms: i64, sink: &mut dyn SimSink) {
+        loop {
+            let Some(fleet) = self.fleets.iter_mut().filter(|f| f.next_ms <= until_ms).min_by_key(|f| f.next_ms) else {
+                return;
+            };
+            let mut emit = Emit {
+                profile: fleet.profile,
+                at_ms: fleet.next_ms,
+                dt_s: fleet.interval_ms as f64 / 1000.0,
+                json: &mut self.json,
+                labels: &mut self.labels,
+                seen: &mut self.seen,
+                sink,
+            };
+            for entity in &mut fleet.entities {
+                entity.emit(&mut emit);
+            }
+            fleet.next_ms += fleet.interval_ms;
+        }
+    }
+
+    /// Labels of the anomalies that have ended so far, taken out of the simulator.
+    pub fn take_labels(&mut self) -> Vec<Label> {
+        std::mem::take(&mut self.labels)
+    }
+
+    /// Ends every running anomaly (labelling what it affected so far); call once, at the end.
+    pub fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        for fleet in &mut self.fleets {
+            for entity in &mut fleet.entities {
+                entity.finish(fleet.profile, &mut self.labels);
+            }
+        }
+    }
+
+    /// Every entity that has sent a reading so far: (profile, id), in order of appearance.
+    pub fn entities(&self) -> &[(&'static str, String)] {
+        &self.seen
+    }
+}
+
+#[cfg(test)]
+mod tests;

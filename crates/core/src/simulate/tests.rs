@@ -1,0 +1,138 @@
+use super::*;
+use crate::geo::haversine_km;
+use crate::model::GeoPoint;
+use crate::profile::ProfileRegistry;
+use crate::validate::validate;
+
+const START_MS: i64 = 1_725_408_000_000; // 2024-09-04T00:00:00Z
+
+fn settings(profiles: &[&str], seed: u64, rate: f64) -> SimSettings {
+    SimSettings { anomaly_rate: rate, ..SimSettings::new(profiles, seed, START_MS) }
+}
+
+fn run(settings: &SimSettings, hours: f64) -> (Vec<SimMessage>, Vec<Label>, Vec<(&'static str, String)>) {
+    let mut sim = Simulator::new(settings).unwrap();
+    let mut out = Vec::new();
+    sim.emit_until(START_MS + (hours * 3_600_000.0) as i64 - 1, &mut out);
+    sim.finish();
+    let labels = sim.take_labels();
+    (out, labels, sim.entities().to_vec())
+}
+
+#[test]
+fn every_simulated_message_passes_its_profile() {
+    let registry = ProfileRegistry::with_builtins(Default::default()).unwrap();
+    let (out, _, entities) = run(&settings(&SIMULATED_PROFILES, 7, 2.0), 2.0);
+    assert_eq!(entities.iter().filter(|(p, _)| *p == "vehicle").count(), 15);
+    assert_eq!(entities.iter().filter(|(p, _)| *p == "environment").count(), 10);
+    assert!(out.len() > 100_000, "{}", out.len());
+    for message in &out {
+        let profile = registry.by_name(message.profile).unwrap();
+        let reading = validate(profile, &message.payload)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&message.payload)));
+        assert_eq!(reading.event_time_ms, message.event_time_ms);
+    }
+    assert!(out.windows(2).all(|w| w[0].event_time_ms <= w[1].event_time_ms), "event-time order");
+}
+
+#[test]
+fn same_seed_gives_same_bytes() {
+    let bytes = |seed| run(&settings(&SIMULATED_PROFILES, seed, 4.0), 0.5).0;
+    assert_eq!(bytes(1), bytes(1));
+    assert_ne!(bytes(1), bytes(2));
+}
+
+#[test]
+fn an_entity_drives_the_same_day_whatever_else_is_simulated() {
+    let alone = run(&settings(&["vehicle"], 3, 1.0), 1.0).0;
+    let together = run(&settings(&["drone", "vehicle"], 3, 1.0), 1.0).0;
+    let vehicles: Vec<&SimMessage> = together.iter().filter(|m| m.profile == "vehicle").collect();
+    assert_eq!(alone.iter().collect::<Vec<_>>(), vehicles);
+}
+
+#[test]
+fn unknown_profile_is_named() {
+    assert!(Simulator::new(&settings(&["submarine"], 1, 0.0)).unwrap_err().contains("\"submarine\""));
+}
+
+#[test]
+fn labels_lie_in_the_simulated_range_and_name_simulated_entities() {
+    let (out, labels, entities) = run(&settings(&SIMULATED_PROFILES, 11, 3.0), 6.0);
+    let last_ms = out.last().unwrap().event_time_ms;
+    assert!(labels.len() > 100, "{}", labels.len());
+    for label in &labels {
+        assert!(
+            START_MS + WARM_UP_MS <= label.start_ms && label.start_ms <= label.end_ms && label.end_ms <= last_ms,
+            "{label:?}"
+        );
+        assert!(entities.iter().any(|(p, e)| *p == label.profile && *e == label.entity), "{label:?}");
+        let affected = out.iter().any(|m| {
+            m.profile == label.profile
+                && m.event_time_ms == label.start_ms
+                && std::str::from_utf8(&m.payload).unwrap().contains(&format!("\"{}\"", label.entity))
+        });
+        assert!(affected, "no reading of {label:?} at its start");
+    }
+    for kind in [
+        "teleport",
+        "long_stop",
+        "spike",
+        "level_shift",
+        "drift",
+        "stuck",
+        "battery_collapse",
+        "altitude_drop",
+        "vibration_burst",
+    ] {
+        assert!(labels.iter().any(|l| l.kind == kind), "no {kind} in {} labels", labels.len());
+    }
+}
+
+#[test]
+fn restricted_zone_visits_happen_out_of_hours() {
+    let (_, labels, _) = run(&settings(&["vehicle"], 5, 3.0), 24.0);
+    let visits: Vec<&Label> = labels.iter().filter(|l| l.kind == "restricted_zone").collect();
+    assert!(!visits.is_empty());
+    for visit in visits {
+        for at in [visit.start_ms, visit.end_ms] {
+            let hour = at.rem_euclid(86_400_000) / 3_600_000;
+            assert!(!(9..17).contains(&hour), "{visit:?}");
+        }
+    }
+}
+
+/// Clean vehicle data breaks no rule: no jump over 400 km/h, no restricted zone, no stop of
+/// 30 minutes outside a safe zone, speeds a road allows.
+#[test]
+fn clean_vehicles_break_no_rule() {
+    let registry = ProfileRegistry::with_builtins(Default::default()).unwrap();
+    let zones = GeofenceIndex::from_geojson(crate::geo::BUNDLED_GEOFENCES).unwrap();
+    let (out, labels, _) = run(&settings(&["vehicle"], 9, 0.0), 24.0);
+    assert!(labels.is_empty());
+    let profile = registry.by_name("vehicle").unwrap();
+    let mut last: std::collections::HashMap<String, (i64, GeoPoint)> = Default::default();
+    let mut slow_since: std::collections::HashMap<String, i64> = Default::default();
+    let mut moving = 0;
+    for message in &out {
+        let reading = validate(profile, &message.payload).unwrap();
+        let point = reading.position.unwrap();
+        let speed = reading.metrics[0].1;
+        assert!(speed <= 90.0, "{speed}");
+        moving += usize::from(speed > 20.0);
+        let zone = zones.zone_at(point).map(|z| z.name.to_string());
+        assert_ne!(zone.as_deref(), Some("Restricted Area"), "{}", String::from_utf8_lossy(&message.payload));
+        let entity = reading.entity.to_string();
+        if let Some((at, before)) = last.insert(entity.clone(), (reading.event_time_ms, point)) {
+            let hours = (reading.event_time_ms - at) as f64 / 3_600_000.0;
+            assert!(haversine_km(before, point) / hours < 150.0);
+        }
+        let safe = matches!(zone.as_deref(), Some("Warehouse" | "Rest Area" | "Service Center"));
+        if speed < 5.0 && !safe {
+            let since = *slow_since.entry(entity).or_insert(reading.event_time_ms);
+            assert!(reading.event_time_ms - since <= 30 * 60_000, "{}", String::from_utf8_lossy(&message.payload));
+        } else {
+            slow_since.remove(&entity);
+        }
+    }
+    assert!(moving > out.len() / 3, "vehicles mostly drive: {moving} of {}", out.len());
+}

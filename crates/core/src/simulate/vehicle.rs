@@ -1,0 +1,491 @@
+//! Road vehicles (reference 000): delivery rounds between the bundled depot, warehouses, rest
+//! areas, service centre and customers, along street-grid routes that keep out of restricted
+//! zones; they accelerate and brake within plausible limits, wait at lights, dwell where they
+//! stop (never 30 minutes outside a safe zone) and report engine status to match. Injected:
+//! GPS teleports, out-of-hours visits to a restricted zone, and long stops outside safe zones.
+
+use super::{Core, Emit, EntityModel, Kind, Label};
+use crate::geo::GeofenceIndex;
+use crate::model::GeoPoint;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
+const TELEPORT: Kind = Kind { name: "teleport", detectors: &["teleport"] };
+const RESTRICTED_ZONE: Kind = Kind { name: "restricted_zone", detectors: &["geofence_breach"] };
+const LONG_STOP: Kind = Kind { name: "long_stop", detectors: &["unusual_stop"] };
+
+/// The zone name vehicles keep out of, and when they may be there (UTC, as the built-in
+/// vehicle profile's geofence rule is configured).
+const RESTRICTED: &str = "Restricted Area";
+const ALLOWED_HOURS: std::ops::Range<i64> = 9..17;
+/// Readings under this speed count as stopped, as the built-in unusual-stop rule sees them.
+const STOPPED_BELOW_KMH: f64 = 5.0;
+/// A stop outside a safe zone becomes unusual after this long (the built-in rule's setting).
+const LONG_STOP_MS: i64 = 30 * 60_000;
+
+const METRES_PER_DEGREE: f64 = 111_195.0;
+/// km/h gained per second at most (1.2 m/s²), and lost when braking (2 m/s²).
+const ACCELERATION_KMH_PER_S: f64 = 4.32;
+const BRAKING_KMH_PER_S: f64 = 7.2;
+/// Speed through a street corner.
+const CORNER_KMH: f64 = 25.0;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PlaceKind {
+    Warehouse,
+    RestArea,
+    ServiceCenter,
+    Depot,
+    Customer,
+}
+
+impl PlaceKind {
+    /// How long a vehicle stays, in minutes: never 30 outside a safe zone.
+    fn dwell_minutes(self) -> (f64, f64) {
+        match self {
+            PlaceKind::Warehouse => (15.0, 45.0),
+            PlaceKind::RestArea => (15.0, 40.0),
+            PlaceKind::ServiceCenter => (20.0, 60.0),
+            PlaceKind::Depot => (5.0, 20.0),
+            PlaceKind::Customer => (3.0, 15.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    point: GeoPoint,
+    kind: PlaceKind,
+}
+
+/// Where the fleet drives: places to visit and the zones to keep out of.
+#[derive(Debug)]
+pub struct World {
+    zones: Arc<GeofenceIndex>,
+    places: Vec<Place>,
+    /// A point inside each restricted zone, with the zone's id.
+    restricted: Vec<(String, GeoPoint)>,
+}
+
+/// The average of a zone's outer ring (inside it for the bundled, convex-ish zones).
+fn centre(zone: &crate::geo::Zone) -> Option<GeoPoint> {
+    let ring = &zone.shape.0.first()?.exterior().0;
+    let n = ring.len().saturating_sub(1).max(1) as f64;
+    let points = &ring[..ring.len().saturating_sub(1)];
+    Some(GeoPoint {
+        lat: points.iter().map(|c| c.y).sum::<f64>() / n,
+        lon: points.iter().map(|c| c.x).sum::<f64>() / n,
+    })
+}
+
+impl World {
+    pub fn new(zones: Arc<GeofenceIndex>) -> World {
+        let mut places = Vec::new();
+        let mut restricted = Vec::new();
+        for zone in zones.zones() {
+            let Some(point) = centre(zone).filter(|p| zones.zone_at(*p).is_some_and(|z| z.zone_id == zone.zone_id))
+            else {
+                continue;
+            };
+            let kind = match &*zone.name {
+                RESTRICTED => {
+                    restricted.push((zone.zone_id.clone(), point));
+                    continue;
+                }
+                "Warehouse" => PlaceKind::Warehouse,
+                "Rest Area" => PlaceKind::RestArea,
+                "Service Center" => PlaceKind::ServiceCenter,
+                _ => PlaceKind::Depot,
+            };
+            places.push(Place { point, kind });
+        }
+        // Customers: fixed addresses across the area, outside every zone.
+        let mut rng = SmallRng::seed_from_u64(0x5eed_c057);
+        while places.iter().filter(|p| p.kind == PlaceKind::Customer).count() < 16 {
+            let point = GeoPoint { lat: rng.random_range(37.63..37.80), lon: rng.random_range(-122.48..-122.21) };
+            if zones.zone_at(point).is_none() {
+                places.push(Place { point, kind: PlaceKind::Customer });
+            }
+        }
+        World { zones, places, restricted }
+    }
+
+    /// Whether `point` is inside a restricted zone other than `allowed`.
+    fn forbidden(&self, point: GeoPoint, allowed: Option<&str>) -> bool {
+        self.zones.zone_at(point).is_some_and(|z| &*z.name == RESTRICTED && Some(z.zone_id.as_str()) != allowed)
+    }
+
+    /// A street-grid route (north-south, east-west, north-south or the other way round) from
+    /// `from` to `to` that enters no restricted zone but `allowed`, as waypoints to pop.
+    fn route(&self, from: GeoPoint, to: GeoPoint, allowed: Option<&str>, rng: &mut SmallRng) -> Option<Vec<GeoPoint>> {
+        for _ in 0..8 {
+            let fraction = rng.random_range(0.2..0.8);
+            let corners = if rng.random::<bool>() {
+                let lat = from.lat + (to.lat - from.lat) * fraction;
+                [GeoPoint { lat, lon: from.lon }, GeoPoint { lat, lon: to.lon }]
+            } else {
+                let lon = from.lon + (to.lon - from.lon) * fraction;
+                [GeoPoint { lat: from.lat, lon }, GeoPoint { lat: to.lat, lon }]
+            };
+            let path = [from, corners[0], corners[1], to];
+            let clear = path.windows(2).all(|leg| {
+                let steps = (metres(leg[0], leg[1]) / 50.0).ceil().max(1.0) as usize;
+                (0..=steps).all(|i| !self.forbidden(lerp(leg[0], leg[1], i as f64 / steps as f64), allowed))
+            });
+            if clear {
+                return Some(vec![to, corners[1], corners[0]]);
+            }
+        }
+        None
+    }
+}
+
+fn lerp(a: GeoPoint, b: GeoPoint, t: f64) -> GeoPoint {
+    GeoPoint { lat: a.lat + (b.lat - a.lat) * t, lon: a.lon + (b.lon - a.lon) * t }
+}
+
+/// Distance in metres on a local flat map (routes span a few tens of km).
+fn metres(a: GeoPoint, b: GeoPoint) -> f64 {
+    let east = (b.lon - a.lon) * METRES_PER_DEGREE * a.lat.to_radians().cos();
+    let north = (b.lat - a.lat) * METRES_PER_DEGREE;
+    east.hypot(north)
+}
+
+/// Why a vehicle is standing still.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum StopReason {
+    /// A light or traffic.
+    Traffic,
+    /// At a place on its round.
+    Dwell,
+    /// An injected long stop outside a safe zone.
+    LongStop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Driving,
+    /// Braking for a stop of `duration_ms` on the road.
+    StoppingFor {
+        duration_ms: i64,
+        reason: StopReason,
+    },
+    Stopped {
+        since_ms: i64,
+        until_ms: i64,
+        reason: StopReason,
+    },
+}
+
+/// An injected anomaly in progress.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// One reading was reported here; the next one, back on track, ends it.
+    Teleport { start_ms: i64 },
+    /// Driving to, staying in, and leaving restricted zone `zone_id`; readings inside it out of
+    /// hours so far.
+    RestrictedVisit { zone_id: String, inside: Option<(i64, i64)>, entered: bool },
+    /// A stop outside any zone; readings under the stop speed so far.
+    LongStop { slow: Option<(i64, i64)> },
+}
+
+pub struct Vehicle {
+    core: Core,
+    world: Arc<World>,
+    position: GeoPoint,
+    speed: f64,
+    cruise_kmh: f64,
+    /// Remaining waypoints, the next one last.
+    route: Vec<GeoPoint>,
+    destination: PlaceKind,
+    /// A restricted zone the next route may start in (the vehicle is in it).
+    leaving_zone: Option<String>,
+    phase: Phase,
+    fault: Option<Fault>,
+    /// The anomaly kind chosen for the due injection (0 restricted visit, 1 long stop,
+    /// 2 teleport), and since when it waits for a moment it can happen.
+    planned: Option<(usize, i64)>,
+}
+
+/// How long a planned anomaly may wait for its moment (night, driving) before another is chosen.
+const PLAN_PATIENCE_MS: i64 = 3 * 3_600_000;
+
+impl Vehicle {
+    pub(super) fn new(mut core: Core, world: Arc<World>, index: usize) -> Vehicle {
+        let place = world.places[index % world.places.len()];
+        let until_ms = core.start_ms + (core.uniform(0.0, 8.0) * 60_000.0) as i64;
+        Vehicle {
+            position: place.point,
+            speed: 0.0,
+            cruise_kmh: core.uniform(45.0, 70.0),
+            route: Vec::new(),
+            destination: place.kind,
+            leaving_zone: None,
+            phase: Phase::Stopped { since_ms: core.start_ms, until_ms, reason: StopReason::Dwell },
+            fault: None,
+            planned: None,
+            world,
+            core,
+        }
+    }
+
+    /// Picks the next place to visit and a route there.
+    fn plan_next_trip(&mut self) {
+        let allowed = self.leaving_zone.take();
+        for _ in 0..20 {
+            let place = *self.core.pick(&self.world.places);
+            if metres(place.point, self.position) < 500.0 {
+                continue;
+            }
+            if let Some(route) = self.world.route(self.position, place.point, allowed.as_deref(), &mut self.core.rng) {
+                self.route = route;
+                self.destination = place.kind;
+                return;
+            }
+        }
+        // Nowhere reachable (should not happen with the bundled zones): stay a little longer.
+        self.route.clear();
+    }
+
+    /// Remaining distance along the route, and to the next waypoint, in metres.
+    fn distances(&self) -> (f64, f64) {
+        let mut previous = self.position;
+        let mut total = 0.0;
+        let mut next = None;
+        for waypoint in self.route.iter().rev() {
+            let leg = metres(previous, *waypoint);
+            total += leg;
+            next.get_or_insert(leg);
+            previous = *waypoint;
+        }
+        (total, next.unwrap_or(0.0))
+    }
+
+    /// Moves `distance` metres along the route; true when the route's end is reached.
+    fn advance(&mut self, mut distance: f64) -> bool {
+        while let Some(next) = self.route.last().copied() {
+            let leg = metres(self.position, next);
+            if leg > distance {
+                self.position = lerp(self.position, next, distance / leg);
+                return false;
+            }
+            distance -= leg;
+            self.position = next;
+            self.route.pop();
+        }
+        true
+    }
+
+    /// The speed the driver aims for: cruise, slower for corners, down to zero at the end.
+    fn target_speed(&mut self) -> f64 {
+        let (to_end, to_corner) = self.distances();
+        // v² = u² + 2as, with a in (km/h)²/m.
+        let braking = 2.0 * BRAKING_KMH_PER_S * 3.6;
+        let for_end = (braking * to_end).sqrt();
+        let for_corner =
+            if self.route.len() > 1 { (CORNER_KMH * CORNER_KMH + braking * to_corner).sqrt() } else { f64::MAX };
+        (self.cruise_kmh + self.core.gauss(0.0, 2.0)).min(for_end).min(for_corner).max(0.0)
+    }
+
+    /// Starts the planned anomaly if this is a moment it can happen.
+    fn start_fault(&mut self, at_ms: i64) {
+        let hour = at_ms.rem_euclid(86_400_000) / 3_600_000;
+        let night = !(6..18).contains(&hour);
+        let driving = self.phase == Phase::Driving && self.speed > 10.0;
+        let choice = match self.planned {
+            Some((choice, since)) if at_ms - since < PLAN_PATIENCE_MS => choice,
+            _ => {
+                let choice = self.core.rng_index(3);
+                self.planned = Some((choice, at_ms));
+                choice
+            }
+        };
+        if choice == 0 && night && driving && self.leaving_zone.is_none() {
+            let (zone_id, target) = self.core.pick(&self.world.restricted).clone();
+            if let Some(route) = self.world.route(self.position, target, Some(&zone_id), &mut self.core.rng) {
+                self.route = route;
+                self.destination = PlaceKind::Customer;
+                self.fault = Some(Fault::RestrictedVisit { zone_id, inside: None, entered: false });
+                self.planned = None;
+                return;
+            }
+        }
+        if choice == 1 && driving && self.world.zones.zone_at(self.position).is_none() {
+            let duration_ms = (self.core.uniform(35.0, 70.0) * 60_000.0) as i64;
+            self.phase = Phase::StoppingFor { duration_ms, reason: StopReason::LongStop };
+            self.fault = Some(Fault::LongStop { slow: None });
+            self.planned = None;
+            return;
+        }
+        if choice == 2 {
+            self.fault = Some(Fault::Teleport { start_ms: at_ms });
+            self.planned = None;
+        }
+    }
+
+    /// Moves the vehicle on by one reading's time.
+    fn drive(&mut self, at_ms: i64, dt: f64) {
+        match self.phase {
+            Phase::Stopped { until_ms, reason, .. } if at_ms >= until_ms => {
+                if reason == StopReason::Dwell {
+                    self.plan_next_trip();
+                }
+                if !self.route.is_empty() {
+                    self.phase = Phase::Driving;
+                }
+            }
+            Phase::Stopped { .. } => {}
+            Phase::Driving | Phase::StoppingFor { .. } => {
+                if self.phase == Phase::Driving && self.speed > 20.0 && self.core.chance(dt / 180.0) {
+                    let duration_ms = (self.core.uniform(20.0, 90.0) * 1000.0) as i64;
+                    self.phase = Phase::StoppingFor { duration_ms, reason: StopReason::Traffic };
+                }
+                let target = match self.phase {
+                    Phase::StoppingFor { .. } => 0.0,
+                    _ => self.target_speed(),
+                };
+                let new_speed = target
+                    .clamp(self.speed - BRAKING_KMH_PER_S * dt, self.speed + ACCELERATION_KMH_PER_S * dt)
+                    .max(0.0);
+                let arrived = self.advance((self.speed + new_speed) / 2.0 / 3.6 * dt);
+                self.speed = new_speed;
+                if arrived {
+                    self.speed = 0.0;
+                    let (low, high) = self.destination.dwell_minutes();
+                    let mut until_ms = at_ms + (self.core.uniform(low, high) * 60_000.0) as i64;
+                    if let Some(Fault::RestrictedVisit { zone_id, .. }) = &self.fault {
+                        // A short look around the restricted zone, then away.
+                        until_ms = at_ms + (self.core.uniform(8.0, 20.0) * 60_000.0) as i64;
+                        self.leaving_zone = Some(zone_id.clone());
+                    }
+                    self.phase = Phase::Stopped { since_ms: at_ms, until_ms, reason: StopReason::Dwell };
+                } else if let Phase::StoppingFor { duration_ms, reason } = self.phase
+                    && self.speed < 0.5
+                {
+                    self.speed = 0.0;
+                    self.phase = Phase::Stopped { since_ms: at_ms, until_ms: at_ms + duration_ms, reason };
+                }
+            }
+        }
+    }
+
+    /// Updates the running fault after a reading at `at_ms` with `speed`; labels it once over.
+    fn track_fault(&mut self, emit: &mut Emit<'_>, speed: f64) {
+        let at_ms = emit.at_ms;
+        let mut ended: Option<(Kind, i64, i64)> = None;
+        let mut abandoned = false;
+        match &mut self.fault {
+            Some(Fault::Teleport { start_ms }) if *start_ms < at_ms => ended = Some((TELEPORT, *start_ms, at_ms)),
+            Some(Fault::RestrictedVisit { zone_id, inside, entered }) => {
+                let in_zone = self.world.zones.zone_at(self.position).is_some_and(|z| &z.zone_id == zone_id);
+                let hour = at_ms.rem_euclid(86_400_000) / 3_600_000;
+                if in_zone && !ALLOWED_HOURS.contains(&hour) {
+                    let start = inside.map_or(at_ms, |(start, _)| start);
+                    *inside = Some((start, at_ms));
+                }
+                if in_zone {
+                    *entered = true;
+                } else if *entered {
+                    // Out again: a breach to label if any of the visit fell out of hours.
+                    match *inside {
+                        Some((start, end)) => ended = Some((RESTRICTED_ZONE, start, end)),
+                        None => abandoned = true,
+                    }
+                }
+            }
+            Some(Fault::LongStop { .. }) if matches!(self.phase, Phase::Stopped { reason: StopReason::Dwell, .. }) => {
+                // Reached its destination while braking: an ordinary dwell, not the anomaly meant.
+                abandoned = true;
+            }
+            Some(Fault::LongStop { slow }) => {
+                if speed < STOPPED_BELOW_KMH {
+                    let start = slow.map_or(at_ms, |(start, _)| start);
+                    *slow = Some((start, at_ms));
+                } else if let Some((start, end)) = *slow {
+                    ended = Some((LONG_STOP, start, end));
+                }
+                if let Phase::Stopped { reason: StopReason::LongStop, since_ms, .. } = self.phase
+                    && since_ms == at_ms
+                    && self.world.zones.zone_at(self.position).is_some()
+                {
+                    // Rolled into a zone while braking: an ordinary stop, not the anomaly meant.
+                    self.phase =
+                        Phase::Stopped { since_ms: at_ms, until_ms: at_ms + 60_000, reason: StopReason::Traffic };
+                    abandoned = true;
+                }
+            }
+            _ => {}
+        }
+        if abandoned {
+            self.fault = None;
+            self.core.schedule_after(at_ms);
+        } else if let Some((kind, start, end)) = ended {
+            emit.label(&self.core, kind, start, end, None);
+            self.fault = None;
+            self.core.schedule_after(at_ms);
+        }
+    }
+}
+
+impl EntityModel for Vehicle {
+    fn emit(&mut self, emit: &mut Emit<'_>) {
+        let at_ms = emit.at_ms;
+        self.drive(at_ms, emit.dt_s);
+        if self.fault.is_none() && self.core.anomaly_due(at_ms) {
+            self.start_fault(at_ms);
+        }
+        let mut reported = self.position;
+        if let Some(Fault::Teleport { start_ms }) = &self.fault
+            && *start_ms == at_ms
+        {
+            // A spoofed fix 20-80 km away, outside every zone.
+            for _ in 0..10 {
+                let distance = self.core.uniform(20_000.0, 80_000.0);
+                let bearing = self.core.uniform(0.0, std::f64::consts::TAU);
+                reported = GeoPoint {
+                    lat: self.position.lat + distance * bearing.cos() / METRES_PER_DEGREE,
+                    lon: self.position.lon
+                        + distance * bearing.sin() / (METRES_PER_DEGREE * self.position.lat.to_radians().cos()),
+                };
+                if self.world.zones.zone_at(reported).is_none() {
+                    break;
+                }
+            }
+        }
+        let speed = if self.speed > 0.0 { (self.speed + self.core.gauss(0.0, 0.8)).max(0.0) } else { 0.0 };
+        let engine = match self.phase {
+            Phase::Stopped { since_ms, until_ms, .. }
+                if until_ms - since_ms > 180_000 && at_ms - since_ms >= 120_000 =>
+            {
+                "off"
+            }
+            _ if speed < 1.0 => "idle",
+            _ => "on",
+        };
+        let json = emit.begin();
+        json.str("vehicle_id", &self.core.id);
+        json.timestamp("timestamp", at_ms);
+        json.fixed("latitude", reported.lat, 6);
+        json.fixed("longitude", reported.lon, 6);
+        json.fixed("speed", speed, 2);
+        json.str("engine_status", engine);
+        emit.send(&mut self.core);
+        self.track_fault(emit, speed);
+    }
+
+    fn finish(&mut self, profile: &'static str, labels: &mut Vec<Label>) {
+        let label = match self.fault.take() {
+            Some(Fault::Teleport { start_ms }) => Some((TELEPORT, start_ms, start_ms)),
+            Some(Fault::RestrictedVisit { inside: Some((start, end)), .. }) => Some((RESTRICTED_ZONE, start, end)),
+            // Cut short by the end of the simulation: a long stop only once it lasted long.
+            Some(Fault::LongStop { slow: Some((start, end)) }) if end - start > LONG_STOP_MS => {
+                Some((LONG_STOP, start, end))
+            }
+            _ => None,
+        };
+        if let Some((kind, start, end)) = label {
+            labels.push(self.core.label(profile, kind, start, end, None));
+        }
+    }
+}
