@@ -1,4 +1,4 @@
-//! The `teleguard` command: run the pipeline, or benchmark it.
+//! The `teleguard` command: run the pipeline, benchmark it, replay files, score detections.
 
 mod commands;
 
@@ -27,6 +27,9 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Run the configured detectors over a CSV or NDJSON file in event-time order; NDJSON out.
     Replay(commands::replay::ReplayArgs),
+    /// Score detections against labels (ours, or the NAB benchmark's): precision, recall, F1,
+    /// detection delay and false alarms per type; NAB's standard score on NAB data.
+    Eval(commands::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
             Command::Run(args) => commands::run::run(args).await,
             Command::Bench(args) => commands::bench::bench(args).await,
             Command::Replay(args) => tokio::task::block_in_place(|| commands::replay::replay(args)),
+            Command::Eval(args) => tokio::task::block_in_place(|| commands::eval::eval(args)),
         }
     });
     match result {
