@@ -12,9 +12,11 @@
 //! - [`enrich`]: driver and zone enrichment of readings.
 //! - [`simulate`]: the built-in fleet simulator, in the reference designs' own JSON.
 //! - [`detect`]: the [`detect::Detector`] trait and the detectors (rolling z-score first).
+//! - [`eval`]: detections scored against labels (our simulator's, or the NAB benchmark's).
 
 pub mod detect;
 pub mod enrich;
+pub mod eval;
 pub mod geo;
 pub mod json;
 pub mod model;

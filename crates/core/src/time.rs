@@ -42,7 +42,8 @@ pub fn parse_timestamp(value: &Scalar<'_>, format: TimeFormat) -> Result<i64, St
     Ok(ms as i64)
 }
 
-fn parse_iso8601(text: &str) -> Result<i64, String> {
+/// Parses RFC 3339 text, or a naive ISO 8601 date-time taken as UTC, into epoch milliseconds.
+pub fn parse_iso8601(text: &str) -> Result<i64, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.timestamp_millis());
     }

@@ -1,4 +1,4 @@
-//! The `teleguard` command: run the pipeline, or benchmark it.
+//! The `teleguard` command: run the pipeline, benchmark it, replay files, score detections.
 
 mod commands;
 
@@ -29,6 +29,9 @@ enum Command {
     Replay(commands::replay::ReplayArgs),
     /// Generate realistic fleet telemetry with labeled injected anomalies (ground truth).
     Simulate(commands::simulate::SimulateArgs),
+    /// Score detections against labels (ours, or the NAB benchmark's): precision, recall, F1,
+    /// detection delay and false alarms per type; NAB's standard score on NAB data.
+    Eval(commands::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => commands::bench::bench(args).await,
             Command::Replay(args) => tokio::task::block_in_place(|| commands::replay::replay(args)),
             Command::Simulate(args) => commands::simulate::simulate(args).await,
+            Command::Eval(args) => tokio::task::block_in_place(|| commands::eval::eval(args)),
         }
     });
     match result {

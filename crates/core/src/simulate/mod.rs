@@ -13,6 +13,8 @@ mod sensors;
 mod vehicle;
 mod wire;
 
+pub use crate::eval::labels::Label;
+use crate::eval::labels::{EntityRef, LabelSet};
 use crate::geo::GeofenceIndex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -71,22 +73,6 @@ impl SimSettings {
             entities: None,
         }
     }
-}
-
-/// One injected anomaly: what, where, and the event times of its first and last affected
-/// readings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Label {
-    /// e.g. `teleport`, `restricted_zone`, `long_stop`, `spike`, `level_shift`.
-    pub kind: &'static str,
-    pub profile: &'static str,
-    pub entity: String,
-    pub start_ms: i64,
-    pub end_ms: i64,
-    /// The detectors meant to catch it.
-    pub detectors: &'static [&'static str],
-    /// The metric it affects, when it affects one.
-    pub metric: Option<&'static str>,
 }
 
 /// What every entity model shares: its id, random stream, labels and injection clock.
@@ -224,7 +210,15 @@ impl Core {
         end_ms: i64,
         metric: Option<&'static str>,
     ) -> Label {
-        Label { kind: kind.name, profile, entity: self.id.clone(), start_ms, end_ms, detectors: kind.detectors, metric }
+        Label {
+            kind: kind.name.to_string(),
+            profile: profile.to_string(),
+            entity: self.id.clone(),
+            start_ms,
+            end_ms,
+            detectors: kind.detectors.iter().map(|d| d.to_string()).collect(),
+            metric: metric.map(str::to_string),
+        }
     }
 }
 
@@ -372,6 +366,23 @@ impl Simulator {
     /// Every entity that has sent a reading so far: (profile, id), in order of appearance.
     pub fn entities(&self) -> &[(&'static str, String)] {
         &self.seen
+    }
+
+    /// The ground truth of a run from `settings.start_ms` to `end_ms`: every entity seen and
+    /// every label taken so far plus `labels`.
+    pub fn label_set(&self, settings: &SimSettings, end_ms: i64, labels: Vec<Label>) -> LabelSet {
+        LabelSet {
+            generator: "teleguard simulate".into(),
+            seed: Some(settings.seed),
+            start_ms: settings.start_ms,
+            end_ms,
+            entities: self
+                .seen
+                .iter()
+                .map(|(profile, entity)| EntityRef { profile: profile.to_string(), entity: entity.clone() })
+                .collect(),
+            labels,
+        }
     }
 }
 

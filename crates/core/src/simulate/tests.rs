@@ -65,9 +65,9 @@ fn labels_lie_in_the_simulated_range_and_name_simulated_entities() {
             START_MS + WARM_UP_MS <= label.start_ms && label.start_ms <= label.end_ms && label.end_ms <= last_ms,
             "{label:?}"
         );
-        assert!(entities.iter().any(|(p, e)| *p == label.profile && *e == label.entity), "{label:?}");
+        assert!(entities.iter().any(|(p, e)| label.profile == *p && *e == label.entity), "{label:?}");
         let affected = out.iter().any(|m| {
-            m.profile == label.profile
+            label.profile == m.profile
                 && m.event_time_ms == label.start_ms
                 && std::str::from_utf8(&m.payload).unwrap().contains(&format!("\"{}\"", label.entity))
         });

@@ -4,15 +4,14 @@
 use anyhow::{Context as _, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use teleguard_core::json::Scalar;
-use teleguard_core::simulate::{Label, SIMULATED_PROFILES, SimSettings, SimSink, Simulator};
-use teleguard_core::time::{TimeFormat, format_millis, now_millis, parse_timestamp};
+use teleguard_core::simulate::{SIMULATED_PROFILES, SimSettings, SimSink, Simulator};
+use teleguard_core::time::{TimeFormat, now_millis, parse_timestamp};
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
@@ -221,23 +220,6 @@ impl SimSink for Sink<'_> {
     }
 }
 
-/// The ground-truth document: what was simulated, and every injected anomaly.
-fn labels_document(settings: &SimSettings, end_ms: i64, simulator: &Simulator, labels: &[Label]) -> serde_json::Value {
-    json!({
-        "generator": "teleguard simulate",
-        "seed": settings.seed,
-        "start": format_millis(settings.start_ms),
-        "end": format_millis(end_ms),
-        "anomaly_rate": settings.anomaly_rate,
-        "entities": simulator.entities().iter().map(|(profile, entity)| json!({"profile": profile, "entity": entity})).collect::<Vec<_>>(),
-        "labels": labels.iter().map(|l| json!({
-            "type": l.kind, "profile": l.profile, "entity": l.entity,
-            "start": format_millis(l.start_ms), "end": format_millis(l.end_ms),
-            "detectors": l.detectors, "metric": l.metric,
-        })).collect::<Vec<_>>(),
-    })
-}
-
 pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let profiles: Vec<String> = if args.profiles.iter().any(|p| p == "all") {
         SIMULATED_PROFILES.iter().map(|p| p.to_string()).collect()
@@ -305,14 +287,13 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     progress.finish_and_clear();
     let labels = simulator.take_labels();
     if let Some(path) = &args.labels {
-        let document = labels_document(&settings, end_ms, &simulator, &labels);
-        let text = serde_json::to_string_pretty(&document).expect("labels serialise");
+        let text = simulator.label_set(&settings, end_ms, labels.clone()).to_json_pretty();
         std::fs::write(path, text + "\n").with_context(|| format!("cannot write --labels file {path:?}"))?;
     }
     let seconds = started.elapsed().as_secs_f64();
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for label in &labels {
-        *kinds.entry(label.kind).or_default() += 1;
+        *kinds.entry(label.kind.as_str()).or_default() += 1;
     }
     let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
     eprintln!(
