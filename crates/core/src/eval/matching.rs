@@ -3,9 +3,10 @@
 //!
 //! A detection matches a label when it names the same entity (and the same profile, when it
 //! names one) and its event time falls in `[label start, label end + grace]`. Then:
-//! - **recall**: a label is detected when any detection matches it, whatever the detector;
-//!   several detections of one label count once, and the earliest gives the delay
-//!   (its time − the label's start).
+//! - **recall**: a label is detected when a detection by one of its `detectors` (any
+//!   detector, when it names none) matches it: a z-score alarm that happens to fall on a
+//!   teleport does not make the teleport found. Several detections of one label count once,
+//!   and the earliest gives the delay (its time − the label's start).
 //! - **precision of type T**: only detections by T's detectors (the union of its labels'
 //!   `detectors`) count; true if it matches a label of type T, false if it matches no label
 //!   at all, ignored if it only matches labels of other types.
@@ -78,8 +79,10 @@ pub fn evaluate_labels(labels: &[Label], entity_hours: f64, detections: &[Detect
             let label = &labels[index];
             if matches(label, detection, grace_ms) {
                 matched_types.insert(&label.kind);
-                let first = &mut first_detection_ms[index];
-                *first = Some(first.map_or(detection.time_ms, |t| t.min(detection.time_ms)));
+                if label.detectors.is_empty() || label.detectors.iter().any(|d| *d == detection.detector) {
+                    let first = &mut first_detection_ms[index];
+                    *first = Some(first.map_or(detection.time_ms, |t| t.min(detection.time_ms)));
+                }
             }
         }
         let is_true = !matched_types.is_empty();
