@@ -79,7 +79,7 @@ pub fn evaluate_labels(labels: &[Label], entity_hours: f64, detections: &[Detect
             let label = &labels[index];
             if matches(label, detection, grace_ms) {
                 matched_types.insert(&label.kind);
-                if label.detectors.is_empty() || label.detectors.iter().any(|d| *d == detection.detector) {
+                if label.detectors.is_empty() || label.detectors.contains(&detection.detector) {
                     let first = &mut first_detection_ms[index];
                     *first = Some(first.map_or(detection.time_ms, |t| t.min(detection.time_ms)));
                 }
