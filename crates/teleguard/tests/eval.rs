@@ -15,6 +15,18 @@ fn json_of(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).expect("stdout is JSON")
 }
 
+/// `teleguard eval --labels LABELS --anomalies ANOMALIES --json`, parsed.
+fn eval_json(labels: &Path, anomalies: &Path) -> Value {
+    json_of(&teleguard(&[
+        "eval",
+        "--labels",
+        labels.to_str().unwrap(),
+        "--anomalies",
+        anomalies.to_str().unwrap(),
+        "--json",
+    ]))
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
@@ -52,14 +64,7 @@ fn hand_made_labels_and_detections_give_hand_computed_scores() {
         replay_line("V1", "2024-09-04T01:30:00.000Z", "zscore", 1.0, false),    // a score, not a detection
     ];
     write(&anomalies, &lines.join("\n"));
-    let report = json_of(&teleguard(&[
-        "eval",
-        "--labels",
-        labels.to_str().unwrap(),
-        "--anomalies",
-        anomalies.to_str().unwrap(),
-        "--json",
-    ]));
+    let report = eval_json(&labels, &anomalies);
     assert_eq!(report["grace_ms"], 60_000);
     assert_eq!(report["entity_hours"], 4.0);
     let spike = &report["by_type"][0];
@@ -128,14 +133,7 @@ fn nab_labels_give_nab_score_next_to_precision_and_recall() {
     let anomalies = dir.path().join("scores.ndjson");
     write(&anomalies, &lines.join("\n"));
     let labels = dir.path().join("labels/combined_windows.json");
-    let report = json_of(&teleguard(&[
-        "eval",
-        "--labels",
-        labels.to_str().unwrap(),
-        "--anomalies",
-        anomalies.to_str().unwrap(),
-        "--json",
-    ]));
+    let report = eval_json(&labels, &anomalies);
     let overall = &report["overall"];
     assert_eq!((overall["recall"].as_f64(), overall["precision"].as_f64()), (Some(1.0), Some(0.5)));
     assert_eq!(report["by_type"][0]["type"], "cat");
@@ -165,14 +163,7 @@ fn nab_run_scores_our_detector_and_its_scores_score_the_same_again() {
     assert_eq!(run["overall"]["detected_labels"], 1, "{run}");
     assert!(run["nab"][0]["score"].as_f64().unwrap() > 50.0, "{run}");
     let labels = dir.path().join("labels/combined_windows.json");
-    let again = json_of(&teleguard(&[
-        "eval",
-        "--labels",
-        labels.to_str().unwrap(),
-        "--anomalies",
-        scores.to_str().unwrap(),
-        "--json",
-    ]));
+    let again = eval_json(&labels, &scores);
     assert_eq!(again, run);
 }
 
