@@ -6,10 +6,18 @@
 //! 2^(−E[h(x)] / c(ψ)), where h is the path length plus c(size) at the leaf. The threshold is
 //! the (1 − contamination) quantile of the training scores. This is the algorithm of
 //! scikit-learn's `IsolationForest`; its `score_samples` is the negative of this score.
+//!
+//! Scoring walks a layout rebuilt from the trees on load (`packed`): rank-coded 16-bit nodes
+//! gathered eight trees at a time on CPUs with AVX2 (`avx2`), plain nodes elsewhere.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod packed;
 
 use super::settings::{Feature, IsolationForestSettings, ModelScope};
 use super::{Detector, EntityMap, Findings, Observation, for_people};
 use crate::model::{Anomaly, Severity, anomaly_id};
+use packed::Packed;
 use rand::rngs::SmallRng;
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
@@ -129,38 +137,6 @@ impl Tree {
     }
 }
 
-/// One internal node of the packed forest: 8 bytes, one load per step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Node {
-    threshold: f32,
-    feature: u32,
-}
-
-/// Every tree's nodes in one array (all trees have the same depth), for scoring.
-#[derive(Debug, Clone, PartialEq, Default)]
-struct Packed {
-    depth: u8,
-    internal: usize,
-    nodes: Vec<Node>,
-    leaf_path: Vec<f32>,
-}
-
-impl Packed {
-    fn of(trees: &[Tree]) -> Packed {
-        let depth = trees.first().map_or(0, |t| t.depth);
-        let internal = (1usize << depth) - 1;
-        let mut packed = Packed { depth, internal, nodes: Vec::new(), leaf_path: Vec::new() };
-        for tree in trees {
-            debug_assert_eq!(tree.depth, depth);
-            packed.nodes.extend(
-                tree.feature.iter().zip(&tree.threshold).map(|(f, t)| Node { threshold: *t, feature: u32::from(*f) }),
-            );
-            packed.leaf_path.extend(&tree.leaf_path);
-        }
-        packed
-    }
-}
-
 /// A forest as stored: its trees and what it learnt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct StoredForest {
@@ -263,35 +239,7 @@ impl IsolationForest {
             wide = x.iter().map(|v| *v as f32).collect();
             &wide
         };
-        // Trees in lock step, LANES at a time: independent chains of loads the CPU overlaps.
-        const LANES: usize = 8;
-        let Packed { depth, internal, nodes, leaf_path } = &self.packed;
-        let (internal, leaves) = (*internal, *internal + 1);
-        let mut total = 0f32;
-        let full_groups = self.trees.len() / LANES;
-        let group_nodes = nodes.chunks_exact(internal * LANES);
-        let group_leaves = leaf_path.chunks_exact(leaves * LANES);
-        for (group, group_leaf) in group_nodes.zip(group_leaves).take(full_groups) {
-            let mut index = [0usize; LANES];
-            for _ in 0..*depth {
-                for (lane, i) in index.iter_mut().enumerate() {
-                    let node = group[lane * internal + *i];
-                    let go_right = x[node.feature as usize] >= node.threshold;
-                    *i = 2 * *i + 1 + usize::from(go_right);
-                }
-            }
-            for (lane, i) in index.iter().enumerate() {
-                total += group_leaf[lane * leaves + (i - internal)];
-            }
-        }
-        for tree in full_groups * LANES..self.trees.len() {
-            let mut i = 0;
-            for _ in 0..*depth {
-                let node = nodes[tree * internal + i];
-                i = 2 * i + 1 + usize::from(x[node.feature as usize] >= node.threshold);
-            }
-            total += leaf_path[tree * leaves + (i - internal)];
-        }
+        let total = self.packed.path_length_sum(x);
         let mean_path = f64::from(total) / self.trees.len() as f64;
         2f64.powf(-mean_path / average_path_length(self.subsample))
     }
