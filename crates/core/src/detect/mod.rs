@@ -145,7 +145,21 @@ pub fn for_people(x: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::for_people;
+    use super::{EntityMap, for_people};
+    use std::sync::Arc;
+
+    #[test]
+    fn an_entity_keeps_its_own_state_per_profile() {
+        let mut map: EntityMap<u32> = EntityMap::default();
+        let (a, b): (Arc<str>, Arc<str>) = ("d-1".into(), "d-2".into());
+        *map.get_or_insert_with(0, &a, || 10) += 1;
+        *map.get_or_insert_with(0, &b, || 20) += 1;
+        *map.get_or_insert_with(2, &a, || 30) += 1;
+        *map.get_or_insert_with(0, &Arc::from("d-1"), || 99) += 1;
+        assert_eq!((map.get(0, "d-1"), map.get(0, "d-2"), map.get(2, "d-1")), (Some(&12), Some(&21), Some(&31)));
+        assert_eq!((map.get(1, "d-1"), map.get(0, "d-3")), (None, None));
+        assert_eq!(map.len(), 3);
+    }
 
     #[test]
     fn numbers_read_like_a_person_writes_them() {
@@ -160,9 +174,22 @@ mod tests {
 /// Per-entity state of a detector: one map per profile, looked up by the entity's name
 /// without cloning it; a fast non-cryptographic hash (entity ids are not adversarial keys
 /// for a hash-flooding attack here: each costs the sender a validated, stored message).
+/// The map holds each entity's index into `states`, so a known entity costs one lookup.
 #[derive(Debug)]
 pub struct EntityMap<V> {
-    by_profile: Vec<rustc_hash::FxHashMap<Arc<str>, V>>,
+    by_profile: Vec<ProfileStates<V>>,
+}
+
+#[derive(Debug)]
+struct ProfileStates<V> {
+    index: rustc_hash::FxHashMap<Arc<str>, usize>,
+    states: Vec<V>,
+}
+
+impl<V> Default for ProfileStates<V> {
+    fn default() -> Self {
+        ProfileStates { index: Default::default(), states: Vec::new() }
+    }
 }
 
 impl<V> Default for EntityMap<V> {
@@ -174,24 +201,30 @@ impl<V> Default for EntityMap<V> {
 impl<V> EntityMap<V> {
     /// The entity's state, made by `new` on first sight.
     pub fn get_or_insert_with(&mut self, profile: u16, entity: &Arc<str>, new: impl FnOnce() -> V) -> &mut V {
-        let index = usize::from(profile);
-        if self.by_profile.len() <= index {
-            self.by_profile.resize_with(index + 1, Default::default);
+        let profile = usize::from(profile);
+        if self.by_profile.len() <= profile {
+            self.by_profile.resize_with(profile + 1, Default::default);
         }
-        let map = &mut self.by_profile[index];
-        if !map.contains_key(&**entity) {
-            map.insert(entity.clone(), new());
-        }
-        map.get_mut(&**entity).expect("just inserted")
+        let ProfileStates { index, states } = &mut self.by_profile[profile];
+        let slot = match index.get(&**entity) {
+            Some(slot) => *slot,
+            None => {
+                states.push(new());
+                index.insert(entity.clone(), states.len() - 1);
+                states.len() - 1
+            }
+        };
+        &mut states[slot]
     }
 
     pub fn get(&self, profile: u16, entity: &str) -> Option<&V> {
-        self.by_profile.get(usize::from(profile))?.get(entity)
+        let ProfileStates { index, states } = self.by_profile.get(usize::from(profile))?;
+        index.get(entity).map(|slot| &states[*slot])
     }
 
     /// Number of entities with state.
     pub fn len(&self) -> usize {
-        self.by_profile.iter().map(|m| m.len()).sum()
+        self.by_profile.iter().map(|p| p.states.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
