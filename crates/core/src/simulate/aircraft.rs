@@ -160,7 +160,7 @@ impl Aircraft {
         Some(if self.core.chance(0.5) {
             Spike::Speed(self.core.uniform(60.0, 120.0))
         } else {
-            Spike::Altitude(self.core.uniform(1500.0, 3000.0) * if self.core.chance(0.5) { 1.0 } else { -1.0 })
+            Spike::Altitude(self.core.uniform(1500.0, 3000.0) * self.core.sign())
         })
     }
 }

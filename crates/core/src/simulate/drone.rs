@@ -3,7 +3,7 @@
 //! accelerations are the changes of the simulated velocity; injected battery collapses,
 //! altitude drops and sensor spikes.
 
-use super::{Core, Emit, EntityModel, Kind, Label};
+use super::{Core, Emit, EntityModel, Kind, Label, displacement, offset};
 use crate::model::GeoPoint;
 
 const DETECTORS: &[&str] = &["zscore", "isolation_forest"];
@@ -11,7 +11,6 @@ const BATTERY_COLLAPSE: Kind = Kind { name: "battery_collapse", detectors: DETEC
 const ALTITUDE_DROP: Kind = Kind { name: "altitude_drop", detectors: DETECTORS };
 const SPIKE: Kind = Kind { name: "spike", detectors: DETECTORS };
 
-const METRES_PER_DEGREE: f64 = 111_195.0;
 /// Largest change of velocity per second on each axis, m/s².
 const MAX_ACCELERATION: f64 = 2.0;
 
@@ -172,7 +171,7 @@ impl Drone {
                 Some(if self.core.chance(0.5) {
                     Spike::Signal(self.core.uniform(30.0, 45.0))
                 } else {
-                    Spike::AccelerationZ(self.core.uniform(8.0, 15.0) * if self.core.chance(0.5) { 1.0 } else { -1.0 })
+                    Spike::AccelerationZ(self.core.uniform(8.0, 15.0) * self.core.sign())
                 })
             }
         }
@@ -186,19 +185,6 @@ enum Spike {
     Signal(f64),
     /// m/s² added to the vertical acceleration.
     AccelerationZ(f64),
-}
-
-/// `point` moved `east` and `north` metres.
-fn offset(point: GeoPoint, east: f64, north: f64) -> GeoPoint {
-    GeoPoint {
-        lat: point.lat + north / METRES_PER_DEGREE,
-        lon: point.lon + east / (METRES_PER_DEGREE * point.lat.to_radians().cos()),
-    }
-}
-
-/// Metres east and north from `from` to `to` (flat Earth: drones fly a few km).
-fn displacement(from: GeoPoint, to: GeoPoint) -> (f64, f64) {
-    ((to.lon - from.lon) * METRES_PER_DEGREE * from.lat.to_radians().cos(), (to.lat - from.lat) * METRES_PER_DEGREE)
 }
 
 impl EntityModel for Drone {

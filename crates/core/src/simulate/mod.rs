@@ -16,6 +16,7 @@ mod wire;
 pub use crate::eval::labels::Label;
 use crate::eval::labels::{EntityRef, LabelSet};
 use crate::geo::GeofenceIndex;
+use crate::model::GeoPoint;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -94,26 +95,18 @@ struct Core {
 impl Core {
     fn new(id: String, seed: u64, profile: &str, index: usize, start_ms: i64, rate_per_hour: f64) -> Core {
         let stream = seed ^ crate::model::stable_hash(&[profile.as_bytes(), &index.to_le_bytes()]);
-        let mut rng = SmallRng::seed_from_u64(stream);
         let mean_gap_ms = (rate_per_hour > 0.0).then(|| 3_600_000.0 / rate_per_hour);
-        let mut core = Core {
-            id,
-            rng: SmallRng::seed_from_u64(0),
-            next_anomaly_ms: i64::MAX,
-            mean_gap_ms,
-            announced: false,
-            start_ms,
-            last_sent_ms: None,
-        };
-        core.next_anomaly_ms = start_ms + WARM_UP_MS + core.gap(&mut rng);
-        core.rng = rng;
+        let rng = SmallRng::seed_from_u64(stream);
+        let mut core =
+            Core { id, rng, next_anomaly_ms: i64::MAX, mean_gap_ms, announced: false, start_ms, last_sent_ms: None };
+        core.next_anomaly_ms = start_ms + WARM_UP_MS + core.gap();
         core
     }
 
     /// An exponentially distributed wait for the next anomaly.
-    fn gap(&self, rng: &mut SmallRng) -> i64 {
+    fn gap(&mut self) -> i64 {
         match self.mean_gap_ms {
-            Some(mean) => (-(1.0 - rng.random::<f64>()).ln() * mean) as i64,
+            Some(mean) => (-(1.0 - self.rng.random::<f64>()).ln() * mean) as i64,
             None => i64::MAX / 4,
         }
     }
@@ -125,9 +118,7 @@ impl Core {
 
     /// Schedules the next anomaly after one that ended (or was skipped) at `at_ms`.
     fn schedule_after(&mut self, at_ms: i64) {
-        let mut rng = std::mem::replace(&mut self.rng, SmallRng::seed_from_u64(0));
-        self.next_anomaly_ms = at_ms.saturating_add(self.gap(&mut rng).max(60_000));
-        self.rng = rng;
+        self.next_anomaly_ms = at_ms.saturating_add(self.gap().max(60_000));
     }
 
     fn gauss(&mut self, mean: f64, std: f64) -> f64 {
@@ -142,6 +133,11 @@ impl Core {
         self.rng.random::<f64>() < p
     }
 
+    /// +1 or −1, evenly.
+    fn sign(&mut self) -> f64 {
+        if self.chance(0.5) { 1.0 } else { -1.0 }
+    }
+
     fn rng_index(&mut self, n: usize) -> usize {
         self.rng.random_range(0..n)
     }
@@ -149,6 +145,22 @@ impl Core {
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.rng.random_range(0..items.len())]
     }
+}
+
+/// Metres per degree of latitude (and of longitude at the equator).
+const METRES_PER_DEGREE: f64 = 111_195.0;
+
+/// `point` moved `east` and `north` metres (flat Earth: fine over tens of km).
+fn offset(point: GeoPoint, east: f64, north: f64) -> GeoPoint {
+    GeoPoint {
+        lat: point.lat + north / METRES_PER_DEGREE,
+        lon: point.lon + east / (METRES_PER_DEGREE * point.lat.to_radians().cos()),
+    }
+}
+
+/// Metres east and north from `from` to `to` on the same flat map.
+fn displacement(from: GeoPoint, to: GeoPoint) -> (f64, f64) {
+    ((to.lon - from.lon) * METRES_PER_DEGREE * from.lat.to_radians().cos(), (to.lat - from.lat) * METRES_PER_DEGREE)
 }
 
 /// A normally distributed sample (Box-Muller).

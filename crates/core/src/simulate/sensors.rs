@@ -114,7 +114,7 @@ impl Environment {
     fn start_fault(&mut self, at_ms: i64) {
         let signal = self.core.rng_index(ENVIRONMENT_METRICS.len());
         let (metric, noise) = ENVIRONMENT_METRICS[signal];
-        let sign = if self.core.chance(0.5) { 1.0 } else { -1.0 };
+        let sign = self.core.sign();
         let core = &mut self.core;
         let (kind, duration_ms, effect) = match core.rng_index(4) {
             0 => (SPIKE, 0, Effect::Spike(sign * core.uniform(8.0, 14.0) * noise)),
@@ -265,7 +265,7 @@ impl EntityModel for Vibration {
         json.timestamp("timestamp", at_ms);
         for (signal, axis) in AXES.iter().enumerate() {
             let truth = self.level[signal] * (0.55 + 0.45 * self.load) * wear;
-            let mut value = (truth * (1.0 + gauss_of(&mut self.core, 0.03))).max(0.0);
+            let mut value = (truth * (1.0 + self.core.gauss(0.0, 0.03))).max(0.0);
             if let Some(fault) = &mut self.fault {
                 value = fault.apply(signal, value, at_ms).max(0.0);
             }
@@ -284,8 +284,4 @@ impl EntityModel for Vibration {
     fn finish(&mut self, profile: &'static str, labels: &mut Vec<Label>) {
         finish_fault(&mut self.fault, &self.core, profile, labels);
     }
-}
-
-fn gauss_of(core: &mut Core, std: f64) -> f64 {
-    core.gauss(0.0, std)
 }

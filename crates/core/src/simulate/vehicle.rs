@@ -4,7 +4,7 @@
 //! stop (never 30 minutes outside a safe zone) and report engine status to match. Injected:
 //! GPS teleports, out-of-hours visits to a restricted zone, and long stops outside safe zones.
 
-use super::{Core, Emit, EntityModel, Kind, Label};
+use super::{Core, Emit, EntityModel, Kind, Label, displacement, offset};
 use crate::geo::GeofenceIndex;
 use crate::model::GeoPoint;
 use rand::rngs::SmallRng;
@@ -24,7 +24,6 @@ const STOPPED_BELOW_KMH: f64 = 5.0;
 /// A stop outside a safe zone becomes unusual after this long (the built-in rule's setting).
 const LONG_STOP_MS: i64 = 30 * 60_000;
 
-const METRES_PER_DEGREE: f64 = 111_195.0;
 /// km/h gained per second at most (1.2 m/s²), and lost when braking (2 m/s²).
 const ACCELERATION_KMH_PER_S: f64 = 4.32;
 const BRAKING_KMH_PER_S: f64 = 7.2;
@@ -147,8 +146,7 @@ fn lerp(a: GeoPoint, b: GeoPoint, t: f64) -> GeoPoint {
 
 /// Distance in metres on a local flat map (routes span a few tens of km).
 fn metres(a: GeoPoint, b: GeoPoint) -> f64 {
-    let east = (b.lon - a.lon) * METRES_PER_DEGREE * a.lat.to_radians().cos();
-    let north = (b.lat - a.lat) * METRES_PER_DEGREE;
+    let (east, north) = displacement(a, b);
     east.hypot(north)
 }
 
@@ -443,11 +441,7 @@ impl EntityModel for Vehicle {
             for _ in 0..10 {
                 let distance = self.core.uniform(20_000.0, 80_000.0);
                 let bearing = self.core.uniform(0.0, std::f64::consts::TAU);
-                reported = GeoPoint {
-                    lat: self.position.lat + distance * bearing.cos() / METRES_PER_DEGREE,
-                    lon: self.position.lon
-                        + distance * bearing.sin() / (METRES_PER_DEGREE * self.position.lat.to_radians().cos()),
-                };
+                reported = offset(self.position, distance * bearing.sin(), distance * bearing.cos());
                 if self.world.zones.zone_at(reported).is_none() {
                     break;
                 }
