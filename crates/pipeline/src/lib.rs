@@ -84,7 +84,8 @@ impl Pipeline {
             inflight: inflight.clone(),
             inflight_capacity: capacity,
         };
-        let (store, writer_thread) = store::writer::spawn(connection, next_bronze_id, writer_context)?;
+        let checkpointer = store::start_checkpointer(&data_dir, config.durability)?;
+        let (store, writer_thread) = store::writer::spawn(connection, checkpointer, next_bronze_id, writer_context)?;
         let worker_context = worker::WorkerContext {
             profiles: config.profiles.clone(),
             enricher,

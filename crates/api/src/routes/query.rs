@@ -14,6 +14,8 @@ use teleguard_pipeline::store::query::{self, AnomalyFilter, AnomalyOrder, Anomal
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
+// The store lists at most this many of the most anomalous in order.
+const _: () = assert!(MAX_LIMIT <= teleguard_pipeline::store::gold::RANKED_ANOMALIES);
 
 pub(crate) fn limit_of(limit: Option<usize>) -> Result<usize, ApiError> {
     match limit.unwrap_or(DEFAULT_LIMIT) {

@@ -2,163 +2,357 @@
 
 use super::GoldRow;
 use rusqlite::{OptionalExtension, Transaction, params};
-use std::collections::HashMap;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
-/// The live alert of each (profile, entity, detector) the writer has touched, so raising an
-/// alert needs no look-up query. Only the writer changes alerts, so the cache stays true; it
-/// is emptied when an alert is resolved and when it grows past [`MAX_CACHED_ALERTS`].
+/// How many of the most anomalous anomalies (by score / threshold) the store can list in
+/// order; `GET /api/anomalies` asks for at most this many.
+pub const RANKED_ANOMALIES: usize = 10_000;
+
+/// Alerts cached at most; past this the cache starts afresh.
+const MAX_CACHED_ALERTS: usize = 100_000;
+
+/// The writer's gold-layer state: the live alert of every (profile, entity, detector) it has
+/// touched, with the alert updates of the current transaction gathered into one UPDATE per
+/// alert, and the ranks of the most anomalous anomalies.
+///
+/// Only the writer changes alerts and anomalies, so the state stays true as long as every
+/// transaction commits; after a rollback [`Gold::forget`] drops it and it is read again.
 #[derive(Debug, Default)]
-pub struct AlertCache {
-    live: HashMap<(Arc<str>, Arc<str>, &'static str), LiveAlert>,
+pub struct Gold {
+    live: HashMap<AlertKey, LiveAlert>,
+    /// Keys whose alert has updates not yet written, in the order they were first updated.
+    pending: Vec<AlertKey>,
+    leaders: Leaderboard,
 }
+
+type AlertKey = (Arc<str>, Arc<str>, &'static str);
 
 #[derive(Debug, Clone)]
 struct LiveAlert {
     id: i64,
     last_event_ms: i64,
     severity: String,
+    /// Anomalies added since the alert row was last written, and the newest of them.
+    unwritten: Option<UnwrittenUpdate>,
 }
 
-const MAX_CACHED_ALERTS: usize = 100_000;
+#[derive(Debug, Clone)]
+struct UnwrittenUpdate {
+    anomalies: i64,
+    last_anomaly_id: String,
+    reason: String,
+    updated_at_ms: i64,
+}
 
-impl AlertCache {
-    /// Forgets everything (after a rolled-back transaction).
-    pub fn clear(&mut self) {
+impl Gold {
+    /// Forgets everything (after a rolled-back transaction); it is read again from the store.
+    pub fn forget(&mut self) {
         self.live.clear();
+        self.pending.clear();
+        self.leaders = Leaderboard::default();
     }
-}
 
-/// Writes anomalies: a new one is inserted and opens or updates its alert; one that closes an
-/// episode (a stop, a zone visit) updates the row of the same id. Re-processed anomalies
-/// (same id) change nothing. Calls `counted` for each new anomaly; returns how many rows
-/// were written.
-pub fn write_gold(
-    tx: &Transaction<'_>,
-    rows: &[GoldRow],
-    alert_cooldown_ms: i64,
-    alerts: &mut AlertCache,
-    counted: &mut dyn FnMut(&Arc<str>),
-) -> rusqlite::Result<usize> {
-    let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO telemetry_anomalies (id, reading_id, profile, entity_id, timestamp_ms, detector, metric, value,
-             anomaly_score, threshold, model_label, model_is_anomaly, severity, reason, features, detected_at_ms,
-             episode_start_ms, episode_end_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, -1, 1, ?11, ?12, ?13, ?14, ?15, ?16)",
-    )?;
-    let mut close = tx.prepare_cached(
-        "UPDATE telemetry_anomalies SET anomaly_score = ?2, value = ?3, severity = ?4, reason = ?5, features = ?6,
-             episode_end_ms = ?7
-         WHERE id = ?1 AND episode_end_ms IS NULL",
-    )?;
-    let mut written = 0;
-    for row in rows {
-        let a = &row.anomaly;
-        let features = &row.features_json;
-        let episode_end = a.episode.and_then(|e| e.end_ms);
-        if episode_end.is_some() {
-            let closed =
-                close.execute(params![a.id, a.score, a.value, a.severity.as_str(), a.reason, features, episode_end])?;
-            if closed > 0 {
+    /// Writes anomalies: a new one is inserted and opens or updates its alert; one that closes
+    /// an episode (a stop, a zone visit) updates the row of the same id. Re-processed
+    /// anomalies (same id) change nothing. Calls `counted` for each new anomaly; returns how
+    /// many rows were written. Alert updates are written by [`Gold::write_alerts`].
+    pub fn write(
+        &mut self,
+        tx: &Transaction<'_>,
+        rows: &[GoldRow],
+        alert_cooldown_ms: i64,
+        counted: &mut dyn FnMut(&Arc<str>),
+    ) -> rusqlite::Result<usize> {
+        self.leaders.load_once(tx)?;
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO telemetry_anomalies (id, reading_id, profile, entity_id, timestamp_ms, detector,
+                 metric, value, anomaly_score, threshold, model_label, model_is_anomaly, severity, reason, features,
+                 detected_at_ms, episode_start_ms, episode_end_ms, leader)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, -1, 1, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        )?;
+        // An episode's score only grows when it closes (a stop's minutes), so a leader stays
+        // one; a closing that enters the ranks becomes one.
+        let mut close = tx.prepare_cached(
+            "UPDATE telemetry_anomalies SET anomaly_score = ?2, value = ?3, severity = ?4, reason = ?5, features = ?6,
+                 episode_end_ms = ?7, leader = MAX(leader, ?8)
+             WHERE id = ?1 AND episode_end_ms IS NULL",
+        )?;
+        let mut written = 0;
+        for row in rows {
+            let a = &row.anomaly;
+            let features = &row.features_json;
+            let episode_end = a.episode.and_then(|e| e.end_ms);
+            let excess = excess(a.score, a.threshold);
+            if episode_end.is_some() {
+                let leader = self.leaders.would_admit(excess);
+                let closed = close.execute(params![
+                    a.id,
+                    a.score,
+                    a.value,
+                    a.severity.as_str(),
+                    a.reason,
+                    features,
+                    episode_end,
+                    leader
+                ])?;
+                if closed > 0 {
+                    if leader {
+                        self.leaders.admit(excess);
+                    }
+                    written += 1;
+                    continue;
+                }
+            }
+            let leader = self.leaders.would_admit(excess);
+            let inserted = insert.execute(params![
+                a.id,
+                row.reading_id,
+                &*row.profile,
+                &*row.entity,
+                row.timestamp_ms,
+                a.detector,
+                a.metric.as_deref(),
+                a.value,
+                a.score,
+                a.threshold,
+                a.severity.as_str(),
+                a.reason,
+                features,
+                row.detected_at_ms,
+                a.episode.map(|e| e.start_ms),
+                episode_end,
+                leader
+            ])?;
+            if inserted > 0 {
+                if leader {
+                    self.leaders.admit(excess);
+                }
                 written += 1;
-                continue;
+                counted(&row.profile);
+                self.raise_alert(tx, row, alert_cooldown_ms)?;
             }
         }
-        let inserted = insert.execute(params![
-            a.id,
-            row.reading_id,
-            &*row.profile,
-            &*row.entity,
-            row.timestamp_ms,
-            a.detector,
-            a.metric.as_deref(),
-            a.value,
-            a.score,
-            a.threshold,
-            a.severity.as_str(),
-            a.reason,
-            features,
-            row.detected_at_ms,
-            a.episode.map(|e| e.start_ms),
-            episode_end
-        ])?;
-        if inserted > 0 {
-            written += 1;
-            counted(&row.profile);
-            raise_alert(tx, row, alert_cooldown_ms, alerts)?;
-        }
+        Ok(written)
     }
-    Ok(written)
-}
 
-/// Updates the live alert of the anomaly's (profile, entity, detector) if its last anomaly is
-/// within the cooldown (in event time), or opens a new one.
-fn raise_alert(tx: &Transaction<'_>, row: &GoldRow, cooldown_ms: i64, cache: &mut AlertCache) -> rusqlite::Result<()> {
-    let a = &row.anomaly;
-    let key = (row.profile.clone(), row.entity.clone(), a.detector);
-    let live = match cache.live.get(&key) {
-        Some(live) => Some(live.clone()),
-        None => tx
-            .prepare_cached(
-                "SELECT id, severity, last_event_ms FROM alerts
-                 WHERE profile = ?1 AND entity_id = ?2 AND detector = ?3 AND state != 'resolved'
-                 ORDER BY id DESC LIMIT 1",
-            )?
-            .query_row(params![&*row.profile, &*row.entity, a.detector], |r| {
-                Ok(LiveAlert { id: r.get(0)?, severity: r.get(1)?, last_event_ms: r.get(2)? })
-            })
-            .optional()?,
-    };
-    let live = live.filter(|l| l.last_event_ms >= row.timestamp_ms - cooldown_ms);
-    let updated = match live {
-        Some(mut live) => {
+    /// Updates the live alert of the anomaly's (profile, entity, detector) if its last anomaly
+    /// is within the cooldown (in event time), or opens a new one. An update is only gathered
+    /// here; [`Gold::write_alerts`] writes it.
+    fn raise_alert(&mut self, tx: &Transaction<'_>, row: &GoldRow, cooldown_ms: i64) -> rusqlite::Result<()> {
+        let a = &row.anomaly;
+        let key = (row.profile.clone(), row.entity.clone(), a.detector);
+        if !self.live.contains_key(&key) {
+            if self.live.len() >= MAX_CACHED_ALERTS {
+                self.write_alerts(tx)?;
+                self.live.clear();
+            }
+            if let Some(stored) = stored_live_alert(tx, &key)? {
+                self.live.insert(key.clone(), stored);
+            }
+        }
+        if let Some(live) = self.live.get_mut(&key)
+            && live.last_event_ms >= row.timestamp_ms - cooldown_ms
+        {
             if severity_rank(a.severity.as_str()) > severity_rank(&live.severity) {
                 live.severity = a.severity.as_str().to_string();
             }
             live.last_event_ms = live.last_event_ms.max(row.timestamp_ms);
-            tx.prepare_cached(
-                "UPDATE alerts SET anomalies = anomalies + 1, last_anomaly_id = ?2, reason = ?3, severity = ?4,
-                     last_event_ms = ?5, updated_at_ms = ?6
-                 WHERE id = ?1",
-            )?
-            .execute(params![
-                live.id,
-                a.id,
-                a.reason,
-                live.severity,
-                live.last_event_ms,
-                row.detected_at_ms
-            ])?;
-            live
+            let update = UnwrittenUpdate {
+                anomalies: live.unwritten.as_ref().map_or(0, |u| u.anomalies) + 1,
+                last_anomaly_id: a.id.clone(),
+                reason: a.reason.clone(),
+                updated_at_ms: row.detected_at_ms,
+            };
+            if live.unwritten.replace(update).is_none() {
+                self.pending.push(key);
+            }
+            return Ok(());
         }
-        None => {
-            tx.prepare_cached(
-                "INSERT INTO alerts (profile, entity_id, detector, state, severity, reason, first_anomaly_id,
-                     last_anomaly_id, anomalies, first_event_ms, last_event_ms, opened_at_ms, updated_at_ms)
-                 VALUES (?1, ?2, ?3, 'open', ?4, ?5, ?6, ?6, 1, ?7, ?7, ?8, ?8)",
-            )?
-            .execute(params![
-                &*row.profile,
-                &*row.entity,
-                a.detector,
-                a.severity.as_str(),
-                a.reason,
-                a.id,
-                row.timestamp_ms,
-                row.detected_at_ms
-            ])?;
-            LiveAlert {
-                id: tx.last_insert_rowid(),
-                last_event_ms: row.timestamp_ms,
-                severity: a.severity.as_str().to_string(),
+        // No live alert, or its last anomaly is older than the cooldown: a new alert. The old
+        // one's gathered update is written first, so the alerts table stays in event order.
+        if let Some(mut old) = self.live.remove(&key)
+            && let Some(update) = old.unwritten.take()
+        {
+            write_alert_update(tx, &old, &update)?;
+        }
+        tx.prepare_cached(
+            "INSERT INTO alerts (profile, entity_id, detector, state, severity, reason, first_anomaly_id,
+                 last_anomaly_id, anomalies, first_event_ms, last_event_ms, opened_at_ms, updated_at_ms)
+             VALUES (?1, ?2, ?3, 'open', ?4, ?5, ?6, ?6, 1, ?7, ?7, ?8, ?8)",
+        )?
+        .execute(params![
+            &*row.profile,
+            &*row.entity,
+            a.detector,
+            a.severity.as_str(),
+            a.reason,
+            a.id,
+            row.timestamp_ms,
+            row.detected_at_ms
+        ])?;
+        let opened = LiveAlert {
+            id: tx.last_insert_rowid(),
+            last_event_ms: row.timestamp_ms,
+            severity: a.severity.as_str().to_string(),
+            unwritten: None,
+        };
+        self.live.insert(key, opened);
+        Ok(())
+    }
+
+    /// Writes the alert updates gathered so far: one UPDATE per alert.
+    pub fn write_alerts(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        for key in self.pending.drain(..) {
+            let Some(live) = self.live.get_mut(&key) else { continue };
+            if let Some(update) = live.unwritten.take() {
+                write_alert_update(tx, live, &update)?;
             }
         }
-    };
-    if cache.live.len() >= MAX_CACHED_ALERTS {
-        cache.live.clear();
+        Ok(())
     }
-    cache.live.insert(key, updated);
+
+    /// Acknowledges or resolves alert `id`; resolving twice is fine, acknowledging a resolved
+    /// one is not. Gathered alert updates are written first, so they land before the change.
+    pub fn transition_alert(
+        &mut self,
+        tx: &Transaction<'_>,
+        id: i64,
+        action: AlertAction,
+        now_ms: i64,
+    ) -> rusqlite::Result<AlertTransition> {
+        self.write_alerts(tx)?;
+        let state: Option<String> =
+            tx.query_row("SELECT state FROM alerts WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        let Some(state) = state else { return Ok(AlertTransition::NotFound) };
+        match (action, state.as_str()) {
+            (AlertAction::Acknowledge, "resolved") => Ok(AlertTransition::AlreadyResolved),
+            (AlertAction::Acknowledge, _) => {
+                tx.execute(
+                    "UPDATE alerts SET state = 'acknowledged', acknowledged_at_ms = COALESCE(acknowledged_at_ms, ?2),
+                         updated_at_ms = ?2 WHERE id = ?1",
+                    params![id, now_ms],
+                )?;
+                Ok(AlertTransition::Done)
+            }
+            (AlertAction::Resolve, "resolved") => Ok(AlertTransition::Done),
+            (AlertAction::Resolve, _) => {
+                self.live.retain(|_, live| live.id != id);
+                tx.execute(
+                    "UPDATE alerts SET state = 'resolved', resolved_at_ms = ?2, updated_at_ms = ?2 WHERE id = ?1",
+                    params![id, now_ms],
+                )?;
+                Ok(AlertTransition::Done)
+            }
+        }
+    }
+}
+
+/// The newest unresolved alert of `key`, if any.
+fn stored_live_alert(tx: &Transaction<'_>, key: &AlertKey) -> rusqlite::Result<Option<LiveAlert>> {
+    tx.prepare_cached(
+        "SELECT id, severity, last_event_ms FROM alerts
+         WHERE profile = ?1 AND entity_id = ?2 AND detector = ?3 AND state != 'resolved'
+         ORDER BY id DESC LIMIT 1",
+    )?
+    .query_row(params![&*key.0, &*key.1, key.2], |r| {
+        Ok(LiveAlert { id: r.get(0)?, severity: r.get(1)?, last_event_ms: r.get(2)?, unwritten: None })
+    })
+    .optional()
+}
+
+fn write_alert_update(tx: &Transaction<'_>, live: &LiveAlert, update: &UnwrittenUpdate) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE alerts SET anomalies = anomalies + ?2, last_anomaly_id = ?3, reason = ?4, severity = ?5,
+             last_event_ms = ?6, updated_at_ms = ?7
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        live.id,
+        update.anomalies,
+        update.last_anomaly_id,
+        update.reason,
+        live.severity,
+        live.last_event_ms,
+        update.updated_at_ms
+    ])?;
     Ok(())
+}
+
+/// How far past its threshold an anomaly is, as the store ranks it (`anomaly_score /
+/// threshold`; SQLite's division by zero is NULL, which ranks below every number).
+fn excess(score: f64, threshold: f64) -> f64 {
+    let excess = score / threshold;
+    if threshold == 0.0 || excess.is_nan() { f64::NEG_INFINITY } else { excess }
+}
+
+/// The excess of the [`RANKED_ANOMALIES`] most anomalous anomalies stored so far.
+///
+/// An anomaly that enters their ranks when it is written is flagged `leader`, and only
+/// leaders are indexed by excess. Every anomaly among today's top N was among the top N when
+/// it was written (the anomalies before it were a subset of today's), so the leaders always
+/// hold the exact top N for any N up to [`RANKED_ANOMALIES`], while the index grows by about
+/// N·ln(anomalies / N) entries in all instead of one per anomaly: an index with a random key
+/// costs a page write per anomaly and commit, which made it the store's largest cost.
+#[derive(Debug, Default)]
+struct Leaderboard {
+    ranks: BinaryHeap<Reverse<Excess>>,
+    loaded: bool,
+}
+
+/// An excess ordered by `total_cmp`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Excess(f64);
+
+impl Eq for Excess {}
+
+impl PartialOrd for Excess {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Excess {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+impl Leaderboard {
+    fn load_once(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        if self.loaded {
+            return Ok(());
+        }
+        let mut statement = tx.prepare(
+            "SELECT anomaly_score, threshold FROM telemetry_anomalies WHERE leader = 1
+             ORDER BY anomaly_score / threshold DESC LIMIT ?1",
+        )?;
+        let ranked = statement.query_map([RANKED_ANOMALIES as i64], |r| Ok(excess(r.get(0)?, r.get(1)?)))?;
+        self.ranks.clear();
+        for value in ranked {
+            self.ranks.push(Reverse(Excess(value?)));
+        }
+        self.loaded = true;
+        Ok(())
+    }
+
+    /// Whether an anomaly of this excess enters the ranks (ties enter: the list breaks them
+    /// by id).
+    fn would_admit(&self, excess: f64) -> bool {
+        match self.ranks.peek() {
+            _ if self.ranks.len() < RANKED_ANOMALIES => true,
+            Some(Reverse(lowest)) => excess >= lowest.0,
+            None => true,
+        }
+    }
+
+    fn admit(&mut self, excess: f64) {
+        self.ranks.push(Reverse(Excess(excess)));
+        if self.ranks.len() > RANKED_ANOMALIES {
+            self.ranks.pop();
+        }
+    }
 }
 
 fn severity_rank(severity: &str) -> u8 {
@@ -185,35 +379,146 @@ pub enum AlertTransition {
     AlreadyResolved,
 }
 
-/// Acknowledges or resolves alert `id`; resolving twice is fine, acknowledging a resolved one is not.
-pub fn transition_alert(
-    tx: &Transaction<'_>,
-    id: i64,
-    action: AlertAction,
-    now_ms: i64,
-    cache: &mut AlertCache,
-) -> rusqlite::Result<AlertTransition> {
-    let state: Option<String> =
-        tx.query_row("SELECT state FROM alerts WHERE id = ?1", [id], |r| r.get(0)).optional()?;
-    let Some(state) = state else { return Ok(AlertTransition::NotFound) };
-    match (action, state.as_str()) {
-        (AlertAction::Acknowledge, "resolved") => Ok(AlertTransition::AlreadyResolved),
-        (AlertAction::Acknowledge, _) => {
-            tx.execute(
-                "UPDATE alerts SET state = 'acknowledged', acknowledged_at_ms = COALESCE(acknowledged_at_ms, ?2),
-                     updated_at_ms = ?2 WHERE id = ?1",
-                params![id, now_ms],
-            )?;
-            Ok(AlertTransition::Done)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::query::{self, AnomalyFilter, AnomalyOrder};
+    use crate::store::{Durability, open};
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    use rusqlite::Connection;
+    use teleguard_core::model::{Anomaly, Severity, anomaly_id};
+
+    const COOLDOWN_MS: i64 = 60_000;
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let connection = open(dir.path(), Durability::Normal).expect("store");
+        (dir, connection)
+    }
+
+    fn row(entity: &str, at_ms: i64, score: f64, threshold: f64) -> GoldRow {
+        let anomaly = Anomaly {
+            id: anomaly_id("drone", entity, at_ms, "zscore", "altitude"),
+            detector: "zscore",
+            metric: Some("altitude".into()),
+            value: Some(score),
+            score,
+            threshold,
+            severity: Severity::from_excess(score, threshold),
+            reason: format!("altitude at {at_ms}"),
+            features: vec![("z".into(), score)],
+            episode: None,
+        };
+        GoldRow::new(at_ms, "drone".into(), entity.into(), at_ms, anomaly, at_ms)
+    }
+
+    fn write(connection: &mut Connection, gold: &mut Gold, rows: &[GoldRow]) {
+        let tx = connection.transaction().expect("transaction");
+        gold.write(&tx, rows, COOLDOWN_MS, &mut |_| {}).expect("write");
+        gold.write_alerts(&tx).expect("alerts");
+        tx.commit().expect("commit");
+    }
+
+    fn most_anomalous(connection: &Connection, limit: usize) -> Vec<String> {
+        let filter = AnomalyFilter {
+            limit,
+            profile: None,
+            entity: None,
+            detector: None,
+            since_ms: None,
+            order: AnomalyOrder::Score,
+        };
+        query::anomalies(connection, &filter).expect("query").into_iter().map(|a| a.id).collect()
+    }
+
+    #[test]
+    fn the_leaders_always_hold_the_exact_most_anomalous() {
+        let (_dir, mut connection) = store();
+        let mut gold = Gold::default();
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut at_ms = 0;
+        for batch in 0..12i32 {
+            // Scores rise for a while (as a fleet going wrong), then fall, so both early and
+            // late anomalies end among the most anomalous; ties are common (a coarse score).
+            let spread = 400 + 40 * (6 - (batch - 6i32).abs());
+            let rows: Vec<GoldRow> = (0..3_000)
+                .map(|_| {
+                    at_ms += 1;
+                    let score = f64::from(rng.random_range(0..spread)) / 10.0 + 3.0;
+                    row(&format!("d{}", rng.random_range(0..50)), at_ms, score, 3.0)
+                })
+                .collect();
+            write(&mut connection, &mut gold, &rows);
+            if batch == 6 {
+                gold.forget(); // as after a rolled-back transaction: read again from the store
+            }
         }
-        (AlertAction::Resolve, "resolved") => Ok(AlertTransition::Done),
-        (AlertAction::Resolve, _) => {
-            cache.live.clear();
-            tx.execute(
-                "UPDATE alerts SET state = 'resolved', resolved_at_ms = ?2, updated_at_ms = ?2 WHERE id = ?1",
-                params![id, now_ms],
-            )?;
-            Ok(AlertTransition::Done)
+        let everything: Vec<String> = connection
+            .prepare("SELECT id FROM telemetry_anomalies ORDER BY anomaly_score / threshold DESC, id")
+            .expect("statement")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        for limit in [1, 100, RANKED_ANOMALIES] {
+            let listed = most_anomalous(&connection, limit);
+            let first_difference = listed.iter().zip(&everything).position(|(a, b)| a != b);
+            assert_eq!((listed.len(), first_difference), (limit, None), "top {limit}");
         }
+        let leaders: usize = connection
+            .query_row("SELECT count(*) FROM telemetry_anomalies WHERE leader = 1", [], |r| r.get(0))
+            .unwrap();
+        // Few left out at this size (36,000 anomalies for 10,000 ranks, rising, with many ties
+        // at the floor); a long run indexes a small share.
+        assert!(leaders < everything.len() * 9 / 10, "{leaders} leaders of {} anomalies", everything.len());
+    }
+
+    #[test]
+    fn alert_updates_of_a_transaction_are_gathered_into_one_and_count_every_anomaly() {
+        let (_dir, mut connection) = store();
+        let mut gold = Gold::default();
+        // Five anomalies 10 s apart, then one after the cooldown: two alerts.
+        let mut rows: Vec<GoldRow> = (0..5).map(|i| row("d1", i * 10_000, 4.0 + i as f64, 3.0)).collect();
+        rows.push(row("d1", 40_000 + COOLDOWN_MS + 1, 3.1, 3.0));
+        rows.push(row("d2", 0, 3.3, 3.0));
+        write(&mut connection, &mut gold, &rows[..3]);
+        write(&mut connection, &mut gold, &rows[3..]);
+        let alerts = query::alerts(&connection, None, 10).expect("alerts");
+        let d1: Vec<_> = alerts.iter().filter(|a| a.entity == "d1").collect();
+        assert_eq!(d1.len(), 2, "{alerts:#?}");
+        let first = d1.iter().find(|a| a.first_anomaly_id == rows[0].anomaly.id).expect("the first alert");
+        assert_eq!(first.anomalies, 5);
+        assert_eq!(first.last_anomaly_id, rows[4].anomaly.id);
+        assert_eq!(first.reason, rows[4].anomaly.reason);
+        assert_eq!(first.severity, "critical", "8 / 3 is the highest excess of the five");
+        let second = d1.iter().find(|a| a.first_anomaly_id == rows[5].anomaly.id).expect("the second alert");
+        assert_eq!(second.anomalies, 1);
+        assert_eq!(alerts.iter().filter(|a| a.entity == "d2").count(), 1);
+
+        // Written again (re-processing after a crash): nothing changes.
+        write(&mut connection, &mut gold, &rows);
+        let again = query::alerts(&connection, None, 10).expect("alerts");
+        assert_eq!(again.iter().map(|a| a.anomalies).sum::<i64>(), 7);
+    }
+
+    #[test]
+    fn an_anomaly_after_its_alert_is_resolved_opens_a_new_one() {
+        let (_dir, mut connection) = store();
+        let mut gold = Gold::default();
+        let tx = connection.transaction().expect("transaction");
+        gold.write(&tx, &[row("d1", 0, 4.0, 3.0)], COOLDOWN_MS, &mut |_| {}).expect("write");
+        gold.write(&tx, &[row("d1", 1_000, 4.0, 3.0)], COOLDOWN_MS, &mut |_| {}).expect("write");
+        let id: i64 = tx.query_row("SELECT id FROM alerts", [], |r| r.get(0)).expect("an alert");
+        let done = gold.transition_alert(&tx, id, AlertAction::Resolve, 5_000).expect("resolve");
+        assert_eq!(done, AlertTransition::Done);
+        gold.write(&tx, &[row("d1", 2_000, 4.0, 3.0)], COOLDOWN_MS, &mut |_| {}).expect("write");
+        gold.write_alerts(&tx).expect("alerts");
+        tx.commit().expect("commit");
+        let alerts = query::alerts(&connection, None, 10).expect("alerts");
+        assert_eq!(alerts.len(), 2, "{alerts:#?}");
+        let resolved = alerts.iter().find(|a| a.state == "resolved").expect("the resolved alert");
+        assert_eq!(resolved.anomalies, 2, "the update gathered before resolving is written first");
+        assert_eq!(alerts.iter().find(|a| a.state == "open").expect("a new alert").anomalies, 1);
     }
 }

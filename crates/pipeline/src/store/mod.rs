@@ -5,6 +5,7 @@
 //! connection and commits batched transactions ([`writer`]); API reads use their own
 //! connection ([`query`]).
 
+pub mod checkpoint;
 pub mod gold;
 pub mod query;
 pub mod schema;
@@ -39,6 +40,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("reference data: {0}")]
     Reference(String),
+    #[error("cannot start the store's {name} thread: {source}")]
+    Thread { name: &'static str, source: std::io::Error },
     #[error("the store writer has stopped")]
     WriterStopped,
 }
@@ -52,6 +55,16 @@ pub enum Durability {
     Normal,
     /// Also survives power loss: fsync at every commit (synchronous=FULL).
     Full,
+}
+
+impl Durability {
+    /// The `synchronous` pragma that gives this durability in WAL mode.
+    fn synchronous(self) -> &'static str {
+        match self {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        }
+    }
 }
 
 /// Messages as received, with their verdict.
@@ -164,15 +177,18 @@ pub fn open(data_dir: &Path, durability: Durability) -> Result<Connection, Store
     connection.pragma_update(None, "page_size", 16384)?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "cache_size", -65536)?;
-    connection.pragma_update(None, "wal_autocheckpoint", 4096)?;
-    let synchronous = match durability {
-        Durability::Normal => "NORMAL",
-        Durability::Full => "FULL",
-    };
-    connection.pragma_update(None, "synchronous", synchronous)?;
+    connection.pragma_update(None, "synchronous", durability.synchronous())?;
     connection.busy_timeout(std::time::Duration::from_secs(5))?;
     schema::migrate(&mut connection).map_err(StoreError::Schema)?;
     Ok(connection)
+}
+
+/// The background checkpoint thread for the store in `data_dir` (see [`checkpoint`]).
+pub fn start_checkpointer(data_dir: &Path, durability: Durability) -> Result<checkpoint::Checkpointer, StoreError> {
+    let path = data_dir.join(DATABASE_FILE);
+    let connection = checkpoint::open_connection(&path, durability.synchronous())
+        .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+    checkpoint::Checkpointer::spawn(connection).map_err(|source| StoreError::Thread { name: "checkpoint", source })
 }
 
 /// A read-only connection for queries, alongside the writer.

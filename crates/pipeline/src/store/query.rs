@@ -1,5 +1,6 @@
 //! Read queries behind the API: anomalies, counts per profile, dead letters, readings.
 
+use super::gold::RANKED_ANOMALIES;
 use super::{SilverRow, StoreError};
 use rusqlite::{Connection, Row, ToSql};
 use serde::Serialize;
@@ -63,11 +64,17 @@ pub fn anomalies(connection: &Connection, filter: &AnomalyFilter) -> Result<Vec<
         (" AND detector = ?", filter.detector.as_ref().map(|v| v as &dyn ToSql)),
         (" AND timestamp_ms >= ?", filter.since_ms.as_ref().map(|v| v as &dyn ToSql)),
     ];
+    let unfiltered = conditions.iter().all(|(_, value)| value.is_none());
     for (condition, value) in conditions {
         if let Some(value) = value {
             sql.push_str(condition);
             args.push(value);
         }
+    }
+    // The most anomalous of all are always among the leaders, which have an index of their
+    // own (see `gold::Leaderboard`); a filtered list looks at every anomaly.
+    if unfiltered && filter.order == AnomalyOrder::Score && filter.limit <= RANKED_ANOMALIES {
+        sql.push_str(" AND leader = 1");
     }
     sql.push_str(match filter.order {
         AnomalyOrder::Score => " ORDER BY anomaly_score / threshold DESC, id",

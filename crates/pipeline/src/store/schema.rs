@@ -138,6 +138,18 @@ const MIGRATIONS: &[&str] = &[
         value INTEGER NOT NULL
     );
     "#,
+    // 2: an index per anomaly keyed by excess (score / threshold) touched a random page for
+    // every anomaly written, the store's largest cost; only the anomalies that entered the top
+    // 10,000 when written (`leader`, see `gold::Leaderboard`) are indexed by excess now. An
+    // index by reading serves the readings list's "which detectors flagged it".
+    r#"
+    ALTER TABLE telemetry_anomalies ADD COLUMN leader INTEGER NOT NULL DEFAULT 0;
+    UPDATE telemetry_anomalies SET leader = 1 WHERE rowid IN
+        (SELECT rowid FROM telemetry_anomalies ORDER BY anomaly_score / threshold DESC LIMIT 10000);
+    DROP INDEX telemetry_anomalies_by_excess;
+    CREATE INDEX telemetry_anomalies_leaders ON telemetry_anomalies (anomaly_score / threshold DESC) WHERE leader = 1;
+    CREATE INDEX telemetry_anomalies_by_reading ON telemetry_anomalies (reading_id);
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -161,4 +173,46 @@ pub fn migrate(connection: &mut Connection) -> Result<(), String> {
         tx.commit().map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_store_keeps_its_most_anomalous_listable_after_the_leader_migration() {
+        let mut connection = Connection::open_in_memory().expect("database");
+        connection.execute_batch(MIGRATIONS[0]).expect("version 1");
+        connection.pragma_update(None, "user_version", 1).expect("version");
+        for i in 0..20_050_i64 {
+            connection
+                .execute(
+                    "INSERT INTO telemetry_anomalies (id, reading_id, profile, entity_id, timestamp_ms, detector,
+                         anomaly_score, threshold, model_label, model_is_anomaly, severity, reason, features,
+                         detected_at_ms)
+                     VALUES (printf('%028x', ?1), ?1, 'drone', 'd1', ?1, 'zscore', ?2, 3.0, -1, 1, 'minor', '', '{}', ?1)",
+                    rusqlite::params![i, 3.0 + ((i * 7919) % 20_050) as f64],
+                )
+                .expect("anomaly");
+        }
+        migrate(&mut connection).expect("migrations");
+        let version: i64 = connection.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+        assert_eq!(version as usize, SCHEMA_VERSION);
+        let (leaders, lowest): (i64, f64) = connection
+            .query_row("SELECT count(*), min(anomaly_score) FROM telemetry_anomalies WHERE leader = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .expect("leaders");
+        assert_eq!(leaders, 10_000);
+        assert_eq!(lowest, 3.0 + 10_050.0, "the 10,000 highest of scores 3 .. 20,052 are leaders");
+        let plan: String = connection
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM telemetry_anomalies WHERE leader = 1
+                 ORDER BY anomaly_score / threshold DESC LIMIT 10",
+                [],
+                |r| r.get(3),
+            )
+            .expect("plan");
+        assert!(plan.contains("telemetry_anomalies_leaders"), "{plan}");
+    }
 }

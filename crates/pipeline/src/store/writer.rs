@@ -5,7 +5,8 @@
 //! acknowledged once it is on disk, and the readings a derived append carries release their
 //! in-flight permits once their silver rows are.
 
-use super::gold::{AlertAction, AlertCache, AlertTransition};
+use super::checkpoint::{self, Checkpointer};
+use super::gold::{AlertAction, AlertTransition, Gold};
 use super::{BronzeContent, BronzeRow, GoldRow, SilverRow, StoreError};
 use crate::metrics::{LayerLabels, Metrics};
 use rusqlite::{Connection, Transaction, params};
@@ -101,24 +102,30 @@ pub struct WriterContext {
     pub alert_cooldown_ms: i64,
 }
 
-/// Starts the writer thread on `connection`.
+/// Starts the writer thread on `connection`; `checkpointer` copies its commits into the
+/// database file, so the connection's own automatic checkpoints are turned off.
 pub fn spawn(
     connection: Connection,
+    checkpointer: Checkpointer,
     next_bronze_id: i64,
     context: WriterContext,
-) -> std::io::Result<(StoreWriter, std::thread::JoinHandle<()>)> {
+) -> Result<(StoreWriter, std::thread::JoinHandle<()>), StoreError> {
+    connection.pragma_update(None, "wal_autocheckpoint", 0)?;
     let (commands, receiver) = mpsc::channel(256);
+    let writer = Writer { connection, checkpointer, next_bronze_id, context, gold: Gold::default() };
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || Writer { connection, next_bronze_id, context, alerts: AlertCache::default() }.run(receiver))?;
+        .spawn(move || writer.run(receiver))
+        .map_err(|source| StoreError::Thread { name: "writer", source })?;
     Ok((StoreWriter { commands }, handle))
 }
 
 struct Writer {
     connection: Connection,
+    checkpointer: Checkpointer,
     next_bronze_id: i64,
     context: WriterContext,
-    alerts: AlertCache,
+    gold: Gold,
 }
 
 /// First and last event time of each (profile, entity) seen in a transaction.
@@ -151,6 +158,7 @@ impl Writer {
             self.commit_batch(batch);
         }
         self.mark_processed_if_idle();
+        self.checkpointer.stop();
         if let Err(e) = self.connection.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
             tracing::warn!("store: final WAL checkpoint failed: {e}");
         }
@@ -171,8 +179,8 @@ impl Writer {
                     batch.len()
                 );
                 self.next_bronze_id = first_id;
-                // The cache may describe alert changes that were rolled back.
-                self.alerts.clear();
+                // The gold state may describe changes that were rolled back.
+                self.gold.forget();
                 (false, Vec::new().into_iter())
             }
         };
@@ -216,6 +224,19 @@ impl Writer {
         }
         if committed {
             self.mark_processed_if_idle();
+            self.checkpointer.nudge();
+            if self.checkpointer.wants_rewind() {
+                self.rewind_wal();
+            }
+        }
+    }
+
+    /// Catches the checkpoint up between two transactions, so the next one starts the WAL
+    /// from its beginning instead of growing it.
+    fn rewind_wal(&mut self) {
+        match checkpoint::passive_checkpoint(&self.connection) {
+            Ok(_) => self.checkpointer.rewound(),
+            Err(e) => tracing::warn!("store: WAL checkpoint failed (retried after the next commit): {e}"),
         }
     }
 
@@ -251,15 +272,9 @@ impl Writer {
                 WriteCommand::Derived { silver, gold, .. } => {
                     silver_rows += silver.len();
                     write_silver(&tx, silver, &mut profiles, &mut entities)?;
-                    gold_rows += super::gold::write_gold(
-                        &tx,
-                        gold,
-                        self.context.alert_cooldown_ms,
-                        &mut self.alerts,
-                        &mut |profile| {
-                            profiles.entry(profile.clone()).or_default().anomalies += 1;
-                        },
-                    )?;
+                    gold_rows += self.gold.write(&tx, gold, self.context.alert_cooldown_ms, &mut |profile| {
+                        profiles.entry(profile.clone()).or_default().anomalies += 1;
+                    })?;
                 }
                 WriteCommand::Model { scope, json } => {
                     tx.prepare_cached(
@@ -273,11 +288,12 @@ impl Writer {
                     ])?;
                 }
                 WriteCommand::Alert { id, action, .. } => {
-                    transitions.push(super::gold::transition_alert(&tx, *id, *action, now_millis(), &mut self.alerts)?);
+                    transitions.push(self.gold.transition_alert(&tx, *id, *action, now_millis())?);
                 }
                 WriteCommand::Flush { .. } => {}
             }
         }
+        self.gold.write_alerts(&tx)?;
         write_counts(&tx, &profiles, &entities)?;
         tx.commit()?;
         let metrics = &self.context.metrics;
