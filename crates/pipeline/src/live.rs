@@ -1,7 +1,8 @@
 //! The latest stored readings, kept in memory so the API serves them without scanning silver.
 
 use crate::store::SilverRow;
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 /// Readings kept across all entities.
@@ -12,7 +13,7 @@ const PER_ENTITY_CAPACITY: usize = 100;
 #[derive(Debug, Default)]
 struct Inner {
     recent: VecDeque<Arc<SilverRow>>,
-    by_entity: HashMap<Arc<str>, VecDeque<Arc<SilverRow>>>,
+    by_entity: FxHashMap<Arc<str>, VecDeque<Arc<SilverRow>>>,
 }
 
 /// Newest-first views of committed readings.
@@ -26,7 +27,12 @@ impl LiveView {
     pub fn push(&self, rows: impl IntoIterator<Item = Arc<SilverRow>>) {
         let mut inner = self.inner.lock().expect("live view lock");
         for row in rows {
-            let per_entity = inner.by_entity.entry(row.entity.clone()).or_default();
+            // Looked up by name: a clone per row would bounce the shared name's reference
+            // count between this thread and the store writer's.
+            if !inner.by_entity.contains_key(&*row.entity) {
+                inner.by_entity.insert(row.entity.clone(), VecDeque::new());
+            }
+            let per_entity = inner.by_entity.get_mut(&*row.entity).expect("inserted above");
             if per_entity.len() == PER_ENTITY_CAPACITY {
                 per_entity.pop_front();
             }

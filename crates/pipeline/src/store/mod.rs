@@ -153,11 +153,29 @@ impl GoldRow {
         anomaly: Anomaly,
         detected_at_ms: i64,
     ) -> Self {
-        let features: serde_json::Map<String, serde_json::Value> =
-            anomaly.features.iter().map(|(name, value)| (name.to_string(), serde_json::json!(value))).collect();
-        let features_json = serde_json::Value::Object(features).to_string();
+        let features_json = features_json(&anomaly.features);
         GoldRow { reading_id, profile, entity, timestamp_ms, anomaly, features_json, detected_at_ms }
     }
+}
+
+/// The features of an anomaly as a JSON object in their order; a value that is not finite
+/// is `null`, as serde_json writes it.
+fn features_json(features: &[(Arc<str>, f64)]) -> String {
+    let mut json = Vec::with_capacity(16 + 32 * features.len());
+    json.push(b'{');
+    for (index, (name, value)) in features.iter().enumerate() {
+        if index > 0 {
+            json.push(b',');
+        }
+        serde_json::to_writer(&mut json, &**name).expect("a string serialises into memory");
+        json.push(b':');
+        match value.is_finite() {
+            true => json.extend_from_slice(ryu::Buffer::new().format_finite(*value).as_bytes()),
+            false => json.extend_from_slice(b"null"),
+        }
+    }
+    json.push(b'}');
+    String::from_utf8(json).expect("serde_json and ryu write UTF-8")
 }
 
 /// Reference data as the store holds it.
@@ -337,4 +355,24 @@ pub fn stored_models(connection: &Connection) -> Result<Vec<(String, String)>, S
     let mut statement = connection.prepare("SELECT scope, model FROM models ORDER BY scope")?;
     let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_json_agrees_with_serde_json() {
+        let features: Vec<(Arc<str>, f64)> = vec![
+            ("z".into(), -3.25),
+            ("mean \"odd\" name".into(), 1e-7),
+            ("gap".into(), f64::NAN),
+            ("big".into(), 1e300),
+        ];
+        let ours: serde_json::Value = serde_json::from_str(&features_json(&features)).expect("valid JSON");
+        let theirs: serde_json::Map<String, serde_json::Value> =
+            features.iter().map(|(name, value)| (name.to_string(), serde_json::json!(value))).collect();
+        assert_eq!(ours, serde_json::Value::Object(theirs));
+        assert_eq!(features_json(&[]), "{}");
+    }
 }

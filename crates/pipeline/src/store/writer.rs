@@ -128,8 +128,17 @@ struct Writer {
     gold: Gold,
 }
 
-/// First and last event time of each (profile, entity) seen in a transaction.
-type EntitySightings = HashMap<(Arc<str>, Arc<str>), (i64, i64)>;
+/// First and last event time of each entity seen in a transaction, per profile. Looked up by
+/// `&str` so a row costs no reference-count change on names the workers share.
+type EntitySightings = HashMap<Arc<str>, HashMap<Arc<str>, (i64, i64)>>;
+
+/// The delta of `profile`, looked up by name; the name is only cloned the first time.
+fn delta_of<'a>(profiles: &'a mut BTreeMap<Arc<str>, ProfileDelta>, profile: &Arc<str>) -> &'a mut ProfileDelta {
+    if !profiles.contains_key(&**profile) {
+        profiles.insert(profile.clone(), ProfileDelta::default());
+    }
+    profiles.get_mut(&**profile).expect("inserted above")
+}
 
 #[derive(Default)]
 struct ProfileDelta {
@@ -273,7 +282,7 @@ impl Writer {
                     silver_rows += silver.len();
                     write_silver(&tx, silver, &mut profiles, &mut entities)?;
                     gold_rows += self.gold.write(&tx, gold, self.context.alert_cooldown_ms, &mut |profile| {
-                        profiles.entry(profile.clone()).or_default().anomalies += 1;
+                        delta_of(&mut profiles, profile).anomalies += 1;
                     })?;
                 }
                 WriteCommand::Model { scope, json } => {
@@ -317,7 +326,7 @@ fn write_bronze(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for row in rows {
-        let delta = profiles.entry(row.profile.clone()).or_default();
+        let delta = delta_of(profiles, &row.profile);
         let count = row.ids();
         delta.received += count;
         let (verdict, reason, payload) = match &row.content {
@@ -370,13 +379,19 @@ fn write_silver(
             row.current_zone.as_deref(),
             row.processed_at_ms
         ])?;
-        let delta = profiles.entry(row.profile.clone()).or_default();
+        let delta = delta_of(profiles, &row.profile);
         delta.analysed += inserted as i64;
         delta.last_seen_ms = delta.last_seen_ms.max(Some(row.timestamp_ms));
-        let seen =
-            entities.entry((row.profile.clone(), row.entity.clone())).or_insert((row.timestamp_ms, row.timestamp_ms));
-        seen.0 = seen.0.min(row.timestamp_ms);
-        seen.1 = seen.1.max(row.timestamp_ms);
+        if !entities.contains_key(&*row.profile) {
+            entities.insert(row.profile.clone(), HashMap::new());
+        }
+        let of_profile = entities.get_mut(&*row.profile).expect("inserted above");
+        match of_profile.get_mut(&*row.entity) {
+            Some(seen) => *seen = (seen.0.min(row.timestamp_ms), seen.1.max(row.timestamp_ms)),
+            None => {
+                of_profile.insert(row.entity.clone(), (row.timestamp_ms, row.timestamp_ms));
+            }
+        }
     }
     Ok(())
 }
@@ -410,7 +425,9 @@ fn write_counts(
          ON CONFLICT (profile, entity_id) DO UPDATE SET first_seen_ms = MIN(first_seen_ms, excluded.first_seen_ms),
              last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
     )?;
-    for ((profile, entity), (first, last)) in entities {
+    for (profile, entity, (first, last)) in
+        entities.iter().flat_map(|(profile, seen)| seen.iter().map(move |(entity, times)| (profile, entity, times)))
+    {
         seen.execute(params![&**profile, &**entity, first, last])?;
     }
     Ok(())
