@@ -15,6 +15,7 @@ pub mod zscore;
 
 use crate::model::{Anomaly, Enrichment, Reading};
 use crate::profile::Profile;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 /// What a detector sees of one reading.
@@ -123,29 +124,71 @@ pub const DETECTOR_NAMES: [&str; 5] =
 /// A number written the way a person reads it: at most two decimals, no trailing zeros,
 /// thousands separated, very large values in scientific notation.
 pub fn for_people(x: f64) -> String {
-    if x.abs() >= 1e9 {
-        return format!("{x:.2e}");
-    }
-    let text = format!("{x:.2}");
-    let text = text.trim_end_matches('0').trim_end_matches('.');
-    let (sign, digits) = text.strip_prefix('-').map_or(("", text), |rest| ("-", rest));
-    let (whole, fraction) = digits.split_once('.').map_or((digits, None), |(w, f)| (w, Some(f)));
-    let mut grouped = String::new();
-    for (i, c) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 {
-            grouped.push(',');
+    ForPeople(x).to_string()
+}
+
+/// [`for_people`] as a `Display`: writes the number into a longer text, e.g. an anomaly's
+/// reason, without a `String` of its own (those allocations were most of the cost of a reason).
+#[derive(Debug, Clone, Copy)]
+pub struct ForPeople(pub f64);
+
+impl fmt::Display for ForPeople {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let x = self.0;
+        if x.abs() >= 1e9 {
+            return write!(f, "{x:.2e}");
         }
-        grouped.push(c);
+        // Below 1e9 there are at most ten digits before the point: the text fits on the stack.
+        let mut text = ShortText::default();
+        write!(text, "{x:.2}")?;
+        let text = text.as_str()?.trim_end_matches('0').trim_end_matches('.');
+        let (sign, digits) = text.strip_prefix('-').map_or(("", text), |rest| ("-", rest));
+        let (whole, fraction) = digits.split_once('.').map_or((digits, None), |(w, f)| (w, Some(f)));
+        // `whole` is ASCII digits (or `NaN`), in groups of three after the first.
+        let (first_group, mut groups) = whole.split_at(match whole.len() % 3 {
+            0 => whole.len().min(3),
+            partial => partial,
+        });
+        f.write_str(sign)?;
+        f.write_str(first_group)?;
+        while !groups.is_empty() {
+            let (group, rest) = groups.split_at(3);
+            f.write_str(",")?;
+            f.write_str(group)?;
+            groups = rest;
+        }
+        match fraction {
+            Some(fraction) => write!(f, ".{fraction}"),
+            None => Ok(()),
+        }
     }
-    match fraction {
-        Some(f) => format!("{sign}{grouped}.{f}"),
-        None => format!("{sign}{grouped}"),
+}
+
+/// A short text formatted on the stack; writing past its 32 bytes is an error.
+#[derive(Default)]
+struct ShortText {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl ShortText {
+    fn as_str(&self) -> Result<&str, fmt::Error> {
+        std::str::from_utf8(&self.bytes[..self.len]).map_err(|_| fmt::Error)
+    }
+}
+
+impl fmt::Write for ShortText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.bytes.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{EntityMap, for_people};
+    use super::{EntityMap, ForPeople, for_people};
     use std::sync::Arc;
 
     #[test]
@@ -168,6 +211,30 @@ mod tests {
         assert_eq!(for_people(-1234567.5), "-1,234,567.5");
         assert_eq!(for_people(0.0), "0");
         assert_eq!(for_people(100.0), "100");
+    }
+
+    #[test]
+    fn numbers_for_people_at_the_edges() {
+        // As the formatting through a `String` per number gave them.
+        let cases = [
+            (f64::NAN, "NaN"),
+            (-0.0, "-0"),
+            (-0.004, "-0"),
+            (0.005, "0.01"),
+            (2.675, "2.67"),
+            (999.995, "1,000"),
+            (999_999_999.996, "1,000,000,000"),
+            (-999_999_999.996, "-1,000,000,000"),
+            (1e9, "1.00e9"),
+            (-1234.5, "-1,234.5"),
+            (123456.0, "123,456"),
+            (12.10, "12.1"),
+            (1e-320, "0"),
+        ];
+        for (x, text) in cases {
+            assert_eq!(for_people(x), text, "{x:e}");
+            assert_eq!(format!("[{}]", ForPeople(x)), format!("[{text}]"), "{x:e}");
+        }
     }
 }
 
