@@ -37,6 +37,20 @@ const WORKER_QUEUE_BATCHES: usize = 1024;
 /// Readings loaded into the live view at start-up.
 const LIVE_WARM_ROWS: usize = 10_000;
 
+/// The value of `name` in `map`, made by `make` if it has none. The lookup is by `&str`, so
+/// the name is cloned only the first time: a clone per reading would bounce the shared
+/// name's reference count between the worker and store-writer threads.
+pub(crate) fn by_name<'a, V, S: std::hash::BuildHasher>(
+    map: &'a mut std::collections::HashMap<Arc<str>, V, S>,
+    name: &Arc<str>,
+    make: impl FnOnce() -> V,
+) -> &'a mut V {
+    if !map.contains_key(&**name) {
+        map.insert(name.clone(), make());
+    }
+    map.get_mut(&**name).expect("inserted above")
+}
+
 /// A running pipeline: store writer, workers, and the handles sources and the API use.
 #[derive(Debug)]
 pub struct Pipeline {

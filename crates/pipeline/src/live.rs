@@ -27,12 +27,7 @@ impl LiveView {
     pub fn push(&self, rows: impl IntoIterator<Item = Arc<SilverRow>>) {
         let mut inner = self.inner.lock().expect("live view lock");
         for row in rows {
-            // Looked up by name: a clone per row would bounce the shared name's reference
-            // count between this thread and the store writer's.
-            if !inner.by_entity.contains_key(&*row.entity) {
-                inner.by_entity.insert(row.entity.clone(), VecDeque::new());
-            }
-            let per_entity = inner.by_entity.get_mut(&*row.entity).expect("inserted above");
+            let per_entity = crate::by_name(&mut inner.by_entity, &row.entity, VecDeque::new);
             if per_entity.len() == PER_ENTITY_CAPACITY {
                 per_entity.pop_front();
             }

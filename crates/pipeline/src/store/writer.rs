@@ -8,9 +8,10 @@
 use super::checkpoint::{self, Checkpointer};
 use super::gold::{AlertAction, AlertTransition, Gold};
 use super::{BronzeContent, BronzeRow, GoldRow, SilverRow, StoreError};
+use crate::by_name;
 use crate::metrics::{LayerLabels, Metrics};
 use rusqlite::{Connection, Transaction, params};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use teleguard_core::time::now_millis;
@@ -128,17 +129,8 @@ struct Writer {
     gold: Gold,
 }
 
-/// First and last event time of each entity seen in a transaction, per profile. Looked up by
-/// `&str` so a row costs no reference-count change on names the workers share.
+/// First and last event time of each entity seen in a transaction, per profile.
 type EntitySightings = HashMap<Arc<str>, HashMap<Arc<str>, (i64, i64)>>;
-
-/// The delta of `profile`, looked up by name; the name is only cloned the first time.
-fn delta_of<'a>(profiles: &'a mut BTreeMap<Arc<str>, ProfileDelta>, profile: &Arc<str>) -> &'a mut ProfileDelta {
-    if !profiles.contains_key(&**profile) {
-        profiles.insert(profile.clone(), ProfileDelta::default());
-    }
-    profiles.get_mut(&**profile).expect("inserted above")
-}
 
 #[derive(Default)]
 struct ProfileDelta {
@@ -268,7 +260,7 @@ impl Writer {
     /// Writes a batch in one transaction; answers each alert command's outcome, in order.
     fn write(&mut self, batch: &[WriteCommand]) -> rusqlite::Result<Vec<AlertTransition>> {
         let tx = self.connection.transaction()?;
-        let mut profiles: BTreeMap<Arc<str>, ProfileDelta> = BTreeMap::new();
+        let mut profiles: HashMap<Arc<str>, ProfileDelta> = HashMap::new();
         let mut entities = EntitySightings::new();
         let (mut bronze_rows, mut silver_rows, mut gold_rows) = (0, 0, 0);
         let mut transitions = Vec::new();
@@ -282,7 +274,7 @@ impl Writer {
                     silver_rows += silver.len();
                     write_silver(&tx, silver, &mut profiles, &mut entities)?;
                     gold_rows += self.gold.write(&tx, gold, self.context.alert_cooldown_ms, &mut |profile| {
-                        delta_of(&mut profiles, profile).anomalies += 1;
+                        by_name(&mut profiles, profile, ProfileDelta::default).anomalies += 1;
                     })?;
                 }
                 WriteCommand::Model { scope, json } => {
@@ -319,14 +311,14 @@ fn write_bronze(
     tx: &Transaction<'_>,
     next_id: &mut i64,
     rows: &[BronzeRow],
-    profiles: &mut BTreeMap<Arc<str>, ProfileDelta>,
+    profiles: &mut HashMap<Arc<str>, ProfileDelta>,
 ) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(
         "INSERT INTO bronze (id, received_at_ms, source, profile, verdict, reason, messages, payload)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for row in rows {
-        let delta = delta_of(profiles, &row.profile);
+        let delta = by_name(profiles, &row.profile, ProfileDelta::default);
         let count = row.ids();
         delta.received += count;
         let (verdict, reason, payload) = match &row.content {
@@ -357,7 +349,7 @@ fn write_bronze(
 fn write_silver(
     tx: &Transaction<'_>,
     rows: &[Arc<SilverRow>],
-    profiles: &mut BTreeMap<Arc<str>, ProfileDelta>,
+    profiles: &mut HashMap<Arc<str>, ProfileDelta>,
     entities: &mut EntitySightings,
 ) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(
@@ -379,26 +371,19 @@ fn write_silver(
             row.current_zone.as_deref(),
             row.processed_at_ms
         ])?;
-        let delta = delta_of(profiles, &row.profile);
+        let delta = by_name(profiles, &row.profile, ProfileDelta::default);
         delta.analysed += inserted as i64;
         delta.last_seen_ms = delta.last_seen_ms.max(Some(row.timestamp_ms));
-        if !entities.contains_key(&*row.profile) {
-            entities.insert(row.profile.clone(), HashMap::new());
-        }
-        let of_profile = entities.get_mut(&*row.profile).expect("inserted above");
-        match of_profile.get_mut(&*row.entity) {
-            Some(seen) => *seen = (seen.0.min(row.timestamp_ms), seen.1.max(row.timestamp_ms)),
-            None => {
-                of_profile.insert(row.entity.clone(), (row.timestamp_ms, row.timestamp_ms));
-            }
-        }
+        let of_profile = by_name(entities, &row.profile, HashMap::new);
+        let seen = by_name(of_profile, &row.entity, || (row.timestamp_ms, row.timestamp_ms));
+        *seen = (seen.0.min(row.timestamp_ms), seen.1.max(row.timestamp_ms));
     }
     Ok(())
 }
 
 fn write_counts(
     tx: &Transaction<'_>,
-    profiles: &BTreeMap<Arc<str>, ProfileDelta>,
+    profiles: &HashMap<Arc<str>, ProfileDelta>,
     entities: &EntitySightings,
 ) -> rusqlite::Result<()> {
     let mut upsert = tx.prepare_cached(
