@@ -4,6 +4,7 @@
 //! - [`model`]: the canonical reading, anomaly and verdict types every stage speaks.
 //! - [`profile`]: profiles as data (schema, field mapping, detector settings), built-in and
 //!   user-defined, and the registry that holds them.
+//! - [`schema`]: a profile's JSON Schema and Avro schema, and Avro messages read as JSON.
 //! - [`json`]: reads one JSON message keeping only the fields a profile names.
 //! - [`time`]: event-time parsing (epoch seconds or milliseconds, ISO 8601).
 //! - [`validate`]: turns one JSON message into a [`model::Reading`] or a rejection that names
@@ -21,6 +22,7 @@ pub mod geo;
 pub mod json;
 pub mod model;
 pub mod profile;
+pub mod schema;
 pub mod simulate;
 pub mod time;
 pub mod validate;

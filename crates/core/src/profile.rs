@@ -5,9 +5,11 @@
 
 use crate::detect::settings::{DetectorSettings, ProfileShape, RawDetectors};
 use crate::model::{MetricId, ProfileId};
+use crate::schema::AvroDecoder;
 use crate::time::TimeFormat;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 const BUILTIN_PROFILES: &str = include_str!("../profiles/builtin.toml");
@@ -37,6 +39,16 @@ pub struct RawProfile {
     pub enrich: Vec<String>,
     #[serde(default)]
     pub detectors: RawDetectors,
+    /// An Avro schema file (`.avsc`) for this profile's binary messages; by default the
+    /// profile's own generated schema (`teleguard schema export NAME`) is the one accepted.
+    pub avro_schema_file: Option<PathBuf>,
+    /// Every message is a bare Avro datum of `avro_schema_file`, without the single-object
+    /// header (as a producer with a fixed writer schema sends them); JSON is then refused.
+    #[serde(default)]
+    pub avro_bare_datums: bool,
+    /// The text of `avro_schema_file`, read by the config loader (this crate does no I/O).
+    #[serde(skip)]
+    pub avro_schema_text: Option<String>,
 }
 
 fn default_timestamp_field() -> String {
@@ -87,6 +99,8 @@ pub struct Profile {
     pub detectors: DetectorSettings,
     /// Where validation finds each field in a message.
     pub layout: crate::validate::Layout,
+    /// How Avro messages of this profile are read (see [`crate::schema::AvroDecoder`]).
+    pub avro: Option<Arc<AvroDecoder>>,
 }
 
 #[derive(Debug, Clone)]
@@ -202,6 +216,20 @@ impl Profile {
         for error in detector_errors {
             fail(error);
         }
+        let configured_avro = match (&raw.avro_schema_file, raw.avro_schema_text, raw.avro_bare_datums) {
+            (Some(path), Some(text), bare) => AvroDecoder::new(&text, bare)
+                .map_err(|e| fail(format!("avro_schema_file {}: {e}", path.display())))
+                .ok(),
+            (Some(path), None, _) => {
+                fail(format!("avro_schema_file {} was not read (only the config loader reads files)", path.display()));
+                None
+            }
+            (None, _, true) => {
+                fail("avro_bare_datums needs the writer schema in avro_schema_file".into());
+                None
+            }
+            (None, _, false) => None,
+        };
         if errors.len() > start {
             return None;
         }
@@ -220,8 +248,11 @@ impl Profile {
             enrich_geofences,
             detectors,
             layout: Default::default(),
+            avro: None,
         };
         profile.layout = crate::validate::Layout::of(&profile);
+        let avro = configured_avro.unwrap_or_else(|| AvroDecoder::for_profile(&profile));
+        profile.avro = Some(Arc::new(avro));
         Some(profile)
     }
 }

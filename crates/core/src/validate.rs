@@ -69,7 +69,34 @@ impl Layout {
     }
 }
 
-/// Validates one message of `profile` and maps it onto the canonical reading.
+/// Reads one message as it arrived (JSON, or Avro where the profile takes it) and validates
+/// it; returns the bytes to keep in bronze (an Avro message's JSON once it decoded, so that
+/// bronze stays JSON that validation reads again) with the verdict.
+pub fn decode_and_validate(profile: &Profile, payload: Vec<u8>) -> (Vec<u8>, Result<Reading, Rejection>) {
+    match &profile.avro {
+        Some(avro) if avro.claims(&payload) => match avro.to_json(&payload) {
+            Ok(json) => {
+                let verdict = validate(profile, &json);
+                (json, verdict)
+            }
+            Err(rejection) => (payload, Err(rejection)),
+        },
+        _ => {
+            let verdict = validate(profile, &payload).map_err(|mut rejection| {
+                if std::str::from_utf8(&payload).is_err() {
+                    rejection.message.push_str(
+                        "; binary messages are read as Avro in the single-object encoding (C3 01, then the \
+                         schema fingerprint), or as bare datums when the profile sets avro_bare_datums",
+                    );
+                }
+                rejection
+            });
+            (payload, verdict)
+        }
+    }
+}
+
+/// Validates one JSON message of `profile` and maps it onto the canonical reading.
 pub fn validate(profile: &Profile, payload: &[u8]) -> Result<Reading, Rejection> {
     if payload.len() > MAX_MESSAGE_BYTES {
         return Err(Rejection::message(format!(

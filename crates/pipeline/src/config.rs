@@ -168,7 +168,20 @@ impl Config {
         };
         let drivers_json = read(raw.reference.drivers, crate::store::BUNDLED_DRIVERS, &mut errors);
         let geofences_geojson = read(raw.reference.geofences, crate::store::BUNDLED_GEOFENCES, &mut errors);
-        let profiles = ProfileRegistry::with_builtins(raw.profiles).map_err(|e| errors.extend(e.0)).ok();
+        let mut raw_profiles = raw.profiles;
+        for (name, profile) in &mut raw_profiles {
+            if let Some(path) = profile.avro_schema_file.take() {
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        profile.avro_schema_text = Some(text);
+                        profile.avro_schema_file = Some(path);
+                    }
+                    // Reported once, here; the profile is then checked without it.
+                    Err(e) => errors.push(format!("profile `{name}`: avro_schema_file {}: {e}", path.display())),
+                }
+            }
+        }
+        let profiles = ProfileRegistry::with_builtins(raw_profiles).map_err(|e| errors.extend(e.0)).ok();
         match profiles {
             Some(profiles) if errors.is_empty() => Ok(Config {
                 data_dir: overrides.data_dir.or(raw.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),

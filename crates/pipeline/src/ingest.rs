@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use teleguard_core::model::Reading;
 use teleguard_core::profile::{Profile, ProfileRegistry};
 use teleguard_core::time::now_millis;
-use teleguard_core::validate::{Rejection, validate};
+use teleguard_core::validate::{Rejection, decode_and_validate, validate};
 use tokio::sync::{Semaphore, mpsc};
 
 /// How a source waits when the pipeline is full.
@@ -85,7 +85,7 @@ impl Ingest {
         &self.shared.profiles
     }
 
-    /// Validates, stores and dispatches `items` (one JSON message each) of `profile_name`.
+    /// Validates, stores and dispatches `items` (one JSON or Avro message each) of `profile_name`.
     pub async fn submit(
         &self,
         profile_name: &str,
@@ -100,7 +100,8 @@ impl Ingest {
             self.record_all_rejected(profile_name, source, items, &reason).await?;
             return Err(self.unknown_profile(profile_name));
         };
-        let verdicts: Vec<Result<Reading, Rejection>> = items.iter().map(|item| validate(&profile, item)).collect();
+        let (items, verdicts): (Vec<Vec<u8>>, Vec<Result<Reading, Rejection>>) =
+            items.into_iter().map(|item| decode_and_validate(&profile, item)).unzip();
         let valid = verdicts.iter().filter(|v| v.is_ok()).count();
         self.admit(valid, admission).await?;
         let mut rows = Vec::new();

@@ -1,4 +1,5 @@
-//! `POST /api/ingest/{profile}`: one JSON object, a JSON array of objects, or NDJSON.
+//! `POST /api/ingest/{profile}`: one JSON object, a JSON array of objects, or NDJSON; or one
+//! Avro message (`Content-Type: avro/binary`, or a body in Avro's single-object encoding).
 //!
 //! 202 when at least one message was accepted, 422 when every one was rejected; either way
 //! the body gives accepted and rejected counts and an error per rejected message, and every
@@ -42,6 +43,10 @@ pub async fn ingest(
             return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, reason));
         }
     };
+    if is_avro(&headers, &body) {
+        let report = state.ingest.submit(&profile, "http", vec![body], Admission::Within(state.busy_wait)).await?;
+        return Ok((status_of(&report), Json(report)));
+    }
     let items = match split_items(&body) {
         Ok(items) => items,
         Err(reason) => {
@@ -53,12 +58,24 @@ pub async fn ingest(
         }
     };
     let report = state.ingest.submit(&profile, "http", items, Admission::Within(state.busy_wait)).await?;
-    let status = if report.accepted == 0 && report.rejected > 0 {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::ACCEPTED
-    };
-    Ok((status, Json(report)))
+    Ok((status_of(&report), Json(report)))
+}
+
+fn status_of(report: &IngestReport) -> StatusCode {
+    if report.accepted == 0 && report.rejected > 0 { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::ACCEPTED }
+}
+
+/// The media types Avro binary goes by; a body may also announce itself by the
+/// single-object marker, which no JSON text begins with.
+const AVRO_MEDIA_TYPES: [&str; 3] = ["avro/binary", "application/avro", "application/vnd.apache.avro+binary"];
+
+fn is_avro(headers: &HeaderMap, body: &[u8]) -> bool {
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    media_type.is_some_and(|t| AVRO_MEDIA_TYPES.contains(&t.as_str()))
+        || body.starts_with(&teleguard_core::schema::AVRO_SINGLE_OBJECT_MARKER)
 }
 
 enum LimitedBody {
