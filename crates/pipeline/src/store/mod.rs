@@ -109,6 +109,52 @@ pub fn accepted_payload<'a>(messages: impl Iterator<Item = &'a [u8]> + Clone) ->
     payload
 }
 
+/// What makes two deliveries the same message: the reading's event time and a stable hash of
+/// its profile, entity, event time and payload bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageKey {
+    pub event_time_ms: i64,
+    pub hash: i64,
+}
+
+impl MessageKey {
+    pub fn of(profile: &str, entity: &str, event_time_ms: i64, payload: &[u8]) -> MessageKey {
+        let hash =
+            teleguard_core::model::stable_hash(&[profile.as_bytes(), entity.as_bytes(), &event_time_ms.to_le_bytes(), payload]);
+        MessageKey { event_time_ms, hash: hash as i64 }
+    }
+}
+
+/// A submission from a source that may deliver a message twice: each valid message is stored
+/// as a reading only if no message with the same [`MessageKey`] is stored already; otherwise
+/// it is recorded in bronze as a duplicate.
+#[derive(Debug, Clone)]
+pub struct OnceSubmission {
+    pub received_at_ms: i64,
+    pub source: &'static str,
+    pub profile: Arc<str>,
+    /// The valid messages in order, with their keys.
+    pub accepted: Vec<(Vec<u8>, MessageKey)>,
+    /// Rejected messages, each with its reason.
+    pub rejected: Vec<BronzeRow>,
+}
+
+/// What became of a [`OnceSubmission`] once committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnceOutcome {
+    /// The id of the first new reading; new readings are numbered from it in order.
+    pub first_id: i64,
+    /// Per accepted message: `Some(reading id)` of the stored message it duplicates.
+    pub duplicate_of: Vec<Option<i64>>,
+    /// How many bronze ids the submission took.
+    pub ids: i64,
+}
+
+/// The bronze reason of a duplicate delivery.
+pub fn duplicate_reason(original_reading: i64) -> String {
+    format!("duplicate: same entity, event time and payload as reading {original_reading}, which is stored already")
+}
+
 /// One validated, enriched reading; `id` is the bronze id of its message.
 #[derive(Debug, Clone)]
 pub struct SilverRow {
