@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod eval;
+pub mod mqtt_publish;
 pub mod replay;
 pub mod run;
 pub mod simulate;
