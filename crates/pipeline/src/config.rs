@@ -216,9 +216,11 @@ fn mqtt_sources(
         .filter_map(|(index, raw)| MqttSourceConfig::validate(raw, index, profiles, inflight_readings, errors))
         .collect();
     for (index, source) in sources.iter().enumerate() {
-        let same_session = sources[..index]
-            .iter()
-            .any(|other| other.broker.host == source.broker.host && other.broker.port == source.broker.port && other.client_id == source.client_id);
+        let same_session = sources[..index].iter().any(|other| {
+            other.broker.host == source.broker.host
+                && other.broker.port == source.broker.port
+                && other.client_id == source.client_id
+        });
         if same_session {
             errors.push(format!(
                 "two [[sources.mqtt]] use client_id {:?} on {}: each needs its own (it names the persistent session)",
@@ -310,13 +312,17 @@ mod tests {
     fn the_example_documents_real_mqtt_options() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
         let text = std::fs::read_to_string(path).unwrap();
-        let option = |line: &str| {
+        fn option(line: &str) -> Option<&str> {
             let rest = line.strip_prefix("# ")?;
             let key = rest.split(" = ").next()?;
-            (rest == "[[sources.mqtt]]" || (rest.contains(" = ") && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')))
-                .then_some(rest)
-        };
-        let uncommented: Vec<&str> = text.lines().filter_map(option).collect();
+            (rest == "[[sources.mqtt]]"
+                || (rest.contains(" = ") && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')))
+            .then_some(rest)
+        }
+        // The commented-out block from `# [[sources.mqtt]]` to the next table.
+        let block =
+            text.lines().skip_while(|line| *line != "# [[sources.mqtt]]").take_while(|line| !line.starts_with('['));
+        let uncommented: Vec<&str> = block.filter_map(option).collect();
         assert!(uncommented.len() > 15, "{uncommented:#?}");
         let raw: RawConfig = toml::from_str(&uncommented.join("\n")).unwrap();
         let source = &raw.sources.mqtt[0];

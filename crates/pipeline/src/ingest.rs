@@ -6,7 +6,9 @@
 
 use crate::metrics::{Metrics, ProfileSourceLabels};
 use crate::store::writer::StoreWriter;
-use crate::store::{BronzeContent, BronzeRow, MessageKey, OnceSubmission, StoreError, accepted_payload, duplicate_reason};
+use crate::store::{
+    BronzeContent, BronzeRow, MessageKey, OnceSubmission, StoreError, accepted_payload, duplicate_reason,
+};
 use crate::worker::{WorkBatch, WorkItem};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,9 +71,9 @@ pub fn reason_code(rejection: &Rejection) -> &'static str {
     if rejection.field.is_some() {
         return "schema";
     }
-    if let Some(code) = CODES.iter().find(|code| {
-        rejection.message.strip_prefix(**code).is_some_and(|rest| rest.starts_with(':'))
-    }) {
+    if let Some(code) =
+        CODES.iter().find(|code| rejection.message.strip_prefix(**code).is_some_and(|rest| rest.starts_with(':')))
+    {
         return code;
     }
     if rejection.message.starts_with("invalid JSON") { "malformed_json" } else { "invalid_message" }
@@ -179,11 +181,8 @@ impl Ingest {
                 let mut rows = Vec::new();
                 if valid > 0 {
                     // First, so that the first id answered is the first reading's.
-                    let accepted = deliveries
-                        .iter()
-                        .zip(&verdicts)
-                        .filter(|(_, v)| v.is_ok())
-                        .map(|(d, _)| d.payload.as_slice());
+                    let accepted =
+                        deliveries.iter().zip(&verdicts).filter(|(_, v)| v.is_ok()).map(|(d, _)| d.payload.as_slice());
                     let content = BronzeContent::Accepted { messages: valid, payload: accepted_payload(accepted) };
                     rows.push(BronzeRow { received_at_ms, source, profile: profile.name.clone(), content });
                 }

@@ -44,7 +44,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .config
         .mqtt
         .iter()
-        .map(|source| tokio::spawn(mqtt::run(pipeline.ingest(), pipeline.metrics.clone(), source.clone(), shutdown.clone())))
+        .map(|source| {
+            tokio::spawn(mqtt::run(pipeline.ingest(), pipeline.metrics.clone(), source.clone(), shutdown.clone()))
+        })
         .collect();
     let state = AppState::from_pipeline(&pipeline);
     println!(

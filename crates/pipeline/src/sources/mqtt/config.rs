@@ -99,14 +99,16 @@ impl MqttSourceConfig {
                 Err(e) => errors.push(format!("{name}.routes: {e}")),
             }
         }
-        let topics = raw.topics.unwrap_or_else(|| if raw.routes.is_empty() { vec![DEFAULT_TOPIC.into()] } else { vec![] });
+        let topics =
+            raw.topics.unwrap_or_else(|| if raw.routes.is_empty() { vec![DEFAULT_TOPIC.into()] } else { vec![] });
         for topic in &topics {
             if let Err(e) = TopicFilter::parse(topic) {
                 errors.push(format!("{name}.topics: {e}"));
             }
         }
         let mut subscriptions = topics;
-        subscriptions.extend(raw.routes.keys().filter(|filter| !subscriptions.contains(filter)).cloned().collect::<Vec<_>>());
+        subscriptions
+            .extend(raw.routes.keys().filter(|filter| !subscriptions.contains(filter)).cloned().collect::<Vec<_>>());
         if subscriptions.is_empty() {
             errors.push(format!("{name}: no topics to subscribe to; set topics = [\"{DEFAULT_TOPIC}\"]"));
         }
@@ -130,7 +132,9 @@ impl MqttSourceConfig {
                 errors.push(format!("{name}: an mqtts:// broker needs ca_file, the CA that signed its certificate"));
                 None
             }
-            (Some(_), _) if raw.ca_file.is_some() || raw.client_cert_file.is_some() || raw.client_key_file.is_some() => {
+            (Some(_), _)
+                if raw.ca_file.is_some() || raw.client_cert_file.is_some() || raw.client_key_file.is_some() =>
+            {
                 errors.push(format!("{name}: TLS files are set but the url is mqtt://; use mqtts:// for TLS"));
                 None
             }
@@ -326,7 +330,10 @@ mod tests {
     #[test]
     fn broker_urls_give_host_port_tls_and_topic() {
         let plain = BrokerUrl::parse("mqtt://127.0.0.1:1884/iot/telemetry").unwrap();
-        assert_eq!(plain, BrokerUrl { host: "127.0.0.1".into(), port: 1884, tls: false, topic: Some("iot/telemetry".into()) });
+        assert_eq!(
+            plain,
+            BrokerUrl { host: "127.0.0.1".into(), port: 1884, tls: false, topic: Some("iot/telemetry".into()) }
+        );
         let secure = BrokerUrl::parse("mqtts://localhost").unwrap();
         assert_eq!((secure.port, secure.tls, secure.topic), (8883, true, None));
         assert_eq!(BrokerUrl::parse("mqtt://[::1]:1900").unwrap().host, "::1");

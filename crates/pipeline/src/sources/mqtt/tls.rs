@@ -40,7 +40,11 @@ pub fn client_config(ca_file: &Path, identity: Option<ClientIdentity<'_>>) -> Re
         Some(identity) => {
             let chain = certificates("client certificate", identity.cert_file)?;
             let key = private_key(identity.key_file)?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| invalid("client key", identity.key_file, e))?
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                let message =
+                    format!("{e} (with key {}); a v3 certificate whose key is this one", identity.key_file.display());
+                invalid("client certificate", identity.cert_file, message)
+            })?
         }
     };
     Ok(Arc::new(config))
