@@ -32,6 +32,8 @@ enum Command {
     /// Score detections against labels (ours, or the NAB benchmark's): precision, recall, F1,
     /// detection delay and false alarms per type; NAB's standard score on NAB data.
     Eval(commands::eval::EvalArgs),
+    /// Make a development CA, an MQTT broker certificate and per-device client certificates.
+    Certs(commands::certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => tokio::task::block_in_place(|| commands::replay::replay(args)),
             Command::Simulate(args) => commands::simulate::simulate(args).await,
             Command::Eval(args) => tokio::task::block_in_place(|| commands::eval::eval(args)),
+            Command::Certs(args) => commands::certs::certs(args),
         }
     });
     match result {

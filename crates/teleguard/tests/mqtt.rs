@@ -69,29 +69,20 @@ fn run(command: &mut Command) {
     assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
 }
 
-/// A dev CA, a server certificate for localhost / 127.0.0.1, and a client certificate per name.
+/// A dev CA, a server certificate for localhost / 127.0.0.1, and a client certificate per
+/// name, made by `teleguard certs`; a second run reuses the CA.
 fn make_certificates(dir: &Path, clients: &[&str]) {
-    let openssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir));
-    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &key,
-            &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=teleguard test CA"],
-        ]
-        .concat(),
-    );
-    std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    let clients = clients.iter().map(|name| (*name, "client.ext"));
-    for (name, extensions) in std::iter::once(("server", "server.ext")).chain(clients) {
-        let (key_file, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
-        let subject = format!("/CN={}", if name == "server" { "localhost" } else { name });
-        openssl(&[&["req"][..], &key, &["-keyout", &key_file, "-out", &csr, "-subj", &subject]].concat());
-        let mut sign = vec!["x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"];
-        sign.extend(["-out", &crt, "-days", "2", "-extfile", extensions]);
-        openssl(&sign);
+    let (first, rest) = clients.split_at(1);
+    for names in [first, rest] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_teleguard"));
+        command.args(["certs", "--out"]).arg(dir);
+        for name in names {
+            command.args(["--client", name]);
+        }
+        run(&mut command);
     }
+    let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+    assert!(ca.starts_with(b"-----BEGIN CERTIFICATE-----"), "ca.crt is not PEM");
 }
 
 /// Mosquitto in a temporary folder: a plain listener, a TLS one, and one requiring client

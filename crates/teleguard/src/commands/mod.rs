@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod certs;
 pub mod eval;
 pub mod mqtt_publish;
 pub mod replay;
