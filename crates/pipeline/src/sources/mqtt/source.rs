@@ -6,6 +6,7 @@ use crate::ingest::{Admission, Delivery, Ingest, IngestError};
 use crate::metrics::{Metrics, ReasonLabels};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter};
 use rumqttc::{SubscribeReasonCode, TlsConfiguration, Transport};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -15,6 +16,8 @@ use tokio::time::Instant;
 pub const SOURCE: &str = "mqtt";
 /// How long a clean stop waits for the last acknowledgements and the DISCONNECT to go out.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
+/// How soon acknowledgements that found the client's request channel full are tried again.
+const ACK_RETRY: Duration = Duration::from_millis(2);
 
 /// Runs one MQTT source until `shutdown` turns true.
 pub async fn run(
@@ -26,8 +29,9 @@ pub async fn run(
     // Received messages wait here for the submitter; when it is full the connection loop stops
     // polling, so nothing more is read from the socket.
     let queue_capacity = config.max_batch.get() * 4;
-    // Every queued or submitted message may put an acknowledgement into the client's request
-    // channel before the connection loop sends it; room for all of them, many times over.
+    // The connection loop reads up to 10 packets per turn but sends one request (an
+    // acknowledgement) per turn, so acknowledgements can pile up; the submitter keeps those
+    // that do not fit and never waits for room (waiting deadlocked against the full queue).
     let request_capacity = queue_capacity * 4 + 1024;
     let (client, mut eventloop) = AsyncClient::new(mqtt_options(&config), request_capacity);
     let (queue, received) = mpsc::channel(queue_capacity);
@@ -153,11 +157,15 @@ impl Submitter {
     async fn run(self, mut received: mpsc::Receiver<Publish>, mut shutdown: watch::Receiver<bool>) {
         let max_batch = self.config.max_batch.get();
         let mut batch = Vec::with_capacity(max_batch);
+        // Stored messages whose acknowledgement is not in the client's channel yet (headers only).
+        let mut unsent_acks = VecDeque::new();
         loop {
+            self.send_acks(&mut unsent_acks);
             let count = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => return,
                 count = received.recv_many(&mut batch, max_batch) => count,
+                _ = tokio::time::sleep(ACK_RETRY), if !unsent_acks.is_empty() => continue,
             };
             if count == 0 {
                 return;
@@ -177,11 +185,20 @@ impl Submitter {
                 retry_in = (retry_in * 2).min(self.config.reconnect_max);
             }
             self.metrics.gateway_process_duration.observe(started.elapsed().as_secs_f64());
-            for publish in batch.drain(..) {
-                if self.client.ack(&publish).await.is_err() {
-                    return;
-                }
+            unsent_acks.extend(batch.drain(..).map(|mut publish| {
+                publish.payload = Default::default();
+                publish
+            }));
+        }
+    }
+
+    /// Hands acknowledgements to the client, in order, while its request channel has room.
+    fn send_acks(&self, unsent: &mut VecDeque<Publish>) {
+        while let Some(publish) = unsent.front() {
+            if self.client.try_ack(publish).is_err() {
+                return;
             }
+            unsent.pop_front();
         }
     }
 
