@@ -13,7 +13,7 @@ use super::{
 };
 use crate::by_name;
 use crate::metrics::{LayerLabels, Metrics};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, Transaction, params};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -391,16 +391,19 @@ fn write_bronze_once(
 ) -> rusqlite::Result<OnceOutcome> {
     let mut find = tx.prepare_cached("SELECT reading_id FROM message_keys WHERE event_time_ms = ?1 AND hash = ?2")?;
     let mut remember =
-        tx.prepare_cached("INSERT INTO message_keys (event_time_ms, hash, reading_id) VALUES (?1, ?2, ?3)")?;
+        tx.prepare_cached("INSERT OR IGNORE INTO message_keys (event_time_ms, hash, reading_id) VALUES (?1, ?2, ?3)")?;
     let first_id = *next_id;
     let mut fresh = Vec::new();
     let mut duplicate_of = Vec::with_capacity(submission.accepted.len());
     for (payload, key) in &submission.accepted {
-        let stored = find.query_row(params![key.event_time_ms, key.hash], |row| row.get::<_, i64>(0)).optional()?;
-        if stored.is_none() {
-            remember.execute(params![key.event_time_ms, key.hash, first_id + fresh.len() as i64])?;
+        // One statement for a new message (the common case); a look-up only for a duplicate.
+        let inserted = remember.execute(params![key.event_time_ms, key.hash, first_id + fresh.len() as i64])?;
+        let stored = if inserted == 1 {
             fresh.push(payload.as_slice());
-        }
+            None
+        } else {
+            Some(find.query_row(params![key.event_time_ms, key.hash], |row| row.get::<_, i64>(0))?)
+        };
         duplicate_of.push(stored);
     }
     let row = |content| BronzeRow {
