@@ -261,6 +261,8 @@ async fn the_reference_sample_over_tls_is_stored_and_bad_messages_are_quarantine
     wait_until_subscribed(&server, "probe-0", |probe| publish(probe)).await;
 
     publish(REFERENCE_SAMPLE);
+    // The same message again (as a device resending it would): recorded as a duplicate.
+    publish(REFERENCE_SAMPLE);
     publish("{\"timestamp\": 1725446400000, \"drone_id\": ");
     publish(&drone_message("d-bad", 1_725_446_400_000).replace("\"velocity\": 12.0", "\"velocity\": \"fast\""));
     let huge = dir.path().join("huge.json");
@@ -286,7 +288,13 @@ async fn the_reference_sample_over_tls_is_stored_and_bad_messages_are_quarantine
     assert_eq!(sample["metrics"]["signal_strength"], -67.0);
 
     let reasons = dead_letter_reasons(&server).await;
-    assert_eq!(reasons.len(), 3, "{reasons:#?}");
+    assert_eq!(reasons.len(), 4, "{reasons:#?}");
+    assert!(
+        reasons.iter().any(|r| r.starts_with("duplicate: same entity, event time and payload as reading")),
+        "{reasons:#?}"
+    );
+    let dev = get_json(&http, &server.url("/api/readings?entity=dev&limit=10")).await;
+    assert_eq!(dev.as_array().unwrap().len(), 1, "the resent sample became a second reading: {dev:#}");
     assert!(reasons.iter().any(|r| r.starts_with("invalid JSON")), "{reasons:#?}");
     assert!(reasons.iter().any(|r| r.contains("`velocity`") && r.contains("expected a number")), "{reasons:#?}");
     assert!(reasons.iter().any(|r| r.starts_with("payload_too_large: 1048") && r.contains("65536")), "{reasons:#?}");
@@ -294,7 +302,7 @@ async fn the_reference_sample_over_tls_is_stored_and_bad_messages_are_quarantine
     assert!(letters.as_array().unwrap().iter().all(|l| l["source"] == "mqtt"), "{letters:#}");
 
     let metrics = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    for reason in ["malformed_json", "schema", "payload_too_large"] {
+    for reason in ["malformed_json", "schema", "payload_too_large", "duplicate"] {
         assert_eq!(
             metric(&metrics, &format!("gateway_validation_errors_total{{reason=\"{reason}\"}}")),
             1.0,
@@ -302,7 +310,7 @@ async fn the_reference_sample_over_tls_is_stored_and_bad_messages_are_quarantine
         );
     }
     assert!(metric(&metrics, "gateway_validation_success_total") >= 2.0);
-    assert!(metric(&metrics, "gateway_mqtt_messages_received_total") >= 6.0);
+    assert!(metric(&metrics, "gateway_mqtt_messages_received_total") >= 7.0);
     assert_eq!(metric(&metrics, "gateway_mqtt_connections_total"), 1.0);
     assert!(metric(&metrics, "gateway_process_duration_seconds_count") >= 1.0);
     drop(broker);
