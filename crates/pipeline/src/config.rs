@@ -1,5 +1,6 @@
 //! Configuration: the raw TOML file, command-line overrides, and the validated [`Config`].
 
+use crate::sources::mqtt::{MqttSourceConfig, RawMqttSource};
 use crate::store::Durability;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -26,6 +27,8 @@ pub struct RawConfig {
     pub simulator: RawSimulator,
     #[serde(default)]
     pub reference: RawReference,
+    #[serde(default)]
+    pub sources: RawSources,
     #[serde(default)]
     pub alerts: RawAlerts,
     #[serde(default)]
@@ -72,6 +75,14 @@ pub struct RawAlerts {
     pub cooldown_secs: Option<u64>,
 }
 
+/// Sources beside the simulator and HTTP.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSources {
+    #[serde(default)]
+    pub mqtt: Vec<RawMqttSource>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawReference {
@@ -102,6 +113,8 @@ pub struct Config {
     pub durability: Durability,
     pub alert_cooldown: Duration,
     pub simulator: SimulatorConfig,
+    /// MQTT brokers to subscribe to; none by default.
+    pub mqtt: Vec<MqttSourceConfig>,
     pub drivers_json: String,
     pub geofences_geojson: String,
     pub profiles: Arc<ProfileRegistry>,
@@ -182,6 +195,7 @@ impl Config {
             }
         }
         let profiles = ProfileRegistry::with_builtins(raw_profiles).map_err(|e| errors.extend(e.0)).ok();
+        let mqtt = mqtt_sources(raw.sources.mqtt, profiles.as_ref(), inflight_readings.get(), &mut errors);
         match profiles {
             Some(profiles) if errors.is_empty() => Ok(Config {
                 data_dir: overrides.data_dir.or(raw.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
@@ -193,6 +207,7 @@ impl Config {
                 durability: raw.store.durability,
                 alert_cooldown: Duration::from_secs(raw.alerts.cooldown_secs.unwrap_or(600)),
                 simulator,
+                mqtt,
                 drivers_json,
                 geofences_geojson,
                 profiles: Arc::new(profiles),
@@ -200,6 +215,33 @@ impl Config {
             _ => Err(ConfigError(errors)),
         }
     }
+}
+
+fn mqtt_sources(
+    raw: Vec<RawMqttSource>,
+    profiles: Option<&ProfileRegistry>,
+    inflight_readings: usize,
+    errors: &mut Vec<String>,
+) -> Vec<MqttSourceConfig> {
+    let sources: Vec<MqttSourceConfig> = raw
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, raw)| MqttSourceConfig::validate(raw, index, profiles, inflight_readings, errors))
+        .collect();
+    for (index, source) in sources.iter().enumerate() {
+        let same_session = sources[..index].iter().any(|other| {
+            other.broker.host == source.broker.host
+                && other.broker.port == source.broker.port
+                && other.client_id == source.client_id
+        });
+        if same_session {
+            errors.push(format!(
+                "two [[sources.mqtt]] use client_id {:?} on {}: each needs its own (it names the persistent session)",
+                source.client_id, source.broker
+            ));
+        }
+    }
+    sources
 }
 
 fn simulator_config(
@@ -276,5 +318,42 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
         let config = Config::load(Some(&path), Overrides::default()).unwrap();
         assert!(config.profiles.by_name("pump").is_some());
+        assert!(config.mqtt.is_empty(), "the example's MQTT source is commented out, so `run` needs no broker");
+    }
+
+    #[test]
+    fn the_example_documents_real_mqtt_options() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        fn option(line: &str) -> Option<&str> {
+            let rest = line.strip_prefix("# ")?;
+            let key = rest.split(" = ").next()?;
+            (rest == "[[sources.mqtt]]"
+                || (rest.contains(" = ") && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')))
+            .then_some(rest)
+        }
+        // The commented-out block from `# [[sources.mqtt]]` to the next table.
+        let block =
+            text.lines().skip_while(|line| *line != "# [[sources.mqtt]]").take_while(|line| !line.starts_with('['));
+        let uncommented: Vec<&str> = block.filter_map(option).collect();
+        assert!(uncommented.len() > 15, "{uncommented:#?}");
+        let raw: RawConfig = toml::from_str(&uncommented.join("\n")).unwrap();
+        let source = &raw.sources.mqtt[0];
+        assert!(source.ca_file.is_some() && source.client_key_file.is_some() && source.max_batch.is_some());
+        assert!(source.reconnect_max_ms.is_some() && !source.routes.is_empty());
+    }
+
+    #[test]
+    fn an_mqtt_source_defaults_to_the_reference_topic_and_profile() {
+        let raw: RawConfig = toml::from_str("[[sources.mqtt]]\nurl = \"mqtt://127.0.0.1:1883\"\n").unwrap();
+        let config = Config::validate(raw, Overrides::default()).unwrap();
+        let source = &config.mqtt[0];
+        assert_eq!(source.subscriptions, ["iot/telemetry"]);
+        assert_eq!(&*source.profile, "drone");
+        assert_eq!(source.client_id, "teleguard");
+        assert!(source.tls.is_none() && !source.entity_from_topic);
+        let twice = "[[sources.mqtt]]\nurl = \"mqtt://h\"\n[[sources.mqtt]]\nurl = \"mqtt://h:1883\"\n";
+        let err = Config::validate(toml::from_str(twice).unwrap(), Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("client_id \"teleguard\""), "{err}");
     }
 }

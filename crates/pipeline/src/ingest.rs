@@ -6,7 +6,9 @@
 
 use crate::metrics::{Metrics, ProfileSourceLabels};
 use crate::store::writer::StoreWriter;
-use crate::store::{BronzeContent, BronzeRow, StoreError, accepted_payload};
+use crate::store::{
+    BronzeContent, BronzeRow, MessageKey, OnceSubmission, StoreError, accepted_payload, duplicate_reason,
+};
 use crate::worker::{WorkBatch, WorkItem};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,15 +32,51 @@ pub enum Admission {
 pub struct IngestReport {
     pub accepted: usize,
     pub rejected: usize,
+    /// Messages identical to stored ones, recorded as duplicates (only from
+    /// [`Ingest::submit_deliveries`]); they are among the rejected.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub duplicates: usize,
     pub errors: Vec<ItemError>,
+}
+
+fn is_zero(count: &usize) -> bool {
+    *count == 0
+}
+
+/// One message from a source that delivers at least once (MQTT QoS 1), with what the source
+/// knows of its origin.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub payload: Vec<u8>,
+    /// The entity the transport vouches for (e.g. the device's own topic); a message naming
+    /// another entity is rejected as `identity_mismatch`.
+    pub vouched_entity: Option<Arc<str>>,
 }
 
 /// Why one message of a submission was rejected.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ItemError {
     pub index: usize,
+    /// A short code for the kind of rejection, see [`reason_code`].
+    pub reason: &'static str,
     pub field: Option<String>,
     pub error: String,
+}
+
+/// The code of a rejection, for metrics and filters: the `code:` prefix of the rejections made
+/// here (`identity_mismatch`, `duplicate`), `malformed_json`, `schema` for a field that breaks
+/// the profile, or `invalid_message`.
+pub fn reason_code(rejection: &Rejection) -> &'static str {
+    const CODES: [&str; 2] = ["identity_mismatch", "duplicate"];
+    if rejection.field.is_some() {
+        return "schema";
+    }
+    if let Some(code) =
+        CODES.iter().find(|code| rejection.message.strip_prefix(**code).is_some_and(|rest| rest.starts_with(':')))
+    {
+        return code;
+    }
+    if rejection.message.starts_with("invalid JSON") { "malformed_json" } else { "invalid_message" }
 }
 
 /// Why a whole submission was refused (nothing of it was acknowledged).
@@ -93,31 +131,102 @@ impl Ingest {
         items: Vec<Vec<u8>>,
         admission: Admission,
     ) -> Result<IngestReport, IngestError> {
+        let deliveries = items.into_iter().map(|payload| Delivery { payload, vouched_entity: None }).collect();
+        self.submit_inner(profile_name, source, deliveries, admission, Redelivery::Never).await
+    }
+
+    /// Like [`Ingest::submit`], for a source that may deliver a message twice: a valid
+    /// message identical to a stored one (same profile, entity, event time and payload) is
+    /// recorded as a duplicate of it in bronze instead of becoming a second reading.
+    pub async fn submit_deliveries(
+        &self,
+        profile_name: &str,
+        source: &'static str,
+        deliveries: Vec<Delivery>,
+        admission: Admission,
+    ) -> Result<IngestReport, IngestError> {
+        self.submit_inner(profile_name, source, deliveries, admission, Redelivery::Possible).await
+    }
+
+    async fn submit_inner(
+        &self,
+        profile_name: &str,
+        source: &'static str,
+        deliveries: Vec<Delivery>,
+        admission: Admission,
+        redelivery: Redelivery,
+    ) -> Result<IngestReport, IngestError> {
         let received = Instant::now();
         let received_at_ms = now_millis();
         let Some(profile) = self.shared.profiles.by_name(profile_name).cloned() else {
             let reason = format!("unknown profile {profile_name:?}");
-            self.record_all_rejected(profile_name, source, items, &reason).await?;
+            let payloads = deliveries.into_iter().map(|d| d.payload).collect();
+            self.record_all_rejected(profile_name, source, payloads, &reason).await?;
             return Err(self.unknown_profile(profile_name));
         };
-        let (items, verdicts): (Vec<Vec<u8>>, Vec<Result<Reading, Rejection>>) =
-            items.into_iter().map(|item| decode_and_validate(&profile, item)).unzip();
+        let (deliveries, mut verdicts): (Vec<Delivery>, Vec<Result<Reading, Rejection>>) = deliveries
+            .into_iter()
+            .map(|delivery| {
+                let (payload, verdict) = decode_and_validate(&profile, delivery.payload);
+                let verdict = verdict.and_then(|r| check_vouched_entity(r, delivery.vouched_entity.as_deref()));
+                (Delivery { payload, vouched_entity: delivery.vouched_entity }, verdict)
+            })
+            .unzip();
         let valid = verdicts.iter().filter(|v| v.is_ok()).count();
         self.admit(valid, admission).await?;
-        let mut rows = Vec::new();
-        if valid > 0 {
-            // First, so that the first id answered is the first reading's.
-            let accepted = items.iter().zip(&verdicts).filter(|(_, v)| v.is_ok()).map(|(item, _)| item.as_slice());
-            let content = BronzeContent::Accepted { messages: valid, payload: accepted_payload(accepted) };
-            rows.push(BronzeRow { received_at_ms, source, profile: profile.name.clone(), content });
-        }
-        for (payload, verdict) in items.into_iter().zip(&verdicts) {
-            if let Err(rejection) = verdict {
-                let content = BronzeContent::Rejected { reason: rejection.to_string(), payload };
-                rows.push(BronzeRow { received_at_ms, source, profile: profile.name.clone(), content });
+        let rejected_row = |payload: Vec<u8>, rejection: &Rejection| BronzeRow {
+            received_at_ms,
+            source,
+            profile: profile.name.clone(),
+            content: BronzeContent::Rejected { reason: rejection.to_string(), payload },
+        };
+        let stored = match redelivery {
+            Redelivery::Never => {
+                let mut rows = Vec::new();
+                if valid > 0 {
+                    // First, so that the first id answered is the first reading's.
+                    let accepted =
+                        deliveries.iter().zip(&verdicts).filter(|(_, v)| v.is_ok()).map(|(d, _)| d.payload.as_slice());
+                    let content = BronzeContent::Accepted { messages: valid, payload: accepted_payload(accepted) };
+                    rows.push(BronzeRow { received_at_ms, source, profile: profile.name.clone(), content });
+                }
+                for (delivery, verdict) in deliveries.into_iter().zip(&verdicts) {
+                    if let Err(rejection) = verdict {
+                        rows.push(rejected_row(delivery.payload, rejection));
+                    }
+                }
+                self.shared.store.append_bronze(rows).await
             }
-        }
-        let first_id = match self.shared.store.append_bronze(rows).await {
+            Redelivery::Possible => {
+                let mut submission = OnceSubmission {
+                    received_at_ms,
+                    source,
+                    profile: profile.name.clone(),
+                    accepted: Vec::with_capacity(valid),
+                    rejected: Vec::new(),
+                };
+                for (delivery, verdict) in deliveries.into_iter().zip(&verdicts) {
+                    match verdict {
+                        Ok(r) => {
+                            let key = MessageKey::of(&profile.name, &r.entity, r.event_time_ms, &delivery.payload);
+                            submission.accepted.push((delivery.payload, key));
+                        }
+                        Err(rejection) => submission.rejected.push(rejected_row(delivery.payload, rejection)),
+                    }
+                }
+                self.shared.store.append_bronze_once(submission).await.map(|outcome| {
+                    // Duplicates become rejections, so only new readings are counted and dispatched.
+                    let mut originals = outcome.duplicate_of.into_iter();
+                    for verdict in verdicts.iter_mut().filter(|v| v.is_ok()) {
+                        if let Some(Some(original)) = originals.next() {
+                            *verdict = Err(Rejection::message(duplicate_reason(original)));
+                        }
+                    }
+                    outcome.first_id
+                })
+            }
+        };
+        let first_id = match stored {
             Ok(id) => id,
             Err(e) => {
                 self.release(valid);
@@ -125,10 +234,13 @@ impl Ingest {
             }
         };
         let report = self.count(&profile, source, &verdicts);
+        self.release(valid - report.accepted);
+        // Readings are numbered from the first id in the order of the valid messages.
         let readings = verdicts
             .into_iter()
+            .filter_map(Result::ok)
             .enumerate()
-            .filter_map(|(offset, verdict)| verdict.ok().map(|reading| (first_id + offset as i64, reading)));
+            .map(|(offset, reading)| (first_id + offset as i64, reading));
         self.dispatch(readings, received).await;
         Ok(report)
     }
@@ -242,8 +354,13 @@ impl Ingest {
                 Ok(_) => report.accepted += 1,
                 Err(rejection) => {
                     report.rejected += 1;
+                    let reason = reason_code(rejection);
+                    if reason == "duplicate" {
+                        report.duplicates += 1;
+                    }
                     report.errors.push(ItemError {
                         index,
+                        reason,
                         field: rejection.field.clone(),
                         error: rejection.to_string(),
                     });
@@ -281,6 +398,24 @@ impl Ingest {
                 );
             }
         }
+    }
+}
+
+/// Whether a source may deliver the same message twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Redelivery {
+    Never,
+    Possible,
+}
+
+/// Rejects a reading whose entity is not the one its transport vouches for.
+fn check_vouched_entity(reading: Reading, vouched: Option<&str>) -> Result<Reading, Rejection> {
+    match vouched {
+        Some(vouched) if *reading.entity != *vouched => Err(Rejection::message(format!(
+            "identity_mismatch: the message names entity {:?} but arrived on the topic of {vouched:?}",
+            &*reading.entity
+        ))),
+        _ => Ok(reading),
     }
 }
 

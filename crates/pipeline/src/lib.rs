@@ -7,7 +7,7 @@
 //! - [`store`]: the embedded SQLite store (schema, single writer, queries).
 //! - [`live`]: the latest readings in memory for the API.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`sources`]: the simulator source (HTTP ingest is served by the API crate).
+//! - [`sources`]: the simulator and MQTT sources (HTTP ingest is served by the API crate).
 //! - [`Pipeline`]: starts all of the above and stops it in order.
 
 pub mod config;

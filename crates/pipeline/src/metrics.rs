@@ -25,6 +25,11 @@ pub struct DetectorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LayerLabels {
     pub layer: String,
 }
@@ -45,6 +50,15 @@ pub struct Metrics {
     pub backpressure_rejections: Counter,
     pub inflight_readings: Gauge,
     pub recovered_readings: Counter,
+    /// The MQTT gateway's (reference 001's names): messages, verdicts by reason code, the
+    /// time from a batch's arrival to its acknowledgement, and the broker connections.
+    pub gateway_messages_received: Counter,
+    pub gateway_validation_success: Counter,
+    pub gateway_validation_errors: Family<ReasonLabels, Counter>,
+    pub gateway_process_duration: Histogram,
+    pub mqtt_connections: Counter,
+    pub mqtt_disconnects: Counter,
+    pub mqtt_reconnects: Counter,
     /// Exact end-to-end latencies in seconds, kept only while a benchmark asks for them.
     latency_samples: std::sync::Mutex<Option<Vec<f32>>>,
 }
@@ -71,6 +85,13 @@ impl Metrics {
             backpressure_rejections: Counter::default(),
             inflight_readings: Gauge::default(),
             recovered_readings: Counter::default(),
+            gateway_messages_received: Counter::default(),
+            gateway_validation_success: Counter::default(),
+            gateway_validation_errors: Family::default(),
+            gateway_process_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            mqtt_connections: Counter::default(),
+            mqtt_disconnects: Counter::default(),
+            mqtt_reconnects: Counter::default(),
             latency_samples: std::sync::Mutex::new(None),
             registry: Registry::default(),
         };
@@ -129,6 +150,41 @@ impl Metrics {
             "teleguard_recovered_readings",
             "Readings re-processed at start-up because the previous run stopped before storing them",
             metrics.recovered_readings.clone(),
+        );
+        registry.register(
+            "gateway_mqtt_messages_received",
+            "MQTT messages received from the broker (redeliveries included)",
+            metrics.gateway_messages_received.clone(),
+        );
+        registry.register(
+            "gateway_validation_success",
+            "MQTT messages that passed validation and became readings",
+            metrics.gateway_validation_success.clone(),
+        );
+        registry.register(
+            "gateway_validation_errors",
+            "MQTT messages rejected, by reason code (each has a dead-letter record in bronze)",
+            metrics.gateway_validation_errors.clone(),
+        );
+        registry.register(
+            "gateway_process_duration_seconds",
+            "Time from an MQTT batch's arrival to its bronze commit, before the acknowledgements",
+            metrics.gateway_process_duration.clone(),
+        );
+        registry.register(
+            "gateway_mqtt_connections",
+            "Successful connections to an MQTT broker",
+            metrics.mqtt_connections.clone(),
+        );
+        registry.register(
+            "gateway_mqtt_disconnects",
+            "MQTT connections that were lost",
+            metrics.mqtt_disconnects.clone(),
+        );
+        registry.register(
+            "gateway_mqtt_reconnects",
+            "Successful MQTT connections after a lost one",
+            metrics.mqtt_reconnects.clone(),
         );
         Metrics { registry, ..metrics }
     }

@@ -34,6 +34,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// A profile's Avro schema and JSON Schema, generated from the profile (`schema export drone`).
     Schema(commands::schema::SchemaArgs),
+    /// Make a development CA, an MQTT broker certificate and per-device client certificates.
+    Certs(commands::certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
             Command::Simulate(args) => commands::simulate::simulate(args).await,
             Command::Eval(args) => tokio::task::block_in_place(|| commands::eval::eval(args)),
             Command::Schema(args) => commands::schema::schema(args),
+            Command::Certs(args) => commands::certs::certs(args),
         }
     });
     match result {

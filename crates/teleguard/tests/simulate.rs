@@ -136,7 +136,7 @@ fn bad_flags_say_what_to_write() {
         (&["--duration", "soon"], "e.g. 90s, 30m, 24h or 7d"),
         (&["--speed", "fast"], "use `max` or a positive multiple"),
         (&["--profile", "boat"], "cannot simulate profile \"boat\"; known: vehicle, drone"),
-        (&["--to", "ftp://example"], "use stdout, file:PATH or http://HOST:PORT"),
+        (&["--to", "ftp://example"], "use stdout, file:PATH, http://HOST:PORT or mqtt://HOST:PORT/TOPIC"),
         (&["--start", "yesterday"], "--start"),
         (&["--anomaly-rate=-1"], "must lie in [0, 3600]"),
     ];

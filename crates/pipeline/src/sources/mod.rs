@@ -1,4 +1,5 @@
-//! Sources: where messages come from. HTTP ingest lives in the API crate and calls
+//! Sources: where messages come from (the simulator, MQTT). HTTP ingest lives in the API crate and calls
 //! [`crate::ingest::Ingest`] directly; the others run as tasks here.
 
+pub mod mqtt;
 pub mod simulator;

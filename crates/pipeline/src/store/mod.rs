@@ -109,6 +109,56 @@ pub fn accepted_payload<'a>(messages: impl Iterator<Item = &'a [u8]> + Clone) ->
     payload
 }
 
+/// What makes two deliveries the same message: the reading's event time and a stable hash of
+/// its profile, entity, event time and payload bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageKey {
+    pub event_time_ms: i64,
+    pub hash: i64,
+}
+
+impl MessageKey {
+    pub fn of(profile: &str, entity: &str, event_time_ms: i64, payload: &[u8]) -> MessageKey {
+        let hash = teleguard_core::model::stable_hash(&[
+            profile.as_bytes(),
+            entity.as_bytes(),
+            &event_time_ms.to_le_bytes(),
+            payload,
+        ]);
+        MessageKey { event_time_ms, hash: hash as i64 }
+    }
+}
+
+/// A submission from a source that may deliver a message twice: each valid message is stored
+/// as a reading only if no message with the same [`MessageKey`] is stored already; otherwise
+/// it is recorded in bronze as a duplicate.
+#[derive(Debug, Clone)]
+pub struct OnceSubmission {
+    pub received_at_ms: i64,
+    pub source: &'static str,
+    pub profile: Arc<str>,
+    /// The valid messages in order, with their keys.
+    pub accepted: Vec<(Vec<u8>, MessageKey)>,
+    /// Rejected messages, each with its reason.
+    pub rejected: Vec<BronzeRow>,
+}
+
+/// What became of a [`OnceSubmission`] once committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnceOutcome {
+    /// The id of the first new reading; new readings are numbered from it in order.
+    pub first_id: i64,
+    /// Per accepted message: `Some(reading id)` of the stored message it duplicates.
+    pub duplicate_of: Vec<Option<i64>>,
+    /// How many bronze ids the submission took.
+    pub ids: i64,
+}
+
+/// The bronze reason of a duplicate delivery.
+pub fn duplicate_reason(original_reading: i64) -> String {
+    format!("duplicate: same entity, event time and payload as reading {original_reading}, which is stored already")
+}
+
 /// One validated, enriched reading; `id` is the bronze id of its message.
 #[derive(Debug, Clone)]
 pub struct SilverRow {
@@ -299,9 +349,14 @@ fn read_reference_data(connection: &Connection) -> Result<ReferenceData, StoreEr
     Ok(ReferenceData { drivers, geofences })
 }
 
-/// The next bronze id to hand out.
+/// The next bronze id to hand out: past every id of the last row, whose accepted messages
+/// take `messages` ids (its readings' ids). `MAX(id) + 1` handed the ids of that row's later
+/// readings out again after a restart, and their silver rows were then ignored as present.
 pub fn next_bronze_id(connection: &Connection) -> Result<i64, StoreError> {
-    Ok(connection.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM bronze", [], |r| r.get(0))?)
+    let next = connection
+        .query_row("SELECT id + messages FROM bronze ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+        .optional()?;
+    Ok(next.unwrap_or(1))
 }
 
 /// The checkpoint below which every valid bronze message is known to have its silver row.
@@ -360,6 +415,19 @@ pub fn stored_models(connection: &Connection) -> Result<Vec<(String, String)>, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_bronze_id_after_a_restart_skips_every_reading_id_of_the_last_accepted_row() {
+        let folder = tempfile::tempdir().unwrap();
+        let connection = open(folder.path(), Durability::Normal).unwrap();
+        assert_eq!(next_bronze_id(&connection).unwrap(), 1);
+        let insert = "INSERT INTO bronze (id, received_at_ms, source, profile, verdict, reason, messages, payload)
+                      VALUES (?1, 0, 'mqtt', 'drone', ?2, NULL, ?3, x'5b5d')";
+        connection.execute(insert, params![1, "rejected", 1]).unwrap();
+        // Three readings, ids 2, 3 and 4: the next id is 5, not 3.
+        connection.execute(insert, params![2, "valid", 3]).unwrap();
+        assert_eq!(next_bronze_id(&connection).unwrap(), 5);
+    }
 
     #[test]
     fn features_json_agrees_with_serde_json() {

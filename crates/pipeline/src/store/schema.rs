@@ -150,6 +150,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX telemetry_anomalies_leaders ON telemetry_anomalies (anomaly_score / threshold DESC) WHERE leader = 1;
     CREATE INDEX telemetry_anomalies_by_reading ON telemetry_anomalies (reading_id);
     "#,
+    // 3: the readings of sources that may deliver a message twice (MQTT QoS 1 after a crash or a
+    // reconnect), keyed by event time and a hash of (profile, entity, event time, payload), so
+    // that a second delivery is recorded as a duplicate instead of becoming a second reading.
+    // Led by event time, so inserts land near the end of the key's index.
+    r#"
+    CREATE TABLE message_keys (
+        event_time_ms INTEGER NOT NULL,
+        hash INTEGER NOT NULL,
+        reading_id INTEGER NOT NULL,
+        PRIMARY KEY (event_time_ms, hash)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -7,7 +7,10 @@
 
 use super::checkpoint::{self, Checkpointer};
 use super::gold::{AlertAction, AlertTransition, Gold};
-use super::{BronzeContent, BronzeRow, GoldRow, SilverRow, StoreError};
+use super::{
+    BronzeContent, BronzeRow, GoldRow, OnceOutcome, OnceSubmission, SilverRow, StoreError, accepted_payload,
+    duplicate_reason,
+};
 use crate::by_name;
 use crate::metrics::{LayerLabels, Metrics};
 use rusqlite::{Connection, Transaction, params};
@@ -25,6 +28,9 @@ const MAX_ROWS_PER_TRANSACTION: usize = 20_000;
 pub enum WriteCommand {
     /// Append messages to bronze; answered with the first id (each row takes [`BronzeRow::ids`]).
     Bronze { rows: Vec<BronzeRow>, reply: oneshot::Sender<Result<i64, String>> },
+    /// Append a submission whose valid messages may have been stored before (see
+    /// [`OnceSubmission`]); answered with what became of each.
+    BronzeOnce { submission: OnceSubmission, reply: oneshot::Sender<Result<OnceOutcome, String>> },
     /// Append analysed readings and their anomalies; frees `permits` in-flight slots after.
     Derived { silver: Vec<Arc<SilverRow>>, gold: Vec<GoldRow>, permits: usize },
     /// Store a trained isolation-forest model under its scope label.
@@ -41,6 +47,9 @@ impl WriteCommand {
     fn rows(&self) -> usize {
         match self {
             WriteCommand::Bronze { rows, .. } => rows.len() * 8,
+            WriteCommand::BronzeOnce { submission, .. } => {
+                (1 + submission.rejected.len()) * 8 + submission.accepted.len()
+            }
             WriteCommand::Derived { silver, gold, .. } => silver.len() + gold.len(),
             WriteCommand::Model { .. } | WriteCommand::Alert { .. } | WriteCommand::Flush { .. } => 1,
         }
@@ -58,6 +67,16 @@ impl StoreWriter {
     pub async fn append_bronze(&self, rows: Vec<BronzeRow>) -> Result<i64, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(WriteCommand::Bronze { rows, reply }).await.map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?.map_err(StoreError::Schema)
+    }
+
+    /// Appends a submission that may repeat stored messages, and waits until it is committed.
+    pub async fn append_bronze_once(&self, submission: OnceSubmission) -> Result<OnceOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(WriteCommand::BronzeOnce { submission, reply })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
         answer.await.map_err(|_| StoreError::WriterStopped)?.map_err(StoreError::Schema)
     }
 
@@ -171,8 +190,8 @@ impl Writer {
         let result = self.write(&batch);
         let metrics = &self.context.metrics;
         metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
-        let (committed, mut transitions) = match result {
-            Ok(transitions) => (true, transitions.into_iter()),
+        let (committed, mut transitions, mut outcomes) = match result {
+            Ok((transitions, outcomes)) => (true, transitions.into_iter(), outcomes.into_iter()),
             Err(e) => {
                 metrics.store_errors.inc();
                 tracing::error!(
@@ -182,7 +201,7 @@ impl Writer {
                 self.next_bronze_id = first_id;
                 // The gold state may describe changes that were rolled back.
                 self.gold.forget();
-                (false, Vec::new().into_iter())
+                (false, Vec::new().into_iter(), Vec::new().into_iter())
             }
         };
         let mut next_id = first_id;
@@ -195,6 +214,16 @@ impl Writer {
                     if committed {
                         next_id += rows.iter().map(BronzeRow::ids).sum::<i64>();
                     }
+                    let _ = reply.send(answer);
+                }
+                WriteCommand::BronzeOnce { reply, .. } => {
+                    let answer = match outcomes.next() {
+                        Some(outcome) => {
+                            next_id += outcome.ids;
+                            Ok(outcome)
+                        }
+                        None => Err("the store could not commit; retry".to_string()),
+                    };
                     let _ = reply.send(answer);
                 }
                 WriteCommand::Derived { silver, gold: _, permits } => {
@@ -257,18 +286,24 @@ impl Writer {
         }
     }
 
-    /// Writes a batch in one transaction; answers each alert command's outcome, in order.
-    fn write(&mut self, batch: &[WriteCommand]) -> rusqlite::Result<Vec<AlertTransition>> {
+    /// Writes a batch in one transaction; answers each alert command's and each once-only
+    /// bronze append's outcome, in order.
+    fn write(&mut self, batch: &[WriteCommand]) -> rusqlite::Result<(Vec<AlertTransition>, Vec<OnceOutcome>)> {
         let tx = self.connection.transaction()?;
         let mut profiles: HashMap<Arc<str>, ProfileDelta> = HashMap::new();
         let mut entities = EntitySightings::new();
         let (mut bronze_rows, mut silver_rows, mut gold_rows) = (0, 0, 0);
         let mut transitions = Vec::new();
+        let mut outcomes = Vec::new();
         for command in batch {
             match command {
                 WriteCommand::Bronze { rows, .. } => {
                     bronze_rows += rows.len();
                     write_bronze(&tx, &mut self.next_bronze_id, rows, &mut profiles)?;
+                }
+                WriteCommand::BronzeOnce { submission, .. } => {
+                    bronze_rows += submission.accepted.len().min(1) + submission.rejected.len();
+                    outcomes.push(write_bronze_once(&tx, &mut self.next_bronze_id, submission, &mut profiles)?);
                 }
                 WriteCommand::Derived { silver, gold, .. } => {
                     silver_rows += silver.len();
@@ -303,7 +338,7 @@ impl Writer {
                 metrics.store_rows_written.get_or_create(&LayerLabels { layer: layer.into() }).inc_by(count as u64);
             }
         }
-        Ok(transitions)
+        Ok((transitions, outcomes))
     }
 }
 
@@ -344,6 +379,55 @@ fn write_bronze(
         *next_id += count;
     }
     Ok(())
+}
+
+/// Writes a submission's new messages as one accepted row and each message already stored
+/// (by its key, in the store or earlier in the same submission) as a duplicate.
+fn write_bronze_once(
+    tx: &Transaction<'_>,
+    next_id: &mut i64,
+    submission: &OnceSubmission,
+    profiles: &mut HashMap<Arc<str>, ProfileDelta>,
+) -> rusqlite::Result<OnceOutcome> {
+    let mut find = tx.prepare_cached("SELECT reading_id FROM message_keys WHERE event_time_ms = ?1 AND hash = ?2")?;
+    let mut remember =
+        tx.prepare_cached("INSERT OR IGNORE INTO message_keys (event_time_ms, hash, reading_id) VALUES (?1, ?2, ?3)")?;
+    let first_id = *next_id;
+    let mut fresh = Vec::new();
+    let mut duplicate_of = Vec::with_capacity(submission.accepted.len());
+    for (payload, key) in &submission.accepted {
+        // One statement for a new message (the common case); a look-up only for a duplicate.
+        let inserted = remember.execute(params![key.event_time_ms, key.hash, first_id + fresh.len() as i64])?;
+        let stored = if inserted == 1 {
+            fresh.push(payload.as_slice());
+            None
+        } else {
+            Some(find.query_row(params![key.event_time_ms, key.hash], |row| row.get::<_, i64>(0))?)
+        };
+        duplicate_of.push(stored);
+    }
+    let row = |content| BronzeRow {
+        received_at_ms: submission.received_at_ms,
+        source: submission.source,
+        profile: submission.profile.clone(),
+        content,
+    };
+    let mut rows = Vec::with_capacity(1 + submission.rejected.len());
+    if !fresh.is_empty() {
+        rows.push(row(BronzeContent::Accepted {
+            messages: fresh.len(),
+            payload: accepted_payload(fresh.iter().copied()),
+        }));
+    }
+    for ((payload, _), original) in submission.accepted.iter().zip(&duplicate_of) {
+        if let Some(original) = original {
+            let content = BronzeContent::Rejected { reason: duplicate_reason(*original), payload: payload.clone() };
+            rows.push(row(content));
+        }
+    }
+    rows.extend(submission.rejected.iter().cloned());
+    write_bronze(tx, next_id, &rows, profiles)?;
+    Ok(OnceOutcome { first_id, duplicate_of, ids: *next_id - first_id })
 }
 
 fn write_silver(

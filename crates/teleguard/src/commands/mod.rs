@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod certs;
 pub mod eval;
+pub mod mqtt_publish;
 pub mod replay;
 pub mod run;
 pub mod schema;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use teleguard_api::AppState;
 use teleguard_pipeline::Pipeline;
 use teleguard_pipeline::config::{Config, Overrides};
-use teleguard_pipeline::sources::simulator;
+use teleguard_pipeline::sources::{mqtt, simulator};
 use tokio::sync::watch;
 
 #[derive(Debug, Args)]
@@ -40,6 +40,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (shutdown_sender, shutdown) = watch::channel(false);
     let simulator_task = (!pipeline.config.simulator.profiles.is_empty())
         .then(|| tokio::spawn(simulator::run(pipeline.ingest(), pipeline.config.simulator.clone(), shutdown.clone())));
+    let mqtt_tasks: Vec<_> = pipeline
+        .config
+        .mqtt
+        .iter()
+        .map(|source| {
+            tokio::spawn(mqtt::run(pipeline.ingest(), pipeline.metrics.clone(), source.clone(), shutdown.clone()))
+        })
+        .collect();
     let state = AppState::from_pipeline(&pipeline);
     println!(
         "teleguard listening on http://{address} (dashboard, API, /metrics); data in {}",
@@ -57,6 +65,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = shutdown_sender.send(true);
     server.await?.context("HTTP server")?;
     if let Some(task) = simulator_task {
+        task.await?.map_err(anyhow::Error::msg)?;
+    }
+    for task in mqtt_tasks {
         task.await?.map_err(anyhow::Error::msg)?;
     }
     pipeline.shutdown().await?;

@@ -1,6 +1,7 @@
 //! `teleguard simulate`: realistic fleet telemetry with labeled injected anomalies, written to
-//! standard output, files, or a running teleguard's ingest API.
+//! standard output, files, a running teleguard's ingest API, or an MQTT broker.
 
+use super::mqtt_publish::{Publisher, TlsFiles};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -40,10 +41,27 @@ pub struct SimulateArgs {
     /// Write the ground truth here (JSON: entities and one label per injected anomaly).
     #[arg(long, value_name = "FILE")]
     labels: Option<PathBuf>,
-    /// `stdout`, `file:PATH` (NDJSON; `{profile}` in PATH writes a file per profile) or
-    /// `http://HOST:PORT` (posts to a running teleguard's /api/ingest/{profile}).
+    /// `stdout`, `file:PATH` (NDJSON; `{profile}` in PATH writes a file per profile),
+    /// `http://HOST:PORT` (posts to a running teleguard's /api/ingest/{profile}), or
+    /// `mqtt://HOST:PORT/TOPIC` / `mqtts://...` (QoS 1, waiting for the broker's PUBACKs;
+    /// `{profile}` in TOPIC; default topic iot/telemetry).
     #[arg(long, value_name = "TARGET", default_value = "stdout")]
     to: String,
+    /// mqtts://: the CA that signed the broker's certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// mqtts:// with mutual TLS: the client certificate (PEM).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// mqtts:// with mutual TLS: the client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// MQTT client id; it names the persistent session that survives a broker restart.
+    #[arg(long, value_name = "ID", default_value = "teleguard-simulate")]
+    client_id: String,
+    /// MQTT: messages published but not yet acknowledged by the broker, at most.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    inflight: u16,
 }
 
 /// Simulated time generated per step when running flat out.
@@ -86,10 +104,13 @@ enum Target {
     PerProfile { pattern: String, files: BTreeMap<&'static str, BufWriter<File>> },
     /// A running teleguard: NDJSON bodies per profile, posted when full or at each step.
     Http { base: String, client: reqwest::Client, bodies: BTreeMap<&'static str, (Vec<u8>, usize)> },
+    /// An MQTT broker: messages are published at each step, in order.
+    Mqtt { publisher: Option<Publisher>, pending: Vec<(&'static str, Vec<u8>)> },
 }
 
 impl Target {
-    fn open(to: &str) -> anyhow::Result<Target> {
+    fn open(args: &SimulateArgs) -> anyhow::Result<Target> {
+        let to = args.to.as_str();
         if to == "stdout" || to == "-" {
             return Ok(Target::Stream(Box::new(BufWriter::with_capacity(1 << 20, std::io::stdout()))));
         }
@@ -107,10 +128,15 @@ impl Target {
                 bodies: BTreeMap::new(),
             });
         }
-        if to.starts_with("mqtt://") || to.starts_with("kafka://") {
-            bail!("--to {to:?}: MQTT and Kafka targets are not built yet; use stdout, file:PATH or http://HOST:PORT");
+        if to.starts_with("mqtt://") || to.starts_with("mqtts://") {
+            let tls = TlsFiles { ca: args.ca.clone(), cert: args.cert.clone(), key: args.key.clone() };
+            let publisher = Publisher::connect(to, &tls, &args.client_id, args.inflight)?;
+            return Ok(Target::Mqtt { publisher: Some(publisher), pending: Vec::new() });
         }
-        bail!("--to {to:?} is not a target: use stdout, file:PATH or http://HOST:PORT")
+        if to.starts_with("kafka://") {
+            bail!("--to {to:?}: the Kafka target is not built yet; use stdout, file:PATH, http:// or mqtt://");
+        }
+        bail!("--to {to:?} is not a target: use stdout, file:PATH, http://HOST:PORT or mqtt://HOST:PORT/TOPIC")
     }
 
     /// Posts every full (or, with `all`, every non-empty) HTTP body; writes are unbuffered otherwise.
@@ -146,7 +172,24 @@ impl Target {
                 }
                 Ok(())
             }
+            Target::Mqtt { publisher: Some(publisher), pending } => {
+                for (profile, payload) in pending.drain(..) {
+                    publisher.publish(profile, payload).await?;
+                }
+                Ok(())
+            }
             _ => Ok(()),
+        }
+    }
+
+    /// Waits for the broker's acknowledgement of everything published (MQTT); their count.
+    async fn finish(&mut self) -> anyhow::Result<Option<u64>> {
+        match self {
+            Target::Mqtt { publisher, .. } => match publisher.take() {
+                Some(publisher) => Ok(Some(publisher.finish().await?)),
+                None => Ok(None),
+            },
+            _ => Ok(None),
         }
     }
 }
@@ -211,6 +254,10 @@ impl SimSink for Sink<'_> {
                 *count += 1;
                 Ok(())
             }
+            Target::Mqtt { pending, .. } => {
+                pending.push((profile, payload.to_vec()));
+                Ok(())
+            }
         };
         if let Err(e) = result
             && self.error.is_none()
@@ -248,7 +295,7 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         entities: args.entities,
     };
     let mut simulator = Simulator::new(&settings).map_err(anyhow::Error::msg)?;
-    let mut target = Target::open(&args.to)?;
+    let mut target = Target::open(&args)?;
     let end_ms = start_ms + duration_ms;
 
     let progress = ProgressBar::new((duration_ms / 1000) as u64);
@@ -283,6 +330,7 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         progress.set_message(format!("{written} readings"));
     }
     target.flush(true).await?;
+    let acknowledged = target.finish().await?;
     simulator.finish();
     progress.finish_and_clear();
     let labels = simulator.take_labels();
@@ -296,6 +344,9 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         *kinds.entry(label.kind.as_str()).or_default() += 1;
     }
     let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    if let Some(acknowledged) = acknowledged {
+        eprintln!("the broker acknowledged all {acknowledged} messages (QoS 1)");
+    }
     eprintln!(
         "simulated {} of {} entities: {written} readings in {seconds:.2} s ({:.0} readings/s); {} anomalies injected{}",
         args.duration,
