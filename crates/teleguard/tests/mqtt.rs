@@ -270,6 +270,11 @@ async fn the_reference_sample_over_tls_is_stored_and_bad_messages_are_quarantine
     std::fs::write(&huge, format!("{{\"drone_id\": \"d-huge\", \"padding\": \"{padding}\"}}")).unwrap();
     let output = broker.publish_on(broker.tls, &tls, &["-t", "iot/telemetry", "-f", huge.to_str().unwrap()]);
     assert!(output.status.success(), "mosquitto_pub -f: {}", String::from_utf8_lossy(&output.stderr));
+    // The same reading as an Avro single-object message, written with the shipped schema.
+    let avro = dir.path().join("sample.avro");
+    std::fs::write(&avro, common::reference_sample_single_object("avro-dev", 1_725_446_400_000)).unwrap();
+    let output = broker.publish_on(broker.tls, &tls, &["-t", "iot/telemetry", "-f", avro.to_str().unwrap()]);
+    assert!(output.status.success(), "mosquitto_pub -f (Avro): {}", String::from_utf8_lossy(&output.stderr));
     // The connection survives the oversized message: a reading after it still arrives.
     publish(&drone_message("d-after", 1_725_446_401_000));
 
@@ -286,6 +291,9 @@ async fn the_reference_sample_over_tls_is_stored_and_bad_messages_are_quarantine
     assert_eq!(sample["timestamp"], "2024-09-04T10:40:00.000Z");
     assert_eq!(sample["metrics"]["battery_level"], 87.5);
     assert_eq!(sample["metrics"]["signal_strength"], -67.0);
+    let from_avro = get_json(&http, &server.url("/api/readings?entity=avro-dev")).await;
+    assert_eq!(from_avro[0]["metrics"], sample["metrics"], "{from_avro:#}");
+    assert_eq!(from_avro[0]["timestamp"], sample["timestamp"]);
 
     let reasons = dead_letter_reasons(&server).await;
     assert_eq!(reasons.len(), 4, "{reasons:#?}");

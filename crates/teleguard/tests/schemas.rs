@@ -4,9 +4,7 @@
 
 mod common;
 
-use apache_avro::Schema;
-use apache_avro::types::{Record, Value};
-use common::{Server, client, get_json, post, wait_for};
+use common::{Server, client, drone_avro_schema, get_json, post, reference_sample_avro, wait_for};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -36,27 +34,6 @@ fn schema_export_prints_the_shipped_schemas() {
     assert!(!ok && error.contains("unknown profile \"submarine\"; known profiles: vehicle, drone"), "{error}");
 }
 
-/// Reference 001's sample drone message as an Avro record of `schema`.
-fn sample_record(schema: &Schema, drone_id: &str, timestamp_ms: i64) -> Value {
-    let mut record = Record::new(schema).unwrap();
-    record.put("timestamp", Value::TimestampMillis(timestamp_ms));
-    record.put("drone_id", drone_id);
-    for (field, value) in [
-        ("latitude", 37.7749),
-        ("longitude", -122.4194),
-        ("altitude", 120.5),
-        ("velocity", 12.3),
-        ("acceleration_x", 0.1),
-        ("acceleration_y", -0.2),
-        ("acceleration_z", 0.0),
-        ("battery_level", 87.5),
-        ("signal_strength", -67.0),
-    ] {
-        record.put(field, value);
-    }
-    record.into()
-}
-
 async fn post_avro(
     client: &reqwest::Client,
     server: &Server,
@@ -76,7 +53,7 @@ async fn post_avro(
 #[tokio::test(flavor = "multi_thread")]
 async fn avro_messages_are_read_like_json_and_broken_ones_are_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
-    let schema = Schema::parse_str(&shipped("drone_telemetry.avsc")).unwrap();
+    let schema = drone_avro_schema();
     // A second profile reads bare datums of a writer schema named in the config.
     let schema_path = dir.path().join("drone_telemetry.avsc");
     std::fs::write(&schema_path, shipped("drone_telemetry.avsc")).unwrap();
@@ -104,16 +81,17 @@ async fn avro_messages_are_read_like_json_and_broken_ones_are_dead_letters() {
     // Single-object encoding, by content type and (without it) by its marker.
     let mut writer = apache_avro::GenericSingleObjectWriter::new_with_capacity(&schema, 256).unwrap();
     let mut single = Vec::new();
-    writer.write_value(sample_record(&schema, "avro-1", 1_725_446_400_000), &mut single).unwrap();
+    writer.write_value(reference_sample_avro(&schema, "avro-1", 1_725_446_400_000), &mut single).unwrap();
     let (status, answer) = post_avro(&client, &server, "drone", single.clone()).await;
     assert_eq!((status, answer["accepted"].as_u64()), (202, Some(1)), "{answer}");
     let mut unlabelled = Vec::new();
-    writer.write_value(sample_record(&schema, "avro-2", 1_725_446_401_000), &mut unlabelled).unwrap();
+    writer.write_value(reference_sample_avro(&schema, "avro-2", 1_725_446_401_000), &mut unlabelled).unwrap();
     let (status, answer) = post(&client, &server, "drone", unlabelled).await;
     assert_eq!((status, answer["accepted"].as_u64()), (202, Some(1)), "{answer}");
 
     // A bare datum, for the profile whose config names its writer schema.
-    let datum = apache_avro::to_avro_datum(&schema, sample_record(&schema, "avro-3", 1_725_446_402_000)).unwrap();
+    let datum =
+        apache_avro::to_avro_datum(&schema, reference_sample_avro(&schema, "avro-3", 1_725_446_402_000)).unwrap();
     let (status, answer) = post_avro(&client, &server, "legacy_drone", datum.clone()).await;
     assert_eq!((status, answer["accepted"].as_u64()), (202, Some(1)), "{answer}");
 

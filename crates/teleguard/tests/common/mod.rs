@@ -121,3 +121,46 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The schema `schemas/drone_telemetry.avsc` ships.
+pub fn drone_avro_schema() -> apache_avro::Schema {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas/drone_telemetry.avsc");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    apache_avro::Schema::parse_str(&text).expect("the shipped drone schema parses")
+}
+
+/// Reference 001's sample reading, for `drone_id` at `timestamp_ms`, as an Avro record of the
+/// drone schema.
+pub fn reference_sample_avro(
+    schema: &apache_avro::Schema,
+    drone_id: &str,
+    timestamp_ms: i64,
+) -> apache_avro::types::Value {
+    use apache_avro::types::{Record, Value};
+    let mut record = Record::new(schema).expect("a record schema");
+    record.put("timestamp", Value::TimestampMillis(timestamp_ms));
+    record.put("drone_id", drone_id);
+    for (field, value) in [
+        ("latitude", 37.7749),
+        ("longitude", -122.4194),
+        ("altitude", 120.5),
+        ("velocity", 12.3),
+        ("acceleration_x", 0.1),
+        ("acceleration_y", -0.2),
+        ("acceleration_z", 0.0),
+        ("battery_level", 87.5),
+        ("signal_strength", -67.0),
+    ] {
+        record.put(field, value);
+    }
+    record.into()
+}
+
+/// [`reference_sample_avro`] in Avro's single-object encoding, as a device would send it.
+pub fn reference_sample_single_object(drone_id: &str, timestamp_ms: i64) -> Vec<u8> {
+    let schema = drone_avro_schema();
+    let mut writer = apache_avro::GenericSingleObjectWriter::new_with_capacity(&schema, 256).expect("a writer");
+    let mut bytes = Vec::new();
+    writer.write_value(reference_sample_avro(&schema, drone_id, timestamp_ms), &mut bytes).expect("encodes");
+    bytes
+}
