@@ -55,13 +55,14 @@ pub struct RawNovelty {
     /// Readings after an anomaly during which the metric scores 0 and learns.
     #[serde(default = "default_novelty_rest")]
     pub rest_readings: u64,
-    /// Novelty (fraction of new sequences, in [0, 1]) from which a reading is an anomaly.
+    /// Score (in [0, 1]) from which a reading is an anomaly.
     #[serde(default = "default_novelty_threshold")]
     pub threshold: f64,
-    /// Readings the running mean and variance of the averaged novelty reach back over.
+    /// Readings the running mean and variance of the averaged novelty reach back over; 0
+    /// scores the novelty itself instead of how unusual it is.
     #[serde(default = "default_novelty_history")]
     pub history_readings: u64,
-    /// Bits of each of the two Bloom filters of sequences seen, as a power of two (16: 8 KiB).
+    /// Bits of each of the two Bloom filters of sequences seen, as a power of two (14: 2 KiB).
     #[serde(default = "default_novelty_memory")]
     pub memory_bits_log2: u32,
     /// Metrics to watch; all of the profile's by default.
@@ -145,22 +146,22 @@ fn default_novelty_levels() -> usize {
     8
 }
 fn default_novelty_orders() -> usize {
-    6
+    3
 }
 fn default_novelty_learning() -> usize {
-    150
+    300
 }
 fn default_novelty_rest() -> u64 {
-    100
+    200
 }
 fn default_novelty_threshold() -> f64 {
-    0.5
+    0.2
 }
 fn default_novelty_history() -> u64 {
     8640
 }
 fn default_novelty_memory() -> u32 {
-    16
+    14
 }
 fn default_scope() -> String {
     "profile".into()

@@ -195,9 +195,18 @@ fn evaluate_corpus(
                 windows: &windows[&file.key],
             })
             .collect();
+        // The detector's own threshold, where it raises anomalies live, in the [0, 1] scores.
+        let own_threshold = detections
+            .iter()
+            .find(|d| &d.detector == detector && d.threshold.is_some())
+            .map(|d| nab_score::nab_score(detector, d.threshold, d.threshold));
         for profile in profiles {
             let score = nab_score::score_corpus(&files, &profile.costs, None).context("NAB labels")?;
-            nab.push(NabRow { detector: detector.clone(), profile: profile.name.clone(), score });
+            let at_own_threshold = own_threshold
+                .map(|threshold| nab_score::score_corpus(&files, &profile.costs, Some(threshold)))
+                .transpose()
+                .context("NAB labels")?;
+            nab.push(NabRow { detector: detector.clone(), profile: profile.name.clone(), score, at_own_threshold });
         }
     }
     Ok(Evaluation { matching, nab })
