@@ -333,10 +333,10 @@ impl Detector for NoveltyDetector {
                 continue;
             }
             let state = states[index].get_or_insert_with(|| MetricState::new(settings));
-            if let Some(judgement) = state.observe(x, settings) {
-                if judgement.is_anomaly || findings.keeps_scores() {
-                    record(observation, settings, metric, x, judgement, findings);
-                }
+            if let Some(judgement) = state.observe(x, settings)
+                && (judgement.is_anomaly || findings.keeps_scores())
+            {
+                record(observation, settings, metric, x, judgement, findings);
             }
         }
     }
@@ -373,14 +373,23 @@ fn record(
         score: judgement.score,
         threshold: settings.threshold,
         severity: Severity::from_excess(judgement.score, settings.threshold),
-        reason: format!(
-            "{name} {} ({level_text}) ends {}% of its {} level sequences never seen before; \
-             as many new sequences in its last {AVERAGE_READINGS} readings is unusual for it (score {})",
-            ForPeople(x),
-            ForPeople(novel_percent),
-            settings.orders,
-            ForPeople(judgement.score),
-        ),
+        reason: if settings.history_readings == 0 {
+            format!(
+                "{name} {} ({level_text}) ends {}% of its {} level sequences never seen before",
+                ForPeople(x),
+                ForPeople(novel_percent),
+                settings.orders,
+            )
+        } else {
+            format!(
+                "{name} {} ({level_text}) ends {}% of its {} level sequences never seen before; \
+                 as many new sequences in its last {AVERAGE_READINGS} readings is unusual for it (score {})",
+                ForPeople(x),
+                ForPeople(novel_percent),
+                settings.orders,
+                ForPeople(judgement.score),
+            )
+        },
         features: vec![
             (Arc::from("value"), x),
             (Arc::from("level"), judgement.level as f64),

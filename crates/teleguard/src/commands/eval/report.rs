@@ -68,8 +68,8 @@ fn table(evaluation: &Evaluation) -> String {
     if !evaluation.nab.is_empty() {
         let _ = writeln!(
             out,
-            "\n{:<24} {:<20} {:>9} {:>10} {:>16} {:>14}   {}",
-            "NAB score of", "profile", "score", "threshold", "windows found", "false pos. rows", "at own threshold"
+            "\n{:<24} {:<20} {:>9} {:>10} {:>16} {:>14}   at own threshold",
+            "NAB score of", "profile", "score", "threshold", "windows found", "false pos. rows"
         );
         for nab in &evaluation.nab {
             let found = format!("{} of {}", nab.score.detected_windows, nab.score.windows);
