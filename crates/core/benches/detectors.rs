@@ -8,15 +8,17 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 use teleguard_core::detect::isolation_forest::{IsolationForest, IsolationForestDetector, ModelRegistry};
+use teleguard_core::detect::novelty::NoveltyDetector;
 use teleguard_core::detect::rules::{
     geofence::GeofenceBreachDetector, stop::UnusualStopDetector, teleport::TeleportDetector,
 };
+use teleguard_core::detect::settings::{ProfileShape, RawDetectors};
 use teleguard_core::detect::zscore::ZScoreDetector;
 use teleguard_core::detect::{Detector, Findings, Observation};
 use teleguard_core::enrich::{Enricher, parse_drivers};
 use teleguard_core::geo::GeofenceIndex;
 use teleguard_core::model::{Enrichment, Reading};
-use teleguard_core::profile::ProfileRegistry;
+use teleguard_core::profile::{Profile, ProfileRegistry};
 use teleguard_core::simulate::{SimSettings, Simulator};
 use teleguard_core::validate::validate;
 
@@ -72,6 +74,33 @@ fn observe_all(
     }
 }
 
+/// `profile` with sequence novelty on (its default settings) for every metric: the built-in
+/// profiles leave it off.
+fn with_novelty(profile: &Profile) -> Profile {
+    let detectors = RawDetectors { novelty: Some(toml::from_str("").unwrap()), ..Default::default() };
+    let shape = ProfileShape {
+        metric_names: profile.metrics.iter().map(|m| &*m.name).collect(),
+        has_position: false,
+        enriches_zones: false,
+    };
+    let mut errors = Vec::new();
+    let novelty = detectors.validate(&shape, &mut errors).novelty;
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut profile = profile.clone();
+    profile.detectors.novelty = novelty;
+    profile
+}
+
+/// Like [`observe_all`] with every reading judged under `profile`.
+fn observe_all_as(detector: &mut dyn Detector, profile: &Profile, readings: &[Reading], enrichments: &[Enrichment]) {
+    let mut findings = Findings::default();
+    for (reading, enrichment) in readings.iter().zip(enrichments) {
+        findings.clear();
+        detector.observe(Observation { profile, reading, enrichment }, &mut findings);
+        black_box(&findings);
+    }
+}
+
 fn main() {
     let registry = ProfileRegistry::with_builtins(Default::default()).unwrap();
     let n = if std::env::args().any(|a| a == "--bench") { 500_000 } else { 5_000 };
@@ -86,6 +115,15 @@ fn main() {
     let mut zscore = ZScoreDetector::default();
     report("zscore, 7 metrics per reading", "updates", drone_updates, || {
         observe_all(&mut zscore, &registry, &drones, &none)
+    });
+
+    let environment_profile = with_novelty(registry.by_name("environment").unwrap());
+    let mut novelty = NoveltyDetector::default();
+    report("novelty", "updates", n, || observe_all_as(&mut novelty, &environment_profile, &environment, &none));
+    let drone_profile = with_novelty(registry.by_name("drone").unwrap());
+    let mut novelty = NoveltyDetector::default();
+    report("novelty, 7 metrics per reading", "updates", drone_updates, || {
+        observe_all_as(&mut novelty, &drone_profile, &drones, &none)
     });
 
     let row = |r: &Reading| -> Vec<f64> { r.metrics.iter().map(|(_, v)| *v).collect() };

@@ -341,6 +341,9 @@ impl ProfileRegistry {
                 if off(crate::detect::isolation_forest::NAME) {
                     d.isolation_forest = None;
                 }
+                if off(crate::detect::novelty::NAME) {
+                    d.novelty = None;
+                }
                 if off(crate::detect::rules::teleport::NAME) {
                     d.teleport = None;
                 }

@@ -35,6 +35,15 @@ pub struct RawConfig {
     pub profiles: BTreeMap<String, RawProfile>,
 }
 
+impl RawConfig {
+    /// Reads a TOML config file, before validation.
+    pub fn read(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("cannot read config file {}: {e}", path.display())]))?;
+        toml::from_str(&text).map_err(|e| ConfigError(vec![format!("config file {}: {e}", path.display())]))
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
@@ -142,11 +151,7 @@ impl Config {
     /// Reads `path` (if any), applies `overrides`, and validates everything at once.
     pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
         let raw = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError(vec![format!("cannot read config file {}: {e}", path.display())]))?;
-                toml::from_str(&text).map_err(|e| ConfigError(vec![format!("config file {}: {e}", path.display())]))?
-            }
+            Some(path) => RawConfig::read(path)?,
             None => RawConfig::default(),
         };
         Self::validate(raw, overrides)

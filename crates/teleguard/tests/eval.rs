@@ -194,3 +194,70 @@ fn broken_files_are_refused_naming_file_and_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("labels file {}: line 2, column", labels.display())), "{stderr}");
 }
+
+/// A NAB-shaped folder with one file of 2,000 five-minute rows repeating 10, 11, 12, 11 and a
+/// jump to 40 at row 1,500, inside a window over rows 1,450-1,549.
+fn nab_with_one_spike(dir: &Path) {
+    // From 2014-04-01 00:00, five minutes apart: 2,000 rows end on April 7th.
+    let timestamp = |row: i64| {
+        let minutes = row * 5;
+        format!("2014-04-{:02} {:02}:{:02}:00", 1 + minutes / 1440, minutes % 1440 / 60, minutes % 60)
+    };
+    let mut csv = String::from("timestamp,value\n");
+    for row in 0..2000 {
+        let value = if row == 1500 { 40.0 } else { [10.0, 11.0, 12.0, 11.0][row as usize % 4] };
+        csv.push_str(&format!("{},{value}\n", timestamp(row)));
+    }
+    write(&dir.join("data/cat/spike.csv"), &csv);
+    let window = [format!("{}.000000", timestamp(1450)), format!("{}.000000", timestamp(1549))];
+    write(&dir.join("labels/combined_windows.json"), &json!({ "cat/spike.csv": [window] }).to_string());
+    write(
+        &dir.join("config/profiles.json"),
+        r#"{"standard": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 1.0, "fpWeight": 0.11, "tnWeight": 1.0}}}"#,
+    );
+}
+
+#[test]
+fn nab_run_of_sequence_novelty_finds_the_spike_and_writes_the_scores_nab_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    nab_with_one_spike(dir.path());
+    let scores = dir.path().join("scores.ndjson");
+    let run = json_of(&teleguard(&[
+        "eval",
+        "--nab",
+        dir.path().to_str().unwrap(),
+        "--detector",
+        "novelty",
+        "--scores-out",
+        scores.to_str().unwrap(),
+        "--json",
+    ]));
+    let overall = &run["overall"];
+    assert_eq!(
+        (overall["detected_labels"].as_u64(), overall["false_detections"].as_u64()),
+        (Some(1), Some(0)),
+        "{run}"
+    );
+    let nab = &run["nab"][0];
+    assert_eq!(nab["detector"], "novelty");
+    assert!(nab["score"].as_f64().unwrap() > 80.0, "detected early in its window: {nab}");
+    // At the detector's own threshold (0.2 by default) the same window, no false positive.
+    let own = &nab["at_own_threshold"];
+    assert_eq!((own["threshold"].as_f64(), own["detected_windows"].as_u64()), (Some(0.2), Some(1)), "{nab}");
+    assert_eq!(own["false_positive_rows"], 0);
+
+    // The learning period's 300 rows have no score; the others their [0, 1] score as NAB's.
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&scores).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2000 - 300);
+    for line in &lines {
+        let score = line["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score), "{line}");
+        assert_eq!(line["nab_score"].as_f64(), Some(score), "{line}");
+        assert_eq!(line["is_anomaly"].as_bool(), Some(score >= 0.2), "{line}");
+    }
+    let flagged: Vec<&Value> = lines.iter().filter(|l| l["is_anomaly"] == true).collect();
+    assert_eq!(flagged.len(), 1, "{flagged:?}");
+    let labels = dir.path().join("labels/combined_windows.json");
+    assert_eq!(eval_json(&labels, &scores), run, "its scores score the same again");
+}

@@ -5,10 +5,12 @@
 //!
 //! - [`zscore`]: rolling z-score / 3-sigma per entity and metric.
 //! - [`isolation_forest`]: Liu et al.'s isolation forest over a profile's features.
+//! - [`novelty`]: sequence novelty per entity and metric (contextual anomaly detection).
 //! - [`rules`]: track rules over enriched vehicle readings (teleport, geofence, stops).
 //! - [`settings`]: how a profile configures each of them.
 
 pub mod isolation_forest;
+pub mod novelty;
 pub mod rules;
 pub mod settings;
 pub mod zscore;
@@ -103,6 +105,7 @@ impl DetectorSet {
             detectors: vec![
                 Box::new(zscore::ZScoreDetector::default()),
                 Box::new(isolation_forest::IsolationForestDetector::new(models)),
+                Box::new(novelty::NoveltyDetector::default()),
                 Box::new(rules::teleport::TeleportDetector::default()),
                 Box::new(rules::geofence::GeofenceBreachDetector::default()),
                 Box::new(rules::stop::UnusualStopDetector::default()),
@@ -118,8 +121,14 @@ impl DetectorSet {
 }
 
 /// The names of every shipped detector.
-pub const DETECTOR_NAMES: [&str; 5] =
-    [zscore::NAME, isolation_forest::NAME, rules::teleport::NAME, rules::geofence::NAME, rules::stop::NAME];
+pub const DETECTOR_NAMES: [&str; 6] = [
+    zscore::NAME,
+    isolation_forest::NAME,
+    novelty::NAME,
+    rules::teleport::NAME,
+    rules::geofence::NAME,
+    rules::stop::NAME,
+];
 
 /// A number written the way a person reads it: at most two decimals, no trailing zeros,
 /// thousands separated, very large values in scientific notation.

@@ -14,6 +14,7 @@ pub struct RawDetectors {
     pub teleport: Option<RawTeleport>,
     pub geofence_breach: Option<RawGeofenceBreach>,
     pub unusual_stop: Option<RawUnusualStop>,
+    pub novelty: Option<RawNovelty>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -33,6 +34,39 @@ impl Default for RawZScore {
     fn default() -> Self {
         RawZScore { enabled: true, window: default_window(), threshold: default_threshold(), metrics: None }
     }
+}
+
+/// Sequence novelty (`detect::novelty`); off unless a profile has the table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNovelty {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Levels the learned range is cut into.
+    #[serde(default = "default_novelty_levels")]
+    pub levels: usize,
+    /// Sequence lengths judged per reading: the level alone, with the one before, ... up to
+    /// this many levels.
+    #[serde(default = "default_novelty_orders")]
+    pub orders: usize,
+    /// Readings per metric that only teach the range and the sequences, without verdicts.
+    #[serde(default = "default_novelty_learning")]
+    pub learning_readings: usize,
+    /// Readings after an anomaly during which the metric scores 0 and learns.
+    #[serde(default = "default_novelty_rest")]
+    pub rest_readings: u64,
+    /// Score (in [0, 1]) from which a reading is an anomaly.
+    #[serde(default = "default_novelty_threshold")]
+    pub threshold: f64,
+    /// Readings the running mean and variance of the averaged novelty reach back over; 0
+    /// scores the novelty itself instead of how unusual it is.
+    #[serde(default = "default_novelty_history")]
+    pub history_readings: u64,
+    /// Bits of each of the two Bloom filters of sequences seen, as a power of two (14: 2 KiB).
+    #[serde(default = "default_novelty_memory")]
+    pub memory_bits_log2: u32,
+    /// Metrics to watch; all of the profile's by default.
+    pub metrics: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +142,27 @@ fn default_window() -> usize {
 fn default_threshold() -> f64 {
     3.0
 }
+fn default_novelty_levels() -> usize {
+    8
+}
+fn default_novelty_orders() -> usize {
+    3
+}
+fn default_novelty_learning() -> usize {
+    300
+}
+fn default_novelty_rest() -> u64 {
+    200
+}
+fn default_novelty_threshold() -> f64 {
+    0.2
+}
+fn default_novelty_history() -> u64 {
+    8640
+}
+fn default_novelty_memory() -> u32 {
+    14
+}
 fn default_scope() -> String {
     "profile".into()
 }
@@ -152,6 +207,24 @@ fn default_safe_zones() -> Vec<String> {
 pub struct ZScoreSettings {
     pub window: NonZeroUsize,
     pub threshold: f64,
+    /// Per metric of the profile: watched or not.
+    pub watched: Vec<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoveltySettings {
+    pub levels: usize,
+    /// 1 to `detect::novelty::MAX_ORDERS`.
+    pub orders: usize,
+    /// At least 2.
+    pub learning_readings: usize,
+    pub rest_readings: u64,
+    /// At least 1.
+    pub history_readings: u64,
+    /// In (0, 1].
+    pub threshold: f64,
+    /// 6 (one word) to 24.
+    pub memory_bits_log2: u32,
     /// Per metric of the profile: watched or not.
     pub watched: Vec<bool>,
 }
@@ -213,6 +286,7 @@ pub struct DetectorSettings {
     pub teleport: Option<TeleportSettings>,
     pub geofence_breach: Option<GeofenceBreachSettings>,
     pub unusual_stop: Option<UnusualStopSettings>,
+    pub novelty: Option<NoveltySettings>,
 }
 
 /// What validation needs to know about the profile.
@@ -334,6 +408,41 @@ impl RawDetectors {
                 safe_zones: raw.safe_zones,
             }
         });
-        DetectorSettings { zscore, isolation_forest, teleport, geofence_breach, unusual_stop }
+        let novelty = self.novelty.filter(|n| n.enabled).map(|raw| {
+            let max_orders = crate::detect::novelty::MAX_ORDERS;
+            if raw.levels == 0 || raw.orders == 0 || raw.orders > max_orders || raw.learning_readings < 2 {
+                errors.push(format!(
+                    "detectors.novelty: levels {} must be at least 1, orders {} from 1 to {max_orders}, \
+                     learning_readings {} at least 2",
+                    raw.levels, raw.orders, raw.learning_readings
+                ));
+            }
+            if !(raw.threshold > 0.0 && raw.threshold <= 1.0) {
+                errors.push(format!("detectors.novelty.threshold {} must lie in (0, 1]", raw.threshold));
+            }
+            if !(6..=24).contains(&raw.memory_bits_log2) {
+                errors.push(format!(
+                    "detectors.novelty.memory_bits_log2 {} must lie from 6 (8 bytes) to 24 (2 MiB per filter)",
+                    raw.memory_bits_log2
+                ));
+            }
+            let mut watched = vec![raw.metrics.is_none(); shape.metric_names.len()];
+            for name in raw.metrics.iter().flatten() {
+                if let Some(index) = metric(name, "detectors.novelty.metrics", errors) {
+                    watched[usize::from(index)] = true;
+                }
+            }
+            NoveltySettings {
+                levels: raw.levels.max(1),
+                orders: raw.orders.clamp(1, max_orders),
+                learning_readings: raw.learning_readings.max(2),
+                rest_readings: raw.rest_readings,
+                history_readings: raw.history_readings,
+                threshold: raw.threshold,
+                memory_bits_log2: raw.memory_bits_log2.clamp(6, 24),
+                watched,
+            }
+        });
+        DetectorSettings { zscore, isolation_forest, teleport, geofence_breach, unusual_stop, novelty }
     }
 }

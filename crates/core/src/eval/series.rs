@@ -10,11 +10,13 @@ use std::sync::Arc;
 /// its own `[profiles.series]` (e.g. to tune `detectors.zscore`).
 pub const SERIES_PROFILE: &str = "series";
 
-/// One metric, `value`, without bounds; the rolling z-score on by default like every profile.
+/// One metric, `value`, without bounds; the rolling z-score on by default like every profile,
+/// and sequence novelty with its default settings.
 const SERIES_PROFILE_TOML: &str = r#"
 description = "one univariate series, a value per timestamp (e.g. a NAB data file)"
 entity_field = "series"
 metrics = [{ field = "value" }]
+detectors.novelty = {}
 "#;
 
 /// The built-in `series` profile, before validation.

@@ -27,8 +27,8 @@ pub struct BenchArgs {
     /// Pipeline worker threads [default: one per core but one, at least one].
     #[arg(long)]
     workers: Option<usize>,
-    /// Detectors to run, comma-separated (zscore, isolation_forest, teleport, geofence_breach,
-    /// unusual_stop), or `all`.
+    /// Detectors to run, comma-separated (zscore, isolation_forest, novelty, teleport,
+    /// geofence_breach, unusual_stop), or `all` (those each profile enables).
     #[arg(long, default_value = "all")]
     detectors: String,
     /// Repeat the whole run this many times (a fresh store each time) and report the best and
@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// Store folder; a fresh temporary one (removed afterwards) by default.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// TOML config file whose profiles (e.g. with `detectors.novelty` on) the run uses; its
+    /// data_dir and simulator are ignored.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -77,8 +81,13 @@ async fn run_once(args: &BenchArgs, batches: Batches, run: usize) -> anyhow::Res
         Some(dir) => dir.clone(),
         None => temporary.clone().expect("a temporary folder"),
     };
-    let mut raw = RawConfig::default();
-    raw.pipeline.workers = args.workers;
+    let mut raw = match &args.config {
+        Some(path) => RawConfig::read(path)?,
+        None => RawConfig::default(),
+    };
+    if args.workers.is_some() {
+        raw.pipeline.workers = args.workers;
+    }
     let overrides = Overrides { data_dir: Some(data_dir.clone()), simulate: Some("none".into()), ..Default::default() };
     let mut config = Config::validate(raw, overrides)?;
     if args.detectors != "all" {

@@ -129,6 +129,16 @@ pub fn unit_score(score: Option<f64>, threshold: Option<f64>) -> f64 {
     if score == 0.0 { 0.0 } else { score / (score + threshold) }
 }
 
+/// The [0, 1] score NAB is computed on for one of `detector`'s scores: the score itself for a
+/// detector whose scores already lie in [0, 1] (sequence novelty), [`unit_score`] otherwise.
+pub fn nab_score(detector: &str, score: Option<f64>, threshold: Option<f64>) -> f64 {
+    if detector == crate::detect::novelty::NAME {
+        score.filter(|s| s.is_finite()).map_or(0.0, |s| s.clamp(0.0, 1.0))
+    } else {
+        unit_score(score, threshold)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

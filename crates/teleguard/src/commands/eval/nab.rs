@@ -15,7 +15,7 @@ use teleguard_core::detect::{DETECTOR_NAMES, DetectorSet};
 use teleguard_core::eval::detections::Detection;
 use teleguard_core::eval::labels::Label;
 use teleguard_core::eval::matching::{TypeScore, evaluate_labels};
-use teleguard_core::eval::nab::{self as nab_score, ScoredFile, ScoringProfile, Windows, unit_score};
+use teleguard_core::eval::nab::{self as nab_score, ScoredFile, ScoringProfile, Windows};
 use teleguard_core::eval::series::{SERIES_PROFILE, detect_series, series_profile};
 use teleguard_core::profile::ProfileRegistry;
 use teleguard_core::time::format_millis;
@@ -195,16 +195,25 @@ fn evaluate_corpus(
                 windows: &windows[&file.key],
             })
             .collect();
+        // The detector's own threshold, where it raises anomalies live, in the [0, 1] scores.
+        let own_threshold = detections
+            .iter()
+            .find(|d| &d.detector == detector && d.threshold.is_some())
+            .map(|d| nab_score::nab_score(detector, d.threshold, d.threshold));
         for profile in profiles {
             let score = nab_score::score_corpus(&files, &profile.costs, None).context("NAB labels")?;
-            nab.push(NabRow { detector: detector.clone(), profile: profile.name.clone(), score });
+            let at_own_threshold = own_threshold
+                .map(|threshold| nab_score::score_corpus(&files, &profile.costs, Some(threshold)))
+                .transpose()
+                .context("NAB labels")?;
+            nab.push(NabRow { detector: detector.clone(), profile: profile.name.clone(), score, at_own_threshold });
         }
     }
     Ok(Evaluation { matching, nab })
 }
 
 /// Every row's score in [0, 1] for one detector: the highest of its lines for that row
-/// (mapped by [`unit_score`]), 0 for rows without one.
+/// (mapped by [`nab_score::nab_score`]), 0 for rows without one.
 fn row_scores(series: &[Series], detections: &[Detection], detector: &str) -> Vec<Vec<f64>> {
     let index: HashMap<&str, usize> = series.iter().enumerate().map(|(i, file)| (file.key.as_str(), i)).collect();
     let rows: Vec<HashMap<i64, usize>> =
@@ -213,7 +222,7 @@ fn row_scores(series: &[Series], detections: &[Detection], detector: &str) -> Ve
     for detection in detections.iter().filter(|d| d.detector == detector) {
         let Some(&file) = index.get(detection.entity.as_str()) else { continue };
         let Some(&row) = rows[file].get(&detection.time_ms) else { continue };
-        let score = unit_score(detection.score, detection.threshold);
+        let score = nab_score::nab_score(detector, detection.score, detection.threshold);
         scores[file][row] = scores[file][row].max(score);
     }
     scores
@@ -296,8 +305,10 @@ fn write_scores(path: &Path, detections: &[Detection]) -> anyhow::Result<()> {
     let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut out = BufWriter::new(file);
     for d in detections {
+        let nab = nab_score::nab_score(&d.detector, d.score, d.threshold);
         let line = serde_json::json!({"entity": d.entity, "timestamp": format_millis(d.time_ms), "detector": d.detector,
-                                      "score": d.score, "threshold": d.threshold, "is_anomaly": d.is_anomaly});
+                                      "score": d.score, "threshold": d.threshold, "is_anomaly": d.is_anomaly,
+                                      "nab_score": nab});
         serde_json::to_writer(&mut out, &line)?;
         out.write_all(b"\n")?;
     }

@@ -24,6 +24,9 @@ pub struct NabRow {
     pub profile: String,
     #[serde(flatten)]
     pub score: NabScore,
+    /// The same at the detector's own threshold (the one it raises anomalies at live).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_own_threshold: Option<NabScore>,
 }
 
 pub fn print(evaluation: &Evaluation, json: bool) -> anyhow::Result<()> {
@@ -65,14 +68,21 @@ fn table(evaluation: &Evaluation) -> String {
     if !evaluation.nab.is_empty() {
         let _ = writeln!(
             out,
-            "\n{:<24} {:<20} {:>9} {:>10} {:>16} {:>14}",
+            "\n{:<24} {:<20} {:>9} {:>10} {:>16} {:>14}   at own threshold",
             "NAB score of", "profile", "score", "threshold", "windows found", "false pos. rows"
         );
         for nab in &evaluation.nab {
             let found = format!("{} of {}", nab.score.detected_windows, nab.score.windows);
+            let own = nab.at_own_threshold.as_ref().map_or("-".into(), |own| {
+                let score = own.score.map_or("-".into(), |s| format!("{s:.2}"));
+                format!(
+                    "{score} at {:.4} ({} of {}, {} false pos.)",
+                    own.threshold, own.detected_windows, own.windows, own.false_positive_rows
+                )
+            });
             let _ = writeln!(
                 out,
-                "{:<24} {:<20} {:>9} {:>10.4} {:>16} {:>14}",
+                "{:<24} {:<20} {:>9} {:>10.4} {:>16} {:>14}   {own}",
                 nab.detector,
                 nab.profile,
                 nab.score.score.map_or("-".into(), |s| format!("{s:.2}")),
@@ -84,7 +94,8 @@ fn table(evaluation: &Evaluation) -> String {
         let _ = writeln!(
             out,
             "(NAB: 0 = the null detector, 100 = perfect; the threshold, on scores mapped to [0, 1] by \
-             score / (score + detector threshold), maximises each profile's score)"
+             score / (score + detector threshold) (novelty's scores are in [0, 1] already), maximises \
+             each profile's score; \"at own threshold\" detects what the detector flags live)"
         );
     }
     out
