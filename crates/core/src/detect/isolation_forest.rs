@@ -640,6 +640,88 @@ mod tests {
         assert!(latest.score(&[10.0, 0.0]) < latest.score(&[0.0, 0.0]), "the new model learnt the shifted readings");
     }
 
+    /// Readings of three features scattered normally (σ 1) around 0.
+    fn normal_cloud(n: usize, seed: u64) -> Vec<Vec<f64>> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut gauss = move || {
+            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
+            (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        };
+        (0..n).map(|_| vec![gauss(), gauss(), gauss()]).collect()
+    }
+
+    #[test]
+    fn a_held_back_threshold_sits_above_every_held_back_reading() {
+        // Every fourth reading is held back; the threshold is their highest score plus its gap
+        // to their 99th percentile, so none of them, and almost no new normal reading, is flagged.
+        let data = normal_cloud(2000, 8);
+        let forest = IsolationForest::fit_with_holdout(&data, 100, 0.25, 0.05, 3);
+        let held_back: Vec<&Vec<f64>> = data.iter().skip(3).step_by(4).collect();
+        assert_eq!(held_back.len(), 500);
+        let highest = held_back.iter().map(|row| forest.score(row)).fold(f64::MIN, f64::max);
+        assert!(forest.threshold > highest, "{} vs {highest}", forest.threshold);
+        assert_eq!(forest.trained_on, 2000);
+        let fresh = normal_cloud(5000, 9);
+        let flagged = fresh.iter().filter(|row| forest.score(row) > forest.threshold).count();
+        assert!(flagged <= 10, "{flagged} of 5000 normal readings flagged");
+        // A reading far out in every feature at once is isolated sooner than any normal one.
+        let outlier = [5.0, -5.0, 5.0];
+        assert!(forest.score(&outlier) > forest.threshold, "{} vs {}", forest.score(&outlier), forest.threshold);
+        // No holdout is reference 001's forest exactly.
+        assert_eq!(
+            IsolationForest::fit_with_holdout(&data, 20, 0.0, 0.05, 3),
+            IsolationForest::fit(&data, 20, 0.05, 3)
+        );
+    }
+
+    #[test]
+    fn a_run_of_anomalous_readings_is_one_episode() {
+        use crate::model::{Enrichment, Reading};
+        let registry = crate::profile::ProfileRegistry::with_builtins(Default::default()).unwrap();
+        let mut profile = (**registry.by_name("drone").unwrap()).clone();
+        profile.detectors.isolation_forest = Some(IsolationForestSettings {
+            features: vec![Feature::Metric(0), Feature::Metric(1), Feature::Metric(2)],
+            feature_names: vec!["a".into(), "b".into(), "c".into()],
+            training_size: 2000,
+            holdout: 0.25,
+            trees: 100,
+            ..settings(ModelScope::Profile, 0)
+        });
+        let mut detector = IsolationForestDetector::new(Arc::new(ModelRegistry::default()));
+        let mut rows = normal_cloud(2600, 10);
+        for row in &mut rows[2500..2505] {
+            *row = vec![5.0, -5.0, 5.0];
+        }
+        let mut emitted = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            let reading = Reading {
+                profile: profile.id,
+                entity: "d-1".into(),
+                event_time_ms: i as i64 * 1000,
+                position: None,
+                metrics: vec![(0, row[0]), (1, row[1]), (2, row[2])],
+                attributes: vec![],
+            };
+            let mut findings = Findings::default();
+            let enrichment = Enrichment::default();
+            detector
+                .observe(Observation { profile: &profile, reading: &reading, enrichment: &enrichment }, &mut findings);
+            emitted.extend(findings.anomalies.into_iter().map(|a| (i, a)));
+        }
+        let summary: Vec<(usize, Option<Episode>)> =
+            emitted.iter().filter(|(i, _)| (2490..2520).contains(i)).map(|(i, a)| (*i, a.episode)).collect();
+        assert_eq!(
+            summary,
+            [
+                (2500, Some(Episode { start_ms: 2_500_000, end_ms: None })),
+                (2507, Some(Episode { start_ms: 2_500_000, end_ms: Some(2_507_000) }))
+            ],
+            "opened at the first, closed after three normal readings"
+        );
+        let run: Vec<&Anomaly> = emitted.iter().filter(|(i, _)| (2490..2520).contains(i)).map(|(_, a)| a).collect();
+        assert_eq!(run[0].id, run[1].id);
+    }
+
     #[test]
     fn constant_features_do_not_break_training() {
         let data: Vec<Vec<f64>> = (0..50).map(|i| vec![1.0, f64::from(i % 5)]).collect();
