@@ -495,7 +495,7 @@ impl Detector for IsolationForestDetector {
         let score = model.score(&self.features);
         let is_anomaly = score > model.threshold;
         let opens = is_anomaly && entity.episode.is_none();
-        findings.score(NAME, || None, score, model.threshold, opens);
+        findings.score(NAME, || None, score, model.threshold, is_anomaly);
         if is_anomaly {
             entity.quiet = 0;
         } else if entity.episode.is_some() {

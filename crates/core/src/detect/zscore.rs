@@ -191,9 +191,9 @@ pub fn z_score(x: f64, mean: f64, std: f64) -> f64 {
 
 /// Rolling z-score over the signals of every profile that enables it, raising one anomaly per
 /// episode: it opens after `persistence` readings beyond the threshold and closes (the same
-/// anomaly again, with its end) after `quiet_readings` back within it. Values beyond the
-/// threshold join the window clipped to it, so one spike does not blind the window to the next
-/// while a level shift is still learnt within a few windows.
+/// anomaly again, with its end) after `quiet_readings` back within it. Every value joins the
+/// window, so a level shift is learnt within a window; a jump in a direction the signal does
+/// not watch joins clipped to the threshold.
 #[derive(Debug)]
 pub struct ZScoreDetector {
     windows: EntityMap<EntityWindows>,
@@ -284,9 +284,10 @@ impl Detector for ZScoreDetector {
                 beyond = outside && counts(x - mean, signal.direction);
                 if outside || state.episode.is_some() || findings.keeps_scores() {
                     let std = variance.sqrt().max(floor);
-                    // Even a deviation the signal does not watch for (a battery swap) joins
-                    // the window clipped, or it would hide the next fault for a window.
-                    if outside {
+                    // A jump the signal does not watch for (a battery swap) is no fault, but
+                    // left whole in the window it would hide the next fault for a window: it
+                    // joins clipped. A watched deviation joins as it is, so a new level is learnt.
+                    if outside && !beyond {
                         let reach = settings.threshold * std;
                         pushed = x.clamp(mean - reach, mean + reach);
                     }
@@ -353,7 +354,8 @@ fn track_stuck(
     findings.anomalies.push(anomaly);
 }
 
-/// Moves a signal's episode on by one judged reading: opens it after `persistence` readings
+/// Moves a signal's episode on by one judged reading (its score line, when scores are kept,
+/// says whether this reading is beyond the threshold): opens it after `persistence` readings
 /// beyond the threshold (the anomaly goes into `findings`), closes it after `quiet_readings`
 /// within it (the same anomaly again, with its end). Out of line (and marked cold) so that the
 /// loop over a reading's signals stays small and in registers.
@@ -379,7 +381,7 @@ fn judge(
         state.quiet += 1;
     }
     let opens = beyond && state.episode.is_none() && state.beyond >= settings.persistence.get();
-    findings.score(NAME, || Some(signal.name.clone()), z.abs(), settings.threshold, opens);
+    findings.score(NAME, || Some(signal.name.clone()), z.abs(), settings.threshold, beyond);
     if opens {
         let name = &signal.name;
         let direction = if z > 0.0 { "above" } else { "below" };
@@ -569,8 +571,8 @@ mod tests {
 
     #[test]
     fn a_spike_does_not_blind_the_window_to_the_next_one() {
-        // A spike joins the window clipped to the threshold, so a second spike 20 readings
-        // later is still 50σ out; each is its own short episode.
+        // A spike of 50σ joins the 120-reading window and widens its σ to about 0.47, so a
+        // second one 20 readings later is still over 10σ out; each is its own short episode.
         let profile = builtin("environment");
         let mut detector = ZScoreDetector::default();
         let mut values = wobble(20.0, 0.1, 200);
@@ -582,15 +584,15 @@ mod tests {
 
     #[test]
     fn persistence_needs_that_many_readings_in_a_row() {
-        let profile = sensor_profile("window = 30\nmin_history = 10\npersistence = 3");
+        let profile = sensor_profile("window = 30\nthreshold = 3.0\nmin_history = 10\npersistence = 3");
         let mut detector = ZScoreDetector::default();
         let mut values = wobble(20.0, 0.1, 50);
-        values[30] = 30.0; // one reading out: no anomaly
-        values[40] = 30.0;
-        values[41] = 30.0;
-        values[42] = 30.0; // three in a row: opens on the third
+        values[12] = 30.0; // one reading out: no anomaly (and out of the window by reading 43)
+        values[45] = 30.0;
+        values[46] = 30.0;
+        values[47] = 30.0; // three in a row: opens on the third
         let results = feed(&mut detector, &profile, "s1", &values);
-        assert_eq!(openings(&results), [42]);
+        assert_eq!(openings(&results), [47]);
     }
 
     #[test]
