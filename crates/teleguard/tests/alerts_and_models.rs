@@ -58,6 +58,23 @@ async fn teleports_open_one_alert_that_an_operator_acknowledges_and_resolves() {
     .await;
 }
 
+/// The built-in drone profile with reference 001's training: the first 200 readings, the
+/// threshold where 5 % of them score above it.
+const REFERENCE_001_DRONES: &str = r#"
+[profiles.drone]
+entity_field = "drone_id"
+timestamp_field = "timestamp"
+timestamp_format = "epoch_millis"
+latitude_field = "latitude"
+longitude_field = "longitude"
+metrics = [
+  { field = "altitude" }, { field = "velocity" }, { field = "acceleration_x" }, { field = "acceleration_y" },
+  { field = "acceleration_z" }, { field = "battery_level" }, { field = "signal_strength" },
+]
+detectors.zscore = { enabled = false }
+detectors.isolation_forest = { features = ["altitude", "velocity", "acceleration_x", "acceleration_y", "acceleration_z", "battery_level", "signal_strength"], training_size = 200, holdout = 0, contamination = 0.05 }
+"#;
+
 fn drone(i: usize, battery: f64) -> Value {
     let wobble = (i % 7) as f64 * 0.3;
     json!({"timestamp": 1_725_446_400_000_u64 + i as u64 * 1000, "drone_id": format!("d-{}", i % 4),
@@ -69,7 +86,11 @@ fn drone(i: usize, battery: f64) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_isolation_forest_trained_live_is_kept_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    // Reference 001's forest: trained on the first 200 readings, 5 % of them above the threshold.
+    let config = dir.path().join("reference-001.toml");
+    std::fs::write(&config, REFERENCE_001_DRONES).unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let server = Server::start(dir.path(), &["--config", &config]);
     let client = client();
     let training: Vec<Value> = (0..200).map(|i| drone(i, 90.0 - (i % 5) as f64)).collect();
     assert_eq!(post(&client, &server, "drone", serde_json::to_vec(&training).unwrap()).await.0, 202);
@@ -87,7 +108,7 @@ async fn an_isolation_forest_trained_live_is_kept_across_a_restart() {
     assert!(server.terminate().success());
 
     // After a restart no new training is needed: the same outlier, seconds later, scores the same.
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--config", &config]);
     assert_eq!(post(&client, &server, "drone", serde_json::to_vec(&[drone(1007, 4.0)]).unwrap()).await.0, 202);
     let url = server.url("/api/anomalies?detector=isolation_forest&order=recent");
     let second = wait_for("the reloaded forest's anomaly", || async {

@@ -97,19 +97,23 @@ fn hand_made_labels_and_detections_give_hand_computed_scores() {
     assert_eq!(strict["overall"]["false_detections"], 2);
 }
 
-/// A NAB-shaped folder: one file of 40 one-minute rows with a window over rows 20-23.
-fn tiny_nab(dir: &Path) -> Vec<String> {
-    let timestamps: Vec<String> = (0..40).map(|i| format!("2014-04-01 00:{i:02}:00")).collect();
+/// A NAB-shaped folder: one file of `rows` one-minute rows with a window over the four rows
+/// from `window_start`.
+fn tiny_nab(dir: &Path, rows: usize, window_start: usize) -> Vec<String> {
+    let timestamps: Vec<String> = (0..rows).map(|i| format!("2014-04-01 {:02}:{:02}:00", i / 60, i % 60)).collect();
     let mut csv = String::from("timestamp,value\n");
     for (i, t) in timestamps.iter().enumerate() {
-        let value = if (20..24).contains(&i) { 50.0 } else { 10.0 + (i % 3) as f64 };
+        let value = if (window_start..window_start + 4).contains(&i) { 50.0 } else { 10.0 + (i % 3) as f64 };
         csv.push_str(&format!("{t},{value}\n"));
     }
     write(&dir.join("data/cat/x.csv"), &csv);
     write(
         &dir.join("labels/combined_windows.json"),
-        &json!({"cat/x.csv": [[format!("{}.000000", timestamps[20]), format!("{}.000000", timestamps[23])]]})
-            .to_string(),
+        &json!({"cat/x.csv": [[
+            format!("{}.000000", timestamps[window_start]),
+            format!("{}.000000", timestamps[window_start + 3])
+        ]]})
+        .to_string(),
     );
     write(
         &dir.join("config/profiles.json"),
@@ -121,7 +125,7 @@ fn tiny_nab(dir: &Path) -> Vec<String> {
 #[test]
 fn nab_labels_give_nab_score_next_to_precision_and_recall() {
     let dir = tempfile::tempdir().unwrap();
-    let timestamps = tiny_nab(dir.path());
+    let timestamps = tiny_nab(dir.path(), 40, 20);
     let iso = |row: usize| format!("{}Z", timestamps[row].replace(' ', "T"));
     // Detections (score 6, i.e. 6 / (6 + 3) = 2/3 in [0, 1]) at rows 21 and 30; a weaker
     // score (1.5 → 1/3) at row 15 stays below the best threshold.
@@ -150,7 +154,8 @@ fn nab_labels_give_nab_score_next_to_precision_and_recall() {
 #[test]
 fn nab_run_scores_our_detector_and_its_scores_score_the_same_again() {
     let dir = tempfile::tempdir().unwrap();
-    tiny_nab(dir.path());
+    // Long enough for the z-score's window (120 rows) to fill before the anomaly.
+    tiny_nab(dir.path(), 160, 140);
     let scores = dir.path().join("scores.ndjson");
     let run = json_of(&teleguard(&[
         "eval",

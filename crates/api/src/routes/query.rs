@@ -205,10 +205,13 @@ pub async fn profiles(State(state): State<AppState>) -> Json<serde_json::Value> 
 fn detectors_of(p: &teleguard_core::profile::Profile) -> serde_json::Value {
     let d = &p.detectors;
     serde_json::json!({
-        "zscore": d.zscore.as_ref().map(|z| serde_json::json!({"window": z.window.get(), "threshold": z.threshold})),
+        "zscore": d.zscore.as_ref().map(|z| serde_json::json!({
+            "window": z.window.get(), "threshold": z.threshold, "min_history": z.min_history,
+            "metrics": z.signals.iter().map(|s| s.name.to_string()).collect::<Vec<_>>(),
+        })),
         "isolation_forest": d.isolation_forest.as_ref().map(|f| serde_json::json!({
             "features": f.feature_names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            "training_size": f.training_size, "contamination": f.contamination, "trees": f.trees,
+            "training_size": f.training_size, "holdout": f.holdout, "contamination": f.contamination, "trees": f.trees,
             "scope": if f.scope == teleguard_core::detect::settings::ModelScope::Entity { "entity" } else { "profile" },
         })),
         "teleport": d.teleport.as_ref().map(|t| serde_json::json!({"max_speed_kmh": t.max_speed_kmh})),

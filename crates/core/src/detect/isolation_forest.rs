@@ -16,7 +16,7 @@ mod packed;
 
 use super::settings::{Feature, IsolationForestSettings, ModelScope};
 use super::{Detector, EntityMap, Findings, Observation, for_people};
-use crate::model::{Anomaly, Severity, anomaly_id};
+use crate::model::{Anomaly, Episode, Severity, anomaly_id};
 use packed::Packed;
 use rand::rngs::SmallRng;
 use rand::seq::index::sample;
@@ -226,6 +226,45 @@ impl IsolationForest {
         forest
     }
 
+    /// Grows the trees on the readings not held back and sets the threshold from the held-back
+    /// ones: their highest score plus the gap between it and their 99th percentile, so that a
+    /// reading must stand out from the most unusual normal readings as much as those stand out
+    /// from the rest. Every `1 / holdout`-th reading (in order) is held back, so both parts
+    /// span the whole training period. `holdout` 0 is [`IsolationForest::fit`].
+    pub fn fit_with_holdout(
+        data: &[Vec<f64>],
+        trees: usize,
+        holdout: f64,
+        contamination: f64,
+        seed: u64,
+    ) -> IsolationForest {
+        if holdout <= 0.0 {
+            return IsolationForest::fit(data, trees, contamination, seed);
+        }
+        let mut grown_on = Vec::new();
+        let mut held_back = Vec::new();
+        let mut credit = 0.0;
+        for row in data {
+            credit += holdout;
+            if credit >= 1.0 {
+                credit -= 1.0;
+                held_back.push(row.clone());
+            } else {
+                grown_on.push(row.clone());
+            }
+        }
+        if held_back.is_empty() || grown_on.len() < 2 {
+            return IsolationForest::fit(data, trees, contamination, seed);
+        }
+        let mut forest = IsolationForest::fit(&grown_on, trees, contamination, seed);
+        let mut scores: Vec<f64> = held_back.iter().map(|row| forest.score(row)).collect();
+        scores.sort_by(f64::total_cmp);
+        let highest = scores[scores.len() - 1];
+        forest.threshold = highest + (highest - quantile(&scores, 0.99));
+        forest.trained_on = data.len();
+        forest
+    }
+
     /// 2^(−E[h(x)] / c(ψ)): near 1 for readings isolated quickly, near 0.5 or below otherwise.
     pub fn score(&self, x: &[f64]) -> f64 {
         let mut narrow = [0f32; 32];
@@ -310,8 +349,7 @@ impl ModelRegistry {
                 if rows.len() < settings.training_size {
                     return None;
                 }
-                let model =
-                    Arc::new(IsolationForest::fit(rows, settings.trees, settings.contamination, seed(key, settings)));
+                let model = Arc::new(fit(rows, settings, seed(key, settings)));
                 let reservoir = std::mem::take(rows);
                 let seen = reservoir.len() as u64;
                 *state = ScopeState::Trained { model: model.clone(), reservoir, seen, since_training: 0 };
@@ -336,18 +374,18 @@ impl ModelRegistry {
                 *since_training += 1;
                 if *since_training >= settings.retrain_every {
                     *since_training = 0;
-                    *model = Arc::new(IsolationForest::fit(
-                        reservoir,
-                        settings.trees,
-                        settings.contamination,
-                        seed(key, settings) ^ *seen,
-                    ));
+                    *model = Arc::new(fit(reservoir, settings, seed(key, settings) ^ *seen));
                     self.trained.lock().expect("model registry lock").push((key.clone(), model.clone()));
                 }
                 Some(model.clone())
             }
         }
     }
+}
+
+/// A model for `rows` as `settings` say.
+fn fit(rows: &[Vec<f64>], settings: &IsolationForestSettings, seed: u64) -> IsolationForest {
+    IsolationForest::fit_with_holdout(rows, settings.trees, settings.holdout, settings.contamination, seed)
 }
 
 fn seed(key: &ModelKey, settings: &IsolationForestSettings) -> u64 {
@@ -364,8 +402,8 @@ pub struct IsolationForestDetector {
     models: Arc<ModelRegistry>,
     /// Trained models already fetched, so scoring does not take the registry's lock.
     cached: rustc_hash::FxHashMap<ModelKey, Arc<IsolationForest>>,
-    /// Each entity's previous metrics, for `_diff` and `_change` features.
-    previous: EntityMap<Metrics>,
+    /// Each entity's previous metrics and open episode.
+    entities: EntityMap<EntityState>,
     features: Vec<f64>,
 }
 
@@ -374,10 +412,24 @@ impl IsolationForestDetector {
         IsolationForestDetector {
             models,
             cached: Default::default(),
-            previous: EntityMap::default(),
+            entities: EntityMap::default(),
             features: Vec::new(),
         }
     }
+}
+
+/// Readings in a row back under the threshold that close an entity's episode.
+const QUIET_READINGS: usize = 3;
+
+/// What the detector remembers of one entity.
+#[derive(Debug, Default)]
+struct EntityState {
+    /// The previous reading's metrics, for `_diff` and `_change` features.
+    previous: Metrics,
+    /// The anomaly of the run of anomalous readings open now: one anomaly per run, sent again
+    /// with its end once `QUIET_READINGS` readings in a row are normal.
+    episode: Option<Box<Anomaly>>,
+    quiet: usize,
 }
 
 /// Fills `out` with the reading's features; false when one is missing.
@@ -417,14 +469,14 @@ impl Detector for IsolationForestDetector {
     fn observe(&mut self, observation: Observation<'_>, findings: &mut Findings) {
         let Observation { profile, reading, .. } = observation;
         let Some(settings) = &profile.detectors.isolation_forest else { return };
-        let previous = self.previous.get_or_insert_with(reading.profile, &reading.entity, Vec::new);
+        let entity = self.entities.get_or_insert_with(reading.profile, &reading.entity, EntityState::default);
         let complete = compute_features(
             settings,
             &reading.metrics,
-            Some(&*previous).filter(|p| !p.is_empty()),
+            Some(&entity.previous).filter(|p| !p.is_empty()),
             &mut self.features,
         );
-        previous.clone_from(&reading.metrics);
+        entity.previous.clone_from(&reading.metrics);
         if !complete {
             return;
         }
@@ -442,8 +494,21 @@ impl Detector for IsolationForestDetector {
         }
         let score = model.score(&self.features);
         let is_anomaly = score > model.threshold;
+        let opens = is_anomaly && entity.episode.is_none();
         findings.score(NAME, || None, score, model.threshold, is_anomaly);
-        if !is_anomaly {
+        if is_anomaly {
+            entity.quiet = 0;
+        } else if entity.episode.is_some() {
+            entity.quiet += 1;
+            if entity.quiet >= QUIET_READINGS
+                && let Some(mut open) = entity.episode.take()
+            {
+                let start_ms = open.episode.map_or(reading.event_time_ms, |e| e.start_ms);
+                open.episode = Some(Episode { start_ms, end_ms: Some(reading.event_time_ms) });
+                findings.anomalies.push(*open);
+            }
+        }
+        if !opens {
             return;
         }
         let mut drivers: Vec<(usize, f64)> = self
@@ -465,7 +530,7 @@ impl Detector for IsolationForestDetector {
                 )
             })
             .collect();
-        findings.anomalies.push(Anomaly {
+        let anomaly = Anomaly {
             id: anomaly_id(&profile.name, &reading.entity, reading.event_time_ms, NAME, ""),
             detector: NAME,
             metric: None,
@@ -481,8 +546,10 @@ impl Detector for IsolationForestDetector {
                 unusual.join(", ")
             ),
             features: settings.feature_names.iter().cloned().zip(self.features.iter().copied()).collect(),
-            episode: None,
-        });
+            episode: Some(Episode { start_ms: reading.event_time_ms, end_ms: None }),
+        };
+        entity.episode = Some(Box::new(anomaly.clone()));
+        findings.anomalies.push(anomaly);
     }
 }
 
@@ -535,6 +602,7 @@ mod tests {
             feature_names: vec!["a".into(), "b".into()],
             scope,
             training_size: 50,
+            holdout: 0.0,
             contamination: 0.05,
             trees: 10,
             retrain_every,
@@ -570,6 +638,88 @@ mod tests {
         assert_eq!(trained.len(), 3, "the first model, then one every 100 readings");
         let latest = &trained[2].1;
         assert!(latest.score(&[10.0, 0.0]) < latest.score(&[0.0, 0.0]), "the new model learnt the shifted readings");
+    }
+
+    /// Readings of three features scattered normally (σ 1) around 0.
+    fn normal_cloud(n: usize, seed: u64) -> Vec<Vec<f64>> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut gauss = move || {
+            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
+            (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        };
+        (0..n).map(|_| vec![gauss(), gauss(), gauss()]).collect()
+    }
+
+    #[test]
+    fn a_held_back_threshold_sits_above_every_held_back_reading() {
+        // Every fourth reading is held back; the threshold is their highest score plus its gap
+        // to their 99th percentile, so none of them, and almost no new normal reading, is flagged.
+        let data = normal_cloud(2000, 8);
+        let forest = IsolationForest::fit_with_holdout(&data, 100, 0.25, 0.05, 3);
+        let held_back: Vec<&Vec<f64>> = data.iter().skip(3).step_by(4).collect();
+        assert_eq!(held_back.len(), 500);
+        let highest = held_back.iter().map(|row| forest.score(row)).fold(f64::MIN, f64::max);
+        assert!(forest.threshold > highest, "{} vs {highest}", forest.threshold);
+        assert_eq!(forest.trained_on, 2000);
+        let fresh = normal_cloud(5000, 9);
+        let flagged = fresh.iter().filter(|row| forest.score(row) > forest.threshold).count();
+        assert!(flagged <= 10, "{flagged} of 5000 normal readings flagged");
+        // A reading far out in every feature at once is isolated sooner than any normal one.
+        let outlier = [5.0, -5.0, 5.0];
+        assert!(forest.score(&outlier) > forest.threshold, "{} vs {}", forest.score(&outlier), forest.threshold);
+        // No holdout is reference 001's forest exactly.
+        assert_eq!(
+            IsolationForest::fit_with_holdout(&data, 20, 0.0, 0.05, 3),
+            IsolationForest::fit(&data, 20, 0.05, 3)
+        );
+    }
+
+    #[test]
+    fn a_run_of_anomalous_readings_is_one_episode() {
+        use crate::model::{Enrichment, Reading};
+        let registry = crate::profile::ProfileRegistry::with_builtins(Default::default()).unwrap();
+        let mut profile = (**registry.by_name("drone").unwrap()).clone();
+        profile.detectors.isolation_forest = Some(IsolationForestSettings {
+            features: vec![Feature::Metric(0), Feature::Metric(1), Feature::Metric(2)],
+            feature_names: vec!["a".into(), "b".into(), "c".into()],
+            training_size: 2000,
+            holdout: 0.25,
+            trees: 100,
+            ..settings(ModelScope::Profile, 0)
+        });
+        let mut detector = IsolationForestDetector::new(Arc::new(ModelRegistry::default()));
+        let mut rows = normal_cloud(2600, 10);
+        for row in &mut rows[2500..2505] {
+            *row = vec![5.0, -5.0, 5.0];
+        }
+        let mut emitted = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            let reading = Reading {
+                profile: profile.id,
+                entity: "d-1".into(),
+                event_time_ms: i as i64 * 1000,
+                position: None,
+                metrics: vec![(0, row[0]), (1, row[1]), (2, row[2])],
+                attributes: vec![],
+            };
+            let mut findings = Findings::default();
+            let enrichment = Enrichment::default();
+            detector
+                .observe(Observation { profile: &profile, reading: &reading, enrichment: &enrichment }, &mut findings);
+            emitted.extend(findings.anomalies.into_iter().map(|a| (i, a)));
+        }
+        let summary: Vec<(usize, Option<Episode>)> =
+            emitted.iter().filter(|(i, _)| (2490..2520).contains(i)).map(|(i, a)| (*i, a.episode)).collect();
+        assert_eq!(
+            summary,
+            [
+                (2500, Some(Episode { start_ms: 2_500_000, end_ms: None })),
+                (2507, Some(Episode { start_ms: 2_500_000, end_ms: Some(2_507_000) }))
+            ],
+            "opened at the first, closed after three normal readings"
+        );
+        let run: Vec<&Anomaly> = emitted.iter().filter(|(i, _)| (2490..2520).contains(i)).map(|(_, a)| a).collect();
+        assert_eq!(run[0].id, run[1].id);
     }
 
     #[test]

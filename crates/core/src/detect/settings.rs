@@ -3,6 +3,7 @@
 use chrono::NaiveTime;
 use chrono_tz::Tz;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
@@ -22,17 +23,47 @@ pub struct RawDetectors {
 pub struct RawZScore {
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Readings in the rolling window a reading is judged against.
     #[serde(default = "default_window")]
     pub window: usize,
     #[serde(default = "default_threshold")]
     pub threshold: f64,
-    /// Metrics to watch; all of the profile's by default.
+    /// What to watch: metric names, or `<metric>_diff` (change since the entity's previous
+    /// reading, for metrics that follow a planned trajectory); all metrics by default.
     pub metrics: Option<Vec<String>>,
+    /// Readings a window must hold before it judges; the window's size by default.
+    pub min_history: Option<usize>,
+    /// The smallest σ used, per watched signal, in the metric's own units.
+    #[serde(default)]
+    pub sigma_floor: BTreeMap<String, f64>,
+    /// Per watched signal: `both` (default), `above` or `below`: which deviations count.
+    #[serde(default)]
+    pub direction: BTreeMap<String, String>,
+    /// Consecutive readings beyond the threshold before an episode opens.
+    #[serde(default = "default_persistence")]
+    pub persistence: usize,
+    /// Consecutive readings back within the threshold that close an episode.
+    #[serde(default = "default_quiet_readings")]
+    pub quiet_readings: usize,
+    /// A signal repeating exactly the same value this many readings is a stuck sensor; 0 = off.
+    #[serde(default)]
+    pub stuck_after: usize,
 }
 
 impl Default for RawZScore {
     fn default() -> Self {
-        RawZScore { enabled: true, window: default_window(), threshold: default_threshold(), metrics: None }
+        RawZScore {
+            enabled: true,
+            window: default_window(),
+            threshold: default_threshold(),
+            metrics: None,
+            min_history: None,
+            sigma_floor: BTreeMap::new(),
+            direction: BTreeMap::new(),
+            persistence: default_persistence(),
+            quiet_readings: default_quiet_readings(),
+            stuck_after: 0,
+        }
     }
 }
 
@@ -80,8 +111,15 @@ pub struct RawIsolationForest {
     /// `profile` (one model for every entity of the profile) or `entity` (one each).
     #[serde(default = "default_scope")]
     pub scope: String,
+    /// Readings of the scope gathered before the model is trained.
     #[serde(default = "default_training_size")]
     pub training_size: usize,
+    /// Share of the training readings held back from growing the trees; the threshold is
+    /// their highest score plus the spread of their top percent. 0 (reference 001) sets the
+    /// threshold from the training readings themselves, by `contamination`.
+    #[serde(default = "default_holdout")]
+    pub holdout: f64,
+    /// With `holdout = 0`: the share of training readings scoring above the threshold.
     #[serde(default = "default_contamination")]
     pub contamination: f64,
     #[serde(default = "default_trees")]
@@ -137,10 +175,16 @@ fn yes() -> bool {
     true
 }
 fn default_window() -> usize {
-    30
+    120
 }
 fn default_threshold() -> f64 {
-    3.0
+    5.0
+}
+fn default_persistence() -> usize {
+    1
+}
+fn default_quiet_readings() -> usize {
+    3
 }
 fn default_novelty_levels() -> usize {
     8
@@ -167,7 +211,10 @@ fn default_scope() -> String {
     "profile".into()
 }
 fn default_training_size() -> usize {
-    200
+    20_000
+}
+fn default_holdout() -> f64 {
+    0.25
 }
 fn default_contamination() -> f64 {
     0.05
@@ -203,12 +250,39 @@ fn default_safe_zones() -> Vec<String> {
     vec!["Warehouse".into(), "Rest Area".into(), "Service Center".into()]
 }
 
+/// Which deviations of a signal from its window's mean count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Both,
+    Above,
+    Below,
+}
+
+/// One series the z-score watches: a metric's values, or their changes between readings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZScoreSignal {
+    pub metric: u16,
+    /// The change since the entity's previous reading of the metric, not the value.
+    pub diff: bool,
+    /// `altitude`, or `altitude_diff` for the change.
+    pub name: Arc<str>,
+    /// The smallest σ used, in the metric's units; 0 leaves only a relative 1e-6 floor.
+    pub sigma_floor: f64,
+    pub direction: Direction,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZScoreSettings {
     pub window: NonZeroUsize,
     pub threshold: f64,
-    /// Per metric of the profile: watched or not.
-    pub watched: Vec<bool>,
+    /// What is watched, in the order readings are judged.
+    pub signals: Vec<ZScoreSignal>,
+    /// Readings a window holds before it judges (2 at least).
+    pub min_history: usize,
+    pub persistence: NonZeroUsize,
+    pub quiet_readings: NonZeroUsize,
+    /// 0 = off.
+    pub stuck_after: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -251,6 +325,8 @@ pub struct IsolationForestSettings {
     pub feature_names: Vec<Arc<str>>,
     pub scope: ModelScope,
     pub training_size: usize,
+    /// In [0, 0.9]; 0 means the reference threshold by `contamination`.
+    pub holdout: f64,
     pub contamination: f64,
     pub trees: usize,
     pub retrain_every: usize,
@@ -306,25 +382,7 @@ impl RawDetectors {
             }
             found
         };
-        let zscore_raw = self.zscore.unwrap_or_default();
-        let zscore = if !zscore_raw.enabled {
-            None
-        } else {
-            let window = NonZeroUsize::new(zscore_raw.window).filter(|w| w.get() >= 2);
-            if window.is_none() || zscore_raw.threshold.is_nan() || zscore_raw.threshold <= 0.0 {
-                errors.push(format!(
-                    "detectors.zscore: window {} must be at least 2 and threshold {} above 0",
-                    zscore_raw.window, zscore_raw.threshold
-                ));
-            }
-            let mut watched = vec![zscore_raw.metrics.is_none(); shape.metric_names.len()];
-            for name in zscore_raw.metrics.iter().flatten() {
-                if let Some(index) = metric(name, "detectors.zscore.metrics", errors) {
-                    watched[usize::from(index)] = true;
-                }
-            }
-            window.map(|window| ZScoreSettings { window, threshold: zscore_raw.threshold, watched })
-        };
+        let zscore = self.zscore.unwrap_or_default().validate(shape, errors);
         let isolation_forest = self.isolation_forest.filter(|f| f.enabled).map(|raw| {
             let mut features = Vec::new();
             for name in &raw.features {
@@ -349,6 +407,12 @@ impl RawDetectors {
             if raw.features.is_empty() || raw.training_size < 2 || raw.trees == 0 {
                 errors.push("detectors.isolation_forest: needs features, training_size >= 2 and trees >= 1".into());
             }
+            if !(0.0..=0.9).contains(&raw.holdout) || raw.training_size as f64 * (1.0 - raw.holdout) < 2.0 {
+                errors.push(format!(
+                    "detectors.isolation_forest.holdout {} must lie in [0, 0.9] and leave at least 2 of the {} training readings to grow trees",
+                    raw.holdout, raw.training_size
+                ));
+            }
             if !(raw.contamination > 0.0 && raw.contamination < 0.5) {
                 errors.push(format!(
                     "detectors.isolation_forest.contamination {} must lie in (0, 0.5)",
@@ -360,6 +424,7 @@ impl RawDetectors {
                 feature_names: raw.features.iter().map(|f| Arc::from(f.as_str())).collect(),
                 scope,
                 training_size: raw.training_size,
+                holdout: raw.holdout,
                 contamination: raw.contamination,
                 trees: raw.trees,
                 retrain_every: raw.retrain_every,
@@ -444,5 +509,104 @@ impl RawDetectors {
             }
         });
         DetectorSettings { zscore, isolation_forest, teleport, geofence_breach, unusual_stop, novelty }
+    }
+}
+
+impl RawZScore {
+    /// The validated settings, or `None` when off; each problem goes to `errors`.
+    fn validate(self, shape: &ProfileShape<'_>, errors: &mut Vec<String>) -> Option<ZScoreSettings> {
+        if !self.enabled {
+            return None;
+        }
+        let window = NonZeroUsize::new(self.window).filter(|w| w.get() >= 2);
+        if window.is_none() || self.threshold.is_nan() || self.threshold <= 0.0 {
+            errors.push(format!(
+                "detectors.zscore: window {} must be at least 2 and threshold {} above 0",
+                self.window, self.threshold
+            ));
+        }
+        let min_history = self.min_history.unwrap_or(self.window);
+        if min_history < 2 || min_history > self.window {
+            errors.push(format!(
+                "detectors.zscore.min_history {min_history} must lie between 2 and the window ({})",
+                self.window
+            ));
+        }
+        let (Some(persistence), Some(quiet_readings)) =
+            (NonZeroUsize::new(self.persistence), NonZeroUsize::new(self.quiet_readings))
+        else {
+            errors.push("detectors.zscore: persistence and quiet_readings must be at least 1".into());
+            return None;
+        };
+        if self.stuck_after == 1 {
+            errors
+                .push("detectors.zscore.stuck_after 1 would call every reading stuck: use 0 (off) or 2 or more".into());
+        }
+        let names: Vec<String> = match self.metrics {
+            Some(names) => names,
+            None => shape.metric_names.iter().map(|m| m.to_string()).collect(),
+        };
+        let mut signals = Vec::new();
+        for name in &names {
+            let (base, diff) = match name.strip_suffix("_diff").filter(|b| shape.metric_names.contains(b)) {
+                Some(base) => (base, true),
+                None => (name.as_str(), false),
+            };
+            let Some(metric) = shape.metric_names.iter().position(|m| *m == base) else {
+                errors.push(format!(
+                    "detectors.zscore.metrics: unknown metric `{name}`; the profile has {:?} (add `_diff` for changes)",
+                    shape.metric_names
+                ));
+                continue;
+            };
+            signals.push(ZScoreSignal {
+                metric: metric as u16,
+                diff,
+                name: Arc::from(name.as_str()),
+                sigma_floor: 0.0,
+                direction: Direction::Both,
+            });
+        }
+        let unwatched = |what: &str, name: &str, errors: &mut Vec<String>| {
+            errors.push(format!(
+                "detectors.zscore.{what}: `{name}` is not watched; watched: {:?}",
+                names.iter().map(String::as_str).collect::<Vec<_>>()
+            ));
+        };
+        for (name, floor) in &self.sigma_floor {
+            if !(floor.is_finite() && *floor >= 0.0) {
+                errors.push(format!("detectors.zscore.sigma_floor.{name} {floor} must be 0 or more"));
+            }
+            match signals.iter_mut().find(|s| &*s.name == name) {
+                Some(signal) => signal.sigma_floor = *floor,
+                None => unwatched("sigma_floor", name, errors),
+            }
+        }
+        for (name, direction) in &self.direction {
+            let parsed = match direction.as_str() {
+                "both" => Direction::Both,
+                "above" => Direction::Above,
+                "below" => Direction::Below,
+                other => {
+                    errors.push(format!(
+                        "detectors.zscore.direction.{name} {other:?}: use \"both\", \"above\" or \"below\""
+                    ));
+                    continue;
+                }
+            };
+            match signals.iter_mut().find(|s| &*s.name == name) {
+                Some(signal) => signal.direction = parsed,
+                None => unwatched("direction", name, errors),
+            }
+        }
+        window.map(|window| ZScoreSettings {
+            window,
+            threshold: self.threshold,
+            signals,
+            min_history: min_history.clamp(2, window.get()),
+            persistence,
+            quiet_readings,
+            stuck_after: self.stuck_after,
+        })
     }
 }

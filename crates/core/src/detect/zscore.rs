@@ -10,9 +10,9 @@
 //! every reading is unremarkable, so the loop over a reading's metrics only judges and pushes;
 //! scores and anomalies are written out of line.
 
-use super::settings::ZScoreSettings;
+use super::settings::{Direction, ZScoreSettings};
 use super::{Detector, EntityMap, Findings, ForPeople, Observation};
-use crate::model::{Anomaly, MetricId, Severity, anomaly_id};
+use crate::model::{Anomaly, Episode, Severity, anomaly_id};
 use std::sync::Arc;
 
 /// The detector's name on anomalies.
@@ -130,48 +130,56 @@ impl RollingWindow {
     }
 }
 
-/// One metric's window within an entity's state.
+/// What one watched signal of one entity remembers: its window, its previous value, and the
+/// episodes it has open.
 #[derive(Debug, Clone, Default)]
-struct MetricWindow {
+struct SignalState {
     sums: WindowSums,
-    /// Where the metric's ring starts in the entity's `rings`; set by its first push.
+    /// Where the signal's ring starts in the entity's `rings`; set by its first push.
     ring_start: usize,
+    /// The metric's previous value, for changes and for telling a stuck sensor.
+    previous: Option<f64>,
+    /// Readings in a row that repeated the previous value exactly.
+    repeats: usize,
+    /// Readings in a row beyond the threshold, and back within it.
+    beyond: usize,
+    quiet: usize,
+    /// The anomaly of the deviation episode open now, re-sent with its end when it closes.
+    episode: Option<Box<Anomaly>>,
+    /// The same for a stuck value.
+    stuck: Option<Box<Anomaly>>,
 }
 
-/// Every window of one entity: the sums of each of its profile's metrics, and the rings of the
-/// metrics it has reported back to back in one buffer. A ring is added when its metric first
-/// arrives, so a metric the entity never reports (or the detector does not watch) costs none.
+/// Every window of one entity: the state of each watched signal, and the rings of the signals
+/// it has reported back to back in one buffer. A ring is added when its signal first has a
+/// value, so a metric the entity never reports costs none.
 #[derive(Debug)]
 struct EntityWindows {
     capacity: usize,
-    metrics: Box<[MetricWindow]>,
+    signals: Box<[SignalState]>,
     rings: Vec<f64>,
 }
 
 impl EntityWindows {
-    fn new(metric_count: usize, capacity: usize) -> Self {
+    fn new(signal_count: usize, capacity: usize) -> Self {
         debug_assert!(capacity >= 2);
-        EntityWindows { capacity, metrics: vec![MetricWindow::default(); metric_count].into(), rings: Vec::new() }
+        EntityWindows { capacity, signals: vec![SignalState::default(); signal_count].into(), rings: Vec::new() }
     }
 
-    fn sums(&self, metric: usize) -> &WindowSums {
-        &self.metrics[metric].sums
-    }
-
-    fn push(&mut self, metric: usize, x: f64) {
-        let window = &mut self.metrics[metric];
+    fn push(&mut self, signal: usize, x: f64) {
+        let state = &mut self.signals[signal];
         // Only a push makes a window non-empty, so an empty window has no ring yet.
-        if window.sums.len == 0 {
-            window.ring_start = self.rings.len();
+        if state.sums.len == 0 {
+            state.ring_start = self.rings.len();
             self.rings.reserve_exact(self.capacity);
-            self.rings.resize(window.ring_start + self.capacity, 0.0);
+            self.rings.resize(state.ring_start + self.capacity, 0.0);
         }
-        let ring = &mut self.rings[window.ring_start..window.ring_start + self.capacity];
-        window.sums.push(ring, x);
+        let ring = &mut self.rings[state.ring_start..state.ring_start + self.capacity];
+        state.sums.push(ring, x);
     }
 }
 
-/// The smallest σ used for a window with this mean.
+/// The smallest σ used for a window with this mean when the signal sets no floor of its own.
 fn sigma_floor(mean: f64) -> f64 {
     (SIGMA_FLOOR_RELATIVE * mean.abs()).max(1e-9)
 }
@@ -181,7 +189,11 @@ pub fn z_score(x: f64, mean: f64, std: f64) -> f64 {
     (x - mean) / std.max(sigma_floor(mean))
 }
 
-/// Rolling z-score over every metric of every profile that enables it.
+/// Rolling z-score over the signals of every profile that enables it, raising one anomaly per
+/// episode: it opens after `persistence` readings beyond the threshold and closes (the same
+/// anomaly again, with its end) after `quiet_readings` back within it. Every value joins the
+/// window, so a level shift is learnt within a window; a jump in a direction the signal does
+/// not watch joins clipped to the threshold.
 #[derive(Debug)]
 pub struct ZScoreDetector {
     windows: EntityMap<EntityWindows>,
@@ -202,14 +214,30 @@ impl ZScoreDetector {
     }
 }
 
-/// A reading of one metric judged against the window before it.
+/// A reading of one signal judged against the window before it.
 struct Judgement {
-    metric: MetricId,
+    signal: usize,
     x: f64,
     mean: f64,
-    variance: f64,
+    std: f64,
     window_len: usize,
-    is_anomaly: bool,
+}
+
+/// Whether `deviation` from a window with this variance and σ floor is beyond the threshold
+/// (either way). Squares are compared so the square root waits for anomalies.
+#[inline(always)]
+fn is_beyond(deviation: f64, variance: f64, floor: f64, threshold: f64) -> bool {
+    deviation * deviation > threshold * threshold * variance.max(floor * floor)
+}
+
+/// Whether a deviation in this direction is one the signal watches for.
+#[inline(always)]
+fn counts(deviation: f64, direction: Direction) -> bool {
+    match direction {
+        Direction::Both => true,
+        Direction::Above => deviation > 0.0,
+        Direction::Below => deviation < 0.0,
+    }
 }
 
 impl Detector for ZScoreDetector {
@@ -224,87 +252,213 @@ impl Detector for ZScoreDetector {
         };
         let ZScoreDetector { windows, feature_names } = self;
         let windows = windows.get_or_insert_with(reading.profile, &reading.entity, || {
-            EntityWindows::new(profile.metrics.len(), settings.window.get())
+            EntityWindows::new(settings.signals.len(), settings.window.get())
         });
-        let threshold_squared = settings.threshold * settings.threshold;
-        for &(metric, x) in &reading.metrics {
-            let metric_index = usize::from(metric);
-            if !settings.watched[metric_index] {
+        for (index, signal) in settings.signals.iter().enumerate() {
+            let Some(&(_, value)) = reading.metrics.iter().find(|(metric, _)| *metric == signal.metric) else {
                 continue;
-            }
-            let window = windows.sums(metric_index);
-            if let Some((mean, variance)) = window.mean_variance() {
-                // Compare squares first: the square root and division only for anomalies and
-                // kept scores.
-                let floor = sigma_floor(mean);
-                let deviation = x - mean;
-                let is_anomaly = deviation * deviation > threshold_squared * variance.max(floor * floor);
-                if is_anomaly || findings.keeps_scores() {
-                    let judgement = Judgement { metric, x, mean, variance, window_len: window.len, is_anomaly };
-                    record(observation, settings, feature_names, judgement, findings);
+            };
+            let state = &mut windows.signals[index];
+            let previous = state.previous.replace(value);
+            if !signal.diff && settings.stuck_after > 0 {
+                track_stuck(observation, settings, index, previous == Some(value), findings, state);
+                if state.stuck.is_some() {
+                    // A stuck sensor's repeats say nothing about the signal: neither judged
+                    // nor learnt, so the window does not shrink to the one value.
+                    continue;
                 }
             }
-            windows.push(metric_index, x);
+            let x = match (signal.diff, previous) {
+                (false, _) => value,
+                (true, Some(previous)) => value - previous,
+                (true, None) => continue,
+            };
+            let sums = &state.sums;
+            let mut pushed = x;
+            let mut beyond = false;
+            if sums.len >= settings.min_history
+                && let Some((mean, variance)) = sums.mean_variance()
+            {
+                let floor = signal.sigma_floor.max(sigma_floor(mean));
+                let outside = is_beyond(x - mean, variance, floor, settings.threshold);
+                beyond = outside && counts(x - mean, signal.direction);
+                if outside || state.episode.is_some() || findings.keeps_scores() {
+                    let std = variance.sqrt().max(floor);
+                    // A jump the signal does not watch for (a battery swap) is no fault, but
+                    // left whole in the window it would hide the next fault for a window: it
+                    // joins clipped. A watched deviation joins as it is, so a new level is learnt.
+                    if outside && !beyond {
+                        let reach = settings.threshold * std;
+                        pushed = x.clamp(mean - reach, mean + reach);
+                    }
+                    let judgement = Judgement { signal: index, x, mean, std, window_len: sums.len };
+                    judge(observation, settings, feature_names, judgement, beyond, findings, state);
+                }
+            }
+            if !beyond {
+                state.beyond = 0;
+            }
+            windows.push(index, pushed);
         }
     }
 }
 
-/// Puts a judgement's score, and the anomaly if it is one, into `findings`. Out of line (and
-/// marked cold) so that the loop over a reading's metrics stays small and in registers.
+/// Counts repeats of a level signal's value; a run of `stuck_after` opens a stuck episode,
+/// the first different value closes it.
 #[cold]
 #[inline(never)]
-fn record(
+fn track_stuck(
+    observation: Observation<'_>,
+    settings: &ZScoreSettings,
+    index: usize,
+    repeated: bool,
+    findings: &mut Findings,
+    state: &mut SignalState,
+) {
+    let Observation { profile, reading, .. } = observation;
+    if !repeated {
+        state.repeats = 0;
+        if let Some(mut open) = state.stuck.take() {
+            open.episode =
+                Some(Episode { start_ms: open.episode.map_or(0, |e| e.start_ms), end_ms: Some(reading.event_time_ms) });
+            findings.anomalies.push(*open);
+        }
+        return;
+    }
+    state.repeats += 1;
+    // `repeats` counts the readings after the first of the run.
+    if state.repeats + 1 != settings.stuck_after || state.stuck.is_some() {
+        return;
+    }
+    let signal = &settings.signals[index];
+    let value = state.previous.unwrap_or(f64::NAN);
+    let anomaly = Anomaly {
+        id: anomaly_id(&profile.name, &reading.entity, reading.event_time_ms, NAME, &format!("{}_stuck", signal.name)),
+        detector: NAME,
+        metric: Some(signal.name.clone()),
+        value: Some(value),
+        score: settings.stuck_after as f64,
+        threshold: settings.stuck_after as f64,
+        severity: Severity::Major,
+        reason: format!(
+            "{} has reported exactly {} for {} readings in a row: a stuck sensor or a frozen feed",
+            signal.name,
+            ForPeople(value),
+            settings.stuck_after
+        ),
+        features: vec![(Arc::from("repeats"), settings.stuck_after as f64)],
+        episode: Some(Episode { start_ms: reading.event_time_ms, end_ms: None }),
+    };
+    findings.score(NAME, || Some(signal.name.clone()), anomaly.score, anomaly.threshold, true);
+    state.stuck = Some(Box::new(anomaly.clone()));
+    findings.anomalies.push(anomaly);
+}
+
+/// Moves a signal's episode on by one judged reading (its score line, when scores are kept,
+/// says whether this reading is beyond the threshold): opens it after `persistence` readings
+/// beyond the threshold (the anomaly goes into `findings`), closes it after `quiet_readings`
+/// within it (the same anomaly again, with its end). Out of line (and marked cold) so that the
+/// loop over a reading's signals stays small and in registers.
+#[cold]
+#[inline(never)]
+fn judge(
     observation: Observation<'_>,
     settings: &ZScoreSettings,
     feature_names: &[Arc<str>; 4],
     judgement: Judgement,
+    beyond: bool,
     findings: &mut Findings,
+    state: &mut SignalState,
 ) {
     let Observation { profile, reading, .. } = observation;
-    let Judgement { metric, x, mean, variance, window_len, is_anomaly } = judgement;
-    let std = variance.sqrt();
-    let z = z_score(x, mean, std);
-    findings.score(NAME, || Some(profile.metric_name(metric).clone()), z.abs(), settings.threshold, is_anomaly);
-    if !is_anomaly {
-        return;
+    let Judgement { signal, x, mean, std, window_len } = judgement;
+    let signal = &settings.signals[signal];
+    let z = (x - mean) / std;
+    if beyond {
+        state.beyond += 1;
+        state.quiet = 0;
+    } else if state.episode.is_some() {
+        state.quiet += 1;
     }
-    let name = profile.metric_name(metric);
-    let direction = if z > 0.0 { "above" } else { "below" };
-    let score = z.abs();
-    let [value_name, mean_name, std_name, z_name] = feature_names;
-    findings.anomalies.push(Anomaly {
-        id: anomaly_id(&profile.name, &reading.entity, reading.event_time_ms, NAME, name),
-        detector: NAME,
-        metric: Some(name.clone()),
-        value: Some(x),
-        score,
-        threshold: settings.threshold,
-        severity: Severity::from_excess(score, settings.threshold),
-        reason: format!(
-            "{name} {} is {}σ {direction} the mean {} of the last {window_len} readings",
-            ForPeople(x),
-            ForPeople(score),
-            ForPeople(mean),
-        ),
-        features: vec![
-            (value_name.clone(), x),
-            (mean_name.clone(), mean),
-            (std_name.clone(), std),
-            (z_name.clone(), z),
-        ],
-        episode: None,
-    });
+    let opens = beyond && state.episode.is_none() && state.beyond >= settings.persistence.get();
+    findings.score(NAME, || Some(signal.name.clone()), z.abs(), settings.threshold, beyond);
+    if opens {
+        let name = &signal.name;
+        let direction = if z > 0.0 { "above" } else { "below" };
+        let score = z.abs();
+        let [value_name, mean_name, std_name, z_name] = feature_names;
+        let anomaly = Anomaly {
+            id: anomaly_id(&profile.name, &reading.entity, reading.event_time_ms, NAME, name),
+            detector: NAME,
+            metric: Some(name.clone()),
+            value: Some(x),
+            score,
+            threshold: settings.threshold,
+            severity: Severity::from_excess(score, settings.threshold),
+            reason: format!(
+                "{name} {} is {}σ {direction} the mean {} of the last {window_len} readings",
+                ForPeople(x),
+                ForPeople(score),
+                ForPeople(mean),
+            ),
+            features: vec![
+                (value_name.clone(), x),
+                (mean_name.clone(), mean),
+                (std_name.clone(), std),
+                (z_name.clone(), z),
+            ],
+            episode: Some(Episode { start_ms: reading.event_time_ms, end_ms: None }),
+        };
+        state.episode = Some(Box::new(anomaly.clone()));
+        findings.anomalies.push(anomaly);
+    } else if state.quiet >= settings.quiet_readings.get()
+        && let Some(mut open) = state.episode.take()
+    {
+        state.quiet = 0;
+        let start_ms = open.episode.map_or(reading.event_time_ms, |e| e.start_ms);
+        open.episode = Some(Episode { start_ms, end_ms: Some(reading.event_time_ms) });
+        findings.anomalies.push(*open);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{Enrichment, Reading};
-    use crate::profile::ProfileRegistry;
+    use crate::profile::{Profile, ProfileRegistry, RawProfile};
+    use std::collections::BTreeMap;
 
-    fn feed(detector: &mut ZScoreDetector, profile: &str, entity: &str, values: &[f64]) -> Vec<Vec<Anomaly>> {
-        let registry = ProfileRegistry::with_builtins(Default::default()).unwrap();
-        let profile = registry.by_name(profile).unwrap();
+    /// Reference 003's and 004's parameters: 3σ over the last 30 readings, judged from the
+    /// second reading on.
+    const REFERENCE: &str = "window = 30\nthreshold = 3.0\nmin_history = 2";
+
+    /// A one-metric profile `sensor` (metric `value`) with these `detectors.zscore` settings.
+    fn sensor_profile(zscore: &str) -> Arc<Profile> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            profiles: BTreeMap<String, RawProfile>,
+        }
+        let text = format!(
+            "[profiles.sensor]\nentity_field = \"id\"\nmetrics = [{{ field = \"value\" }}]\n[profiles.sensor.detectors.zscore]\n{zscore}\n"
+        );
+        let file: File = toml::from_str(&text).unwrap();
+        let registry = ProfileRegistry::with_builtins(file.profiles).unwrap();
+        registry.by_name("sensor").unwrap().clone()
+    }
+
+    fn builtin(name: &str) -> Arc<Profile> {
+        ProfileRegistry::with_builtins(Default::default()).unwrap().by_name(name).unwrap().clone()
+    }
+
+    /// Feeds one metric's values (a reading a second) and answers each reading's anomalies.
+    fn feed_metric(
+        detector: &mut ZScoreDetector,
+        profile: &Profile,
+        entity: &str,
+        metric: &str,
+        values: &[f64],
+    ) -> Vec<Vec<Anomaly>> {
+        let metric = profile.metric_id(metric).unwrap();
         values
             .iter()
             .enumerate()
@@ -314,7 +468,7 @@ mod tests {
                     entity: entity.into(),
                     event_time_ms: i as i64 * 1000,
                     position: None,
-                    metrics: vec![(0, x)],
+                    metrics: vec![(metric, x)],
                     attributes: vec![],
                 };
                 let mut findings = Findings::default();
@@ -325,45 +479,242 @@ mod tests {
             .collect()
     }
 
+    fn feed(detector: &mut ZScoreDetector, profile: &Profile, entity: &str, values: &[f64]) -> Vec<Vec<Anomaly>> {
+        feed_metric(detector, profile, entity, &profile.metric_name(0).clone(), values)
+    }
+
+    /// Readings at which an anomaly opened (not the closing copies).
+    fn openings(results: &[Vec<Anomaly>]) -> Vec<usize> {
+        let mut opened = Vec::new();
+        for (i, anomalies) in results.iter().enumerate() {
+            for anomaly in anomalies {
+                if anomaly.episode.is_none_or(|e| e.end_ms.is_none()) {
+                    opened.push(i);
+                }
+            }
+        }
+        opened
+    }
+
+    /// `n` readings of `level` with a deterministic ±`noise` wobble (mean `level`, sample std
+    /// just over `noise`).
+    fn wobble(level: f64, noise: f64, n: usize) -> Vec<f64> {
+        (0..n).map(|i| level + if i % 2 == 0 { noise } else { -noise }).collect()
+    }
+
     #[test]
-    fn ten_flat_readings_then_a_jump_is_an_anomaly() {
+    fn reference_003_ten_flat_readings_then_a_jump_is_an_anomaly() {
+        let profile = sensor_profile(REFERENCE);
         let mut detector = ZScoreDetector::default();
         let mut values = vec![20.0; 10];
         values.push(100.0);
-        let results = feed(&mut detector, "environment", "s1", &values);
+        let results = feed(&mut detector, &profile, "s1", &values);
         assert!(results[..10].iter().all(Vec::is_empty), "the same value again is not an anomaly");
         let anomaly = &results[10][0];
         assert_eq!(anomaly.detector, "zscore");
-        assert_eq!(anomaly.metric.as_deref(), Some("temperature"));
+        assert_eq!(anomaly.metric.as_deref(), Some("value"));
         assert!(anomaly.score.is_finite() && anomaly.score > 3.0);
-        assert!(anomaly.reason.starts_with("temperature 100 is "), "{}", anomaly.reason);
+        assert!(anomaly.reason.starts_with("value 100 is "), "{}", anomaly.reason);
         assert!(anomaly.reason.ends_with("above the mean 20 of the last 10 readings"), "{}", anomaly.reason);
+        assert_eq!(anomaly.episode, Some(Episode { start_ms: 10_000, end_ms: None }));
     }
 
     #[test]
-    fn first_two_readings_are_never_judged() {
-        let mut detector = ZScoreDetector::default();
-        let results = feed(&mut detector, "environment", "s1", &[1.0, 1000.0]);
-        assert!(results.iter().all(Vec::is_empty));
-    }
-
-    #[test]
-    fn hand_computed_z_uses_the_window_before_the_point() {
+    fn reference_hand_computed_z_uses_the_window_before_the_point() {
         // Window [10, 12, 14]: mean 12, sample std 2. 19 gives z = 3.5 > 3; 17 gives 2.5.
+        let profile = sensor_profile(REFERENCE);
         let mut detector = ZScoreDetector::default();
-        let results = feed(&mut detector, "environment", "s1", &[10.0, 12.0, 14.0, 19.0]);
+        let results = feed(&mut detector, &profile, "s1", &[10.0, 12.0, 14.0, 19.0]);
         assert!((results[3][0].score - 3.5).abs() < 1e-12);
         let mut detector = ZScoreDetector::default();
-        assert!(feed(&mut detector, "environment", "s1", &[10.0, 12.0, 14.0, 17.0])[3].is_empty());
+        assert!(feed(&mut detector, &profile, "s1", &[10.0, 12.0, 14.0, 17.0])[3].is_empty());
+    }
+
+    #[test]
+    fn the_first_readings_of_a_new_entity_are_never_flagged() {
+        // By default a window judges once it is full (120 readings): nothing before that,
+        // however wild, and the 121st reading is judged.
+        let profile = builtin("environment");
+        let settings = profile.detectors.zscore.as_ref().unwrap();
+        assert_eq!((settings.window.get(), settings.min_history), (120, 120));
+        let mut detector = ZScoreDetector::default();
+        let mut values: Vec<f64> = (0..120).map(|i| if i % 10 == 9 { 1000.0 } else { 20.0 }).collect();
+        values.extend([20.0, 5000.0]);
+        let results = feed(&mut detector, &profile, "new", &values);
+        assert_eq!(openings(&results), [121], "judged from the 121st reading on");
+        // Even the reference settings need two readings.
+        let mut detector = ZScoreDetector::default();
+        assert!(feed(&mut detector, &sensor_profile(REFERENCE), "s1", &[1.0, 1000.0]).iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn a_level_shift_raises_one_anomaly_then_the_window_adapts() {
+        // 200 readings around 20 (σ ≈ 0.1), then 300 around 25: a 50σ shift. One anomaly opens
+        // at the shift; the window learns the new level and the episode closes, sent again with
+        // its end under the same id; the rest of the new level is normal.
+        let profile = builtin("environment");
+        let mut detector = ZScoreDetector::default();
+        let mut values = wobble(20.0, 0.1, 200);
+        values.extend(wobble(25.0, 0.1, 300));
+        let results = feed(&mut detector, &profile, "s1", &values);
+        assert_eq!(openings(&results), [200]);
+        let all: Vec<&Anomaly> = results.iter().flatten().collect();
+        assert_eq!(all.len(), 2, "the opening and the closing: {all:?}");
+        assert_eq!(all[0].id, all[1].id);
+        let end_ms = all[1].episode.unwrap().end_ms.expect("closed");
+        assert!(end_ms > 200_000 && end_ms < 440_000, "closed once the window had learnt the level: {end_ms}");
+        // The reference settings also raise it once: 30 anomalies are what they used to give.
+        let mut detector = ZScoreDetector::default();
+        let results = feed(&mut detector, &sensor_profile(REFERENCE), "s1", &values);
+        assert_eq!(openings(&results), [200]);
+    }
+
+    #[test]
+    fn a_spike_does_not_blind_the_window_to_the_next_one() {
+        // A spike of 50σ joins the 120-reading window and widens its σ to about 0.47, so a
+        // second one 20 readings later is still over 10σ out; each is its own short episode.
+        let profile = builtin("environment");
+        let mut detector = ZScoreDetector::default();
+        let mut values = wobble(20.0, 0.1, 200);
+        values[150] += 5.0;
+        values[170] += 5.0;
+        let results = feed(&mut detector, &profile, "s1", &values);
+        assert_eq!(openings(&results), [150, 170]);
+    }
+
+    #[test]
+    fn persistence_needs_that_many_readings_in_a_row() {
+        let profile = sensor_profile("window = 30\nthreshold = 3.0\nmin_history = 10\npersistence = 3");
+        let mut detector = ZScoreDetector::default();
+        let mut values = wobble(20.0, 0.1, 50);
+        values[12] = 30.0; // one reading out: no anomaly (and out of the window by reading 43)
+        values[45] = 30.0;
+        values[46] = 30.0;
+        values[47] = 30.0; // three in a row: opens on the third
+        let results = feed(&mut detector, &profile, "s1", &values);
+        assert_eq!(openings(&results), [47]);
+    }
+
+    #[test]
+    fn a_drone_landing_waiting_and_taking_off_again_raises_nothing() {
+        // The built-in drone profile watches altitude and speed as changes per reading, with
+        // σ floors at the autopilot's own manoeuvres: a landing, five minutes on the ground and
+        // a climb back at 3 m/s (reached at 2 m/s²) are a mission, not a fault.
+        let profile = builtin("drone");
+        let mut detector = ZScoreDetector::default();
+        let mut altitude = Vec::new();
+        let mut height: f64 = 100.0;
+        for _ in 0..300 {
+            altitude.push(height);
+        }
+        let mut rate: f64 = 0.0;
+        while height > 0.0 {
+            rate = (rate - 2.0).max(-(height * 0.3).clamp(0.5, 2.5));
+            height = (height + rate).max(0.0);
+            altitude.push(height);
+        }
+        altitude.extend([0.0; 300]);
+        let mut rate: f64 = 0.0;
+        for _ in 0..60 {
+            rate = (rate + 2.0).min(3.0);
+            height += rate;
+            altitude.push(height);
+        }
+        let results = feed_metric(&mut detector, &profile, "d-1", "altitude", &altitude);
+        assert!(openings(&results).is_empty(), "{:?}", results.iter().flatten().next());
+        // A fall at 10 m/s is not.
+        let mut falling = altitude.clone();
+        let last = *falling.last().unwrap();
+        falling.extend((1..=4).map(|i| last - 10.0 * f64::from(i)));
+        let mut detector = ZScoreDetector::default();
+        let results = feed_metric(&mut detector, &profile, "d-1", "altitude", &falling);
+        assert_eq!(openings(&results), [altitude.len()]);
+    }
+
+    #[test]
+    fn a_vehicle_stopping_and_driving_off_raises_no_zscore_anomaly() {
+        // Vehicle speed is traffic: the built-in profile leaves it to the rules. A z-score on it
+        // (the reference settings) flags the departure after a stop at a red light.
+        assert!(builtin("vehicle").detectors.zscore.is_none());
+        let mut speed = wobble(50.0, 3.0, 60);
+        speed.extend([30.0, 10.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        speed.extend([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        speed.extend([15.0, 30.0, 45.0, 50.0]);
+        let mut detector = ZScoreDetector::default();
+        let flagged = openings(&feed(&mut detector, &sensor_profile(REFERENCE), "V001", &speed));
+        assert!(!flagged.is_empty(), "the reference z-score calls a green light an anomaly");
+    }
+
+    #[test]
+    fn direction_below_ignores_a_battery_swap_but_not_a_collapse() {
+        let profile = builtin("drone");
+        // Draining 0.05 a reading, swapped to 98 at reading 200, collapsing 4 a reading at 300.
+        let mut battery: Vec<f64> = (0..200).map(|i| 60.0 - 0.05 * f64::from(i)).collect();
+        battery.extend((0..100).map(|i| 98.0 - 0.05 * f64::from(i)));
+        battery.extend((1..=8).map(|i| 93.0 - 4.0 * f64::from(i)));
+        let mut detector = ZScoreDetector::default();
+        let results = feed_metric(&mut detector, &profile, "d-1", "battery_level", &battery);
+        assert_eq!(openings(&results), [300], "the swap is a rise; the collapse is one episode");
+    }
+
+    #[test]
+    fn a_stuck_sensor_is_one_episode_and_its_repeats_are_not_learnt() {
+        // Environment stations report noise always: twelve identical readings open a stuck
+        // episode, the first different value closes it, and the window never learnt the repeats,
+        // so the honest readings after it are not flagged.
+        let profile = builtin("environment");
+        let mut detector = ZScoreDetector::default();
+        let mut values = wobble(20.0, 0.1, 200);
+        values.extend([20.05; 100]);
+        values.extend(wobble(20.0, 0.1, 200));
+        let results = feed(&mut detector, &profile, "s1", &values);
+        let all: Vec<&Anomaly> = results.iter().flatten().collect();
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert!(all[0].reason.contains("exactly 20.05 for 12 readings"), "{}", all[0].reason);
+        assert_eq!(all[0].episode, Some(Episode { start_ms: 211_000, end_ms: None }));
+        assert_eq!(all[1].episode, Some(Episode { start_ms: 211_000, end_ms: Some(300_000) }));
     }
 
     #[test]
     fn entities_do_not_share_state() {
+        let profile = sensor_profile(REFERENCE);
         let mut detector = ZScoreDetector::default();
-        feed(&mut detector, "environment", "a", &[20.0; 10]);
-        let other = feed(&mut detector, "environment", "b", &[500.0, 500.0, 500.0]);
+        feed(&mut detector, &profile, "a", &[20.0; 10]);
+        let other = feed(&mut detector, &profile, "b", &[500.0, 500.0, 500.0]);
         assert!(other.iter().all(Vec::is_empty));
         assert_eq!(detector.entities(), 2);
+    }
+
+    #[test]
+    fn a_metric_missing_from_a_reading_leaves_its_window_alone() {
+        // Drone readings carrying only some metrics: each window holds only its own values.
+        let profile = builtin("drone");
+        let mut detector = ZScoreDetector::default();
+        let acceleration_z = profile.metric_id("acceleration_z").unwrap();
+        let signal = profile.metric_id("signal_strength").unwrap();
+        for i in 0..50_i64 {
+            let mut metrics = vec![(acceleration_z, 0.1 * (i % 3) as f64)];
+            if i % 5 == 0 {
+                metrics.push((signal, -60.0 - i as f64));
+            }
+            let reading = Reading {
+                profile: profile.id,
+                entity: "d-1".into(),
+                event_time_ms: i * 1000,
+                position: None,
+                metrics,
+                attributes: vec![],
+            };
+            let enrichment = Enrichment::default();
+            let observation = Observation { profile: &profile, reading: &reading, enrichment: &enrichment };
+            detector.observe(observation, &mut Findings::default());
+        }
+        let settings = profile.detectors.zscore.as_ref().unwrap();
+        let windows = detector.windows.get(profile.id, "d-1").unwrap();
+        let length =
+            |name: &str| windows.signals[settings.signals.iter().position(|s| &*s.name == name).unwrap()].sums.len;
+        assert_eq!((length("acceleration_z"), length("signal_strength_diff"), length("altitude_diff")), (50, 9, 0));
+        assert_eq!(windows.rings.len(), 2 * settings.window.get(), "rings only for the signals seen");
     }
 
     #[test]
@@ -380,76 +731,6 @@ mod tests {
         let exact: Vec<f64> = (997..1000).map(|i| f64::from(i % 7)).collect();
         let exact_mean = exact.iter().sum::<f64>() / 3.0;
         assert!((window.mean_std().unwrap().0 - exact_mean).abs() < 1e-9);
-    }
-
-    #[test]
-    fn each_metric_keeps_its_own_window_whatever_subset_a_reading_carries() {
-        // Drone readings with a changing subset of the seven metrics, the last one only from
-        // reading 120 on; every score must be the one a window of that metric alone gives.
-        let registry = ProfileRegistry::with_builtins(Default::default()).unwrap();
-        let profile = registry.by_name("drone").unwrap();
-        let settings = profile.detectors.zscore.as_ref().unwrap();
-        let late_metric: MetricId = 6;
-        let mut detector = ZScoreDetector::default();
-        let mut references: Vec<RollingWindow> =
-            (0..profile.metrics.len()).map(|_| RollingWindow::new(settings.window.get())).collect();
-        let mut judged = vec![0; profile.metrics.len()];
-        let mut seen = vec![false; profile.metrics.len()];
-        let mut anomalies = 0;
-        for i in 0..400_u32 {
-            let metrics: Vec<(MetricId, f64)> = (0..7_u16)
-                .filter(|&m| if m == late_metric { i >= 120 } else { (i + u32::from(m)) % (u32::from(m) + 2) != 0 })
-                .map(|m| {
-                    let spike = if i % 37 == 0 { 50.0 } else { 0.0 };
-                    (m, 100.0 * f64::from(m) + f64::from((i * (u32::from(m) + 3)) % 11) + spike)
-                })
-                .collect();
-            let reading = Reading {
-                profile: profile.id,
-                entity: "d-1".into(),
-                event_time_ms: i64::from(i) * 1000,
-                position: None,
-                metrics,
-                attributes: vec![],
-            };
-            let mut findings = Findings::keeping_scores();
-            let enrichment = Enrichment::default();
-            detector.observe(Observation { profile, reading: &reading, enrichment: &enrichment }, &mut findings);
-
-            let mut expected = Vec::new();
-            for &(metric, x) in &reading.metrics {
-                seen[usize::from(metric)] = true;
-                let reference = &mut references[usize::from(metric)];
-                if let Some((mean, variance)) = reference.mean_variance() {
-                    let floor = sigma_floor(mean);
-                    let is_anomaly =
-                        (x - mean) * (x - mean) > settings.threshold * settings.threshold * variance.max(floor * floor);
-                    expected.push((metric, z_score(x, mean, variance.sqrt()).abs(), is_anomaly));
-                    judged[usize::from(metric)] += 1;
-                }
-                reference.push(x);
-            }
-            let got: Vec<(MetricId, f64, bool)> = findings
-                .scores
-                .iter()
-                .map(|s| (profile.metric_id(s.metric.as_deref().unwrap()).unwrap(), s.score, s.is_anomaly))
-                .collect();
-            assert_eq!(got, expected, "reading {i}");
-            let expected_anomalies: Vec<MetricId> = expected.iter().filter(|e| e.2).map(|e| e.0).collect();
-            let flagged: Vec<MetricId> =
-                findings.anomalies.iter().map(|a| profile.metric_id(a.metric.as_deref().unwrap()).unwrap()).collect();
-            assert_eq!(flagged, expected_anomalies, "reading {i}");
-            anomalies += flagged.len();
-
-            // A ring only for the metrics seen so far.
-            let windows = detector.windows.get(profile.id, "d-1").unwrap();
-            let rings = seen.iter().filter(|&&s| s).count() * settings.window.get();
-            assert_eq!(windows.rings.len(), rings, "reading {i}");
-        }
-        assert!(judged.iter().all(|&n| n > 100), "{judged:?}");
-        assert!(anomalies > 20, "the spikes are flagged: {anomalies}");
-        assert_eq!(detector.windows.get(profile.id, "d-1").unwrap().rings.len(), 7 * settings.window.get());
-        assert_eq!(judged[usize::from(late_metric)], 400 - 120 - 2, "never judged on its first two readings");
     }
 
     #[test]

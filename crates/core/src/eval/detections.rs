@@ -24,6 +24,10 @@ pub struct Detection {
 /// A record as written by `teleguard replay` or the HTTP API.
 #[derive(Debug, Deserialize)]
 struct RawDetection {
+    /// The anomaly's id: a lasting finding (an episode) is sent again with its end under the
+    /// same id, and is still one detection.
+    #[serde(default)]
+    id: Option<String>,
     entity: String,
     #[serde(default)]
     profile: Option<String>,
@@ -52,7 +56,8 @@ pub struct DetectionsError {
 /// Reads NDJSON (one record per line), a JSON array of records, or `{"anomalies": [...]}`.
 /// Records need `entity`, `timestamp` (or `event_time`; RFC 3339 or epoch milliseconds) and
 /// `detector`; `score` (or `anomaly_score`), `threshold`, `profile`, `metric` and
-/// `is_anomaly` (true when absent) are optional.
+/// `is_anomaly` (true when absent) are optional. A record with the `id` of an earlier one (an
+/// episode sent again once it ended) is the same detection and is read once, at its first time.
 pub fn parse_detections(text: &str) -> Result<Vec<Detection>, DetectionsError> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
@@ -65,6 +70,7 @@ pub fn parse_detections(text: &str) -> Result<Vec<Detection>, DetectionsError> {
         return parse_array(&items.to_string(), "anomalies ");
     }
     let mut detections = Vec::new();
+    let mut seen = FirstSighting::default();
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -72,7 +78,9 @@ pub fn parse_detections(text: &str) -> Result<Vec<Detection>, DetectionsError> {
         let place = || format!("line {}", index + 1);
         let raw: RawDetection = serde_json::from_str(line)
             .map_err(|e| DetectionsError { place: place(), message: without_position(&e) })?;
-        detections.push(convert(raw).map_err(|message| DetectionsError { place: place(), message })?);
+        if seen.is_first(&raw) {
+            detections.push(convert(raw).map_err(|message| DetectionsError { place: place(), message })?);
+        }
     }
     Ok(detections)
 }
@@ -82,16 +90,28 @@ fn parse_array(text: &str, prefix: &str) -> Result<Vec<Detection>, DetectionsErr
         place: format!("line {}, column {}", e.line(), e.column()),
         message: without_position(&e),
     })?;
-    items
-        .iter()
-        .enumerate()
-        .map(|(index, item)| {
-            let place = || format!("{prefix}item {}", index + 1);
-            let raw = RawDetection::deserialize(item)
-                .map_err(|e| DetectionsError { place: place(), message: without_position(&e) })?;
-            convert(raw).map_err(|message| DetectionsError { place: place(), message })
-        })
-        .collect()
+    let mut detections = Vec::new();
+    let mut seen = FirstSighting::default();
+    for (index, item) in items.iter().enumerate() {
+        let place = || format!("{prefix}item {}", index + 1);
+        let raw = RawDetection::deserialize(item)
+            .map_err(|e| DetectionsError { place: place(), message: without_position(&e) })?;
+        if seen.is_first(&raw) {
+            detections.push(convert(raw).map_err(|message| DetectionsError { place: place(), message })?);
+        }
+    }
+    Ok(detections)
+}
+
+/// The anomaly ids read so far.
+#[derive(Default)]
+struct FirstSighting(std::collections::HashSet<String>);
+
+impl FirstSighting {
+    /// False for a record whose id was read before; records without an id are always new.
+    fn is_first(&mut self, raw: &RawDetection) -> bool {
+        raw.id.as_ref().is_none_or(|id| self.0.insert(id.clone()))
+    }
 }
 
 fn convert(raw: RawDetection) -> Result<Detection, String> {
@@ -142,6 +162,19 @@ mod tests {
         assert!(!detections[0].is_anomaly && detections[1].is_anomaly);
         assert_eq!(detections[1].time_ms, 1_725_444_005_000);
         assert_eq!(detections[1].score, Some(4.5));
+    }
+
+    #[test]
+    fn an_episode_sent_again_with_its_end_is_one_detection() {
+        let text = r#"{"id":"e1","entity":"s1","timestamp":"2024-09-04T10:00:00.000Z","detector":"zscore"}
+{"id":"e2","entity":"s1","timestamp":"2024-09-04T10:00:05.000Z","detector":"zscore"}
+{"id":"e1","entity":"s1","timestamp":"2024-09-04T10:05:00.000Z","detector":"zscore"}
+{"entity":"s1","timestamp":"2024-09-04T10:06:00.000Z","detector":"zscore"}
+{"entity":"s1","timestamp":"2024-09-04T10:06:00.000Z","detector":"zscore"}
+"#;
+        let detections = parse_detections(text).unwrap();
+        let times: Vec<i64> = detections.iter().map(|d| d.time_ms - 1_725_444_000_000).collect();
+        assert_eq!(times, [0, 5_000, 360_000, 360_000], "e1 once, at its start; records without ids all count");
     }
 
     #[test]

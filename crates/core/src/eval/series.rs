@@ -80,13 +80,13 @@ mod tests {
             ProfileRegistry::with_builtins(BTreeMap::from([(SERIES_PROFILE.to_string(), series_profile())])).unwrap();
         let profile = registry.by_name(SERIES_PROFILE).unwrap();
         let mut detectors = DetectorSet::standard(Arc::new(ModelRegistry::default()));
-        let mut rows: Vec<(i64, f64)> = (0..20).map(|i| (i * 300_000, 10.0 + f64::from(i as i32 % 2))).collect();
-        rows[15].1 = 50.0;
+        let mut rows: Vec<(i64, f64)> = (0..150).map(|i| (i * 300_000, 10.0 + f64::from(i as i32 % 2))).collect();
+        rows[140].1 = 50.0;
         let scores = detect_series(profile, &mut detectors, "a/b.csv", &rows, "zscore");
-        assert_eq!(scores.len(), 20);
-        assert_eq!(scores[0].score, None, "no window yet");
-        assert!(scores[15].is_anomaly && scores[15].score.unwrap() > 3.0);
+        assert_eq!(scores.len(), 150);
+        assert_eq!(scores[119].score, None, "no verdict before the window is full");
+        assert!(scores[140].is_anomaly && scores[140].score.unwrap() > 5.0);
         assert_eq!(scores.iter().filter(|s| s.is_anomaly).count(), 1);
-        assert_eq!(scores[15].threshold, Some(3.0));
+        assert_eq!(scores[140].threshold, Some(5.0));
     }
 }

@@ -23,6 +23,9 @@ const AIRPORTS: [(f64, f64); 10] = [
     (38.6954, -121.5908), // SMF
 ];
 const KM_PER_NM: f64 = 1.852;
+/// No anomaly is injected this soon after a flight's first reading: detectors judge a new
+/// entity only once they have seen enough of it.
+const NEW_FLIGHT_WARM_UP_MS: i64 = 5 * 60_000;
 /// Speed changes at most this many knots a second.
 const SPEED_CHANGE_KN_PER_S: f64 = 2.0;
 
@@ -197,6 +200,9 @@ impl EntityModel for Aircraft {
                 return;
             }
             self.depart();
+            // A new flight is a new entity: like a new simulation, its first minutes carry no
+            // anomaly (the clock ran on while the airframe waited, and would fire at take-off).
+            self.core.next_anomaly_ms = self.core.next_anomaly_ms.max(at_ms + NEW_FLIGHT_WARM_UP_MS);
         }
         let spike = if self.drop.is_none() && self.core.anomaly_due(at_ms) { self.start_anomaly(at_ms) } else { None };
         let phase = self.phase;

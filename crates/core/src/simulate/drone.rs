@@ -147,7 +147,8 @@ impl Drone {
         let at_ms = emit.at_ms;
         let flying = matches!(self.phase, Phase::Cruise { .. }) && self.altitude > 40.0;
         match self.core.rng_index(3) {
-            0 => {
+            // A collapse needs charge to lose: an empty battery shows nothing.
+            0 if self.battery > 10.0 => {
                 let seconds = self.core.uniform(4.0, 8.0);
                 let loss = self.core.uniform(25.0, 45.0).min(self.battery - 2.0).max(5.0);
                 self.fault = Some(Fault::BatteryCollapse {
