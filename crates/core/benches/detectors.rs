@@ -6,7 +6,6 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
 use teleguard_core::detect::isolation_forest::{IsolationForest, IsolationForestDetector, ModelRegistry};
 use teleguard_core::detect::novelty::NoveltyDetector;
 use teleguard_core::detect::rules::{
@@ -19,44 +18,15 @@ use teleguard_core::enrich::{Enricher, parse_drivers};
 use teleguard_core::geo::GeofenceIndex;
 use teleguard_core::model::{Enrichment, Reading};
 use teleguard_core::profile::{Profile, ProfileRegistry};
-use teleguard_core::simulate::{SimSettings, Simulator};
 use teleguard_core::validate::validate;
 
-const PASSES: usize = 7;
+mod common;
+
+use common::report;
 
 fn simulated(profile: &str, count: usize, registry: &ProfileRegistry) -> Vec<Reading> {
-    let settings = SimSettings {
-        profiles: vec![profile.to_string()],
-        seed: 3,
-        start_ms: 1_725_408_000_000,
-        anomaly_rate: 1.0,
-        fleet_scale: 40.0,
-        entities: None,
-    };
-    let mut simulator = Simulator::new(&settings).unwrap();
-    let mut messages = Vec::new();
-    let mut until = settings.start_ms;
-    while messages.len() < count {
-        until += 1000;
-        simulator.emit_until(until, &mut messages);
-    }
     let profile = registry.by_name(profile).unwrap();
-    messages.iter().take(count).map(|m| validate(profile, &m.payload).unwrap()).collect()
-}
-
-/// Runs `pass` several times; prints the best and median rate of `items` per pass.
-fn report(what: &str, unit: &str, items: usize, mut pass: impl FnMut()) -> f64 {
-    let mut rates: Vec<f64> = (0..PASSES)
-        .map(|_| {
-            let started = Instant::now();
-            pass();
-            items as f64 / started.elapsed().as_secs_f64() / 1e6
-        })
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    let best = rates[PASSES - 1];
-    println!("{what}: {best:.2} M {unit}/s best of {PASSES} (median {:.2})", rates[PASSES / 2]);
-    best
+    common::simulated_messages(&profile.name, count).iter().map(|m| validate(profile, &m.payload).unwrap()).collect()
 }
 
 fn observe_all(

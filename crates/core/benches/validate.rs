@@ -6,51 +6,18 @@
 
 use apache_avro::types::Value as Avro;
 use std::hint::black_box;
-use std::time::Instant;
 use teleguard_core::profile::ProfileRegistry;
 use teleguard_core::schema::avro_schema;
-use teleguard_core::simulate::{SimMessage, SimSettings, Simulator};
 use teleguard_core::validate::decode_and_validate;
 
-const PASSES: usize = 7;
+mod common;
 
-fn simulated(profile: &str, count: usize) -> Vec<SimMessage> {
-    let settings = SimSettings {
-        profiles: vec![profile.to_string()],
-        seed: 3,
-        start_ms: 1_725_408_000_000,
-        anomaly_rate: 1.0,
-        fleet_scale: 40.0,
-        entities: None,
-    };
-    let mut simulator = Simulator::new(&settings).unwrap();
-    let mut messages = Vec::new();
-    let mut until = settings.start_ms;
-    while messages.len() < count {
-        until += 1000;
-        simulator.emit_until(until, &mut messages);
-    }
-    messages.truncate(count);
-    messages
-}
-
-/// Runs `pass` several times; prints the best and median rate of `items` per pass.
-fn report(what: &str, items: usize, mut pass: impl FnMut()) {
-    let mut rates: Vec<f64> = (0..PASSES)
-        .map(|_| {
-            let started = Instant::now();
-            pass();
-            items as f64 / started.elapsed().as_secs_f64() / 1e6
-        })
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    println!("{what}: {:.2} M messages/s best of {PASSES} (median {:.2})", rates[PASSES - 1], rates[PASSES / 2]);
-}
+use common::{report, simulated_messages as simulated};
 
 /// A JSON drone message as the Avro single-object message a device would send instead.
-fn to_single_object(writer: &mut apache_avro::GenericSingleObjectWriter, json: &[u8]) -> Vec<u8> {
+fn to_single_object(writer: &mut apache_avro::GenericSingleObjectWriter, order: &[&str], json: &[u8]) -> Vec<u8> {
     let json: serde_json::Value = serde_json::from_slice(json).unwrap();
-    let fields = json
+    let mut fields: Vec<(String, Avro)> = json
         .as_object()
         .unwrap()
         .iter()
@@ -64,27 +31,10 @@ fn to_single_object(writer: &mut apache_avro::GenericSingleObjectWriter, json: &
         })
         .collect();
     let mut bytes = Vec::new();
-    writer.write_value(Avro::Record(order_fields(fields)), &mut bytes).unwrap();
+    // Avro records are written in their schema's field order.
+    fields.sort_by_key(|(name, _)| order.iter().position(|o| o == name));
+    writer.write_value(Avro::Record(fields), &mut bytes).unwrap();
     bytes
-}
-
-/// Avro records are written in their schema's field order.
-fn order_fields(mut fields: Vec<(String, Avro)>) -> Vec<(String, Avro)> {
-    const ORDER: [&str; 11] = [
-        "timestamp",
-        "drone_id",
-        "latitude",
-        "longitude",
-        "altitude",
-        "velocity",
-        "acceleration_x",
-        "acceleration_y",
-        "acceleration_z",
-        "battery_level",
-        "signal_strength",
-    ];
-    fields.sort_by_key(|(name, _)| ORDER.iter().position(|o| o == name));
-    fields
 }
 
 fn main() {
@@ -93,19 +43,22 @@ fn main() {
     for name in ["vehicle", "drone", "aircraft", "environment", "vibration"] {
         let profile = registry.by_name(name).unwrap();
         let payloads: Vec<Vec<u8>> = simulated(name, n).into_iter().map(|m| m.payload).collect();
-        report(&format!("validate {name} (JSON)"), n, || {
+        report(&format!("validate {name} (JSON)"), "messages", n, || {
             for payload in &payloads {
                 black_box(decode_and_validate(profile, payload.clone()).1.is_ok());
             }
         });
     }
     let drone = registry.by_name("drone").unwrap();
-    let schema = apache_avro::Schema::parse(&avro_schema(drone)).unwrap();
+    let schema_json = avro_schema(drone);
+    let order: Vec<&str> =
+        schema_json["fields"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    let schema = apache_avro::Schema::parse(&schema_json).unwrap();
     let mut writer = apache_avro::GenericSingleObjectWriter::new_with_capacity(&schema, 256).unwrap();
     let payloads: Vec<Vec<u8>> =
-        simulated("drone", n).iter().map(|m| to_single_object(&mut writer, &m.payload)).collect();
+        simulated("drone", n).iter().map(|m| to_single_object(&mut writer, &order, &m.payload)).collect();
     assert!(decode_and_validate(drone, payloads[0].clone()).1.is_ok());
-    report("validate drone (Avro single-object)", n, || {
+    report("validate drone (Avro single-object)", "messages", n, || {
         for payload in &payloads {
             black_box(decode_and_validate(drone, payload.clone()).1.is_ok());
         }
