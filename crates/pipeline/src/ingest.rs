@@ -161,7 +161,7 @@ impl Ingest {
         let Some(profile) = self.shared.profiles.by_name(profile_name).cloned() else {
             let reason = format!("unknown profile {profile_name:?}");
             let payloads = deliveries.into_iter().map(|d| d.payload).collect();
-            self.record_all_rejected(profile_name, source, payloads, &reason).await?;
+            self.record_all_rejected(profile_name, source, payloads, "unknown_profile", &reason).await?;
             return Err(self.unknown_profile(profile_name));
         };
         let (deliveries, mut verdicts): (Vec<Delivery>, Vec<Result<Reading, Rejection>>) = deliveries
@@ -245,15 +245,17 @@ impl Ingest {
         Ok(report)
     }
 
-    /// Records a message that could not even be split into items (e.g. an oversized body).
+    /// Records a message that could not even be split into items (e.g. an oversized body),
+    /// with its reason code (`payload_too_large`) and the reason's text.
     pub async fn record_rejected(
         &self,
         profile_name: &str,
         source: &'static str,
         payload: Vec<u8>,
+        code: &'static str,
         reason: &str,
     ) -> Result<(), IngestError> {
-        self.record_all_rejected(profile_name, source, vec![payload], reason).await
+        self.record_all_rejected(profile_name, source, vec![payload], code, reason).await
     }
 
     /// Records messages that are all rejected for the same reason, in one transaction.
@@ -262,6 +264,7 @@ impl Ingest {
         profile_name: &str,
         source: &'static str,
         payloads: Vec<Vec<u8>>,
+        code: &'static str,
         reason: &str,
     ) -> Result<(), IngestError> {
         let known = self.shared.profiles.by_name(profile_name).map(|p| p.name.clone());
@@ -284,6 +287,7 @@ impl Ingest {
             .get_or_create(&ProfileSourceLabels { profile: label.into(), source: source.into() })
             .inc_by(count);
         metrics.messages_rejected.get_or_create(&Metrics::profile(label)).inc_by(count);
+        metrics.discard(code, count);
         Ok(())
     }
 
@@ -355,6 +359,7 @@ impl Ingest {
                 Err(rejection) => {
                     report.rejected += 1;
                     let reason = reason_code(rejection);
+                    self.shared.metrics.discard(reason, 1);
                     if reason == "duplicate" {
                         report.duplicates += 1;
                     }

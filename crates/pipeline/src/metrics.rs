@@ -50,6 +50,8 @@ pub struct Metrics {
     pub backpressure_rejections: Counter,
     pub inflight_readings: Gauge,
     pub recovered_readings: Counter,
+    /// Every message that became no reading, from any source, by reason code.
+    pub discarded: Family<ReasonLabels, Counter>,
     /// The MQTT gateway's (reference 001's names): messages, verdicts by reason code, the
     /// time from a batch's arrival to its acknowledgement, and the broker connections.
     pub gateway_messages_received: Counter,
@@ -70,6 +72,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts `count` messages discarded for `reason` (a reason code).
+    pub fn discard(&self, reason: &str, count: u64) {
+        self.discarded.get_or_create(&ReasonLabels { reason: reason.into() }).inc_by(count);
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let metrics = Metrics {
@@ -85,6 +92,7 @@ impl Metrics {
             backpressure_rejections: Counter::default(),
             inflight_readings: Gauge::default(),
             recovered_readings: Counter::default(),
+            discarded: Family::default(),
             gateway_messages_received: Counter::default(),
             gateway_validation_success: Counter::default(),
             gateway_validation_errors: Family::default(),
@@ -150,6 +158,11 @@ impl Metrics {
             "teleguard_recovered_readings",
             "Readings re-processed at start-up because the previous run stopped before storing them",
             metrics.recovered_readings.clone(),
+        );
+        registry.register(
+            "teleguard_discarded",
+            "Messages from any source that became no reading, by reason code (each has a dead-letter record in bronze)",
+            metrics.discarded.clone(),
         );
         registry.register(
             "gateway_mqtt_messages_received",

@@ -88,6 +88,16 @@ async fn each_bad_message_gets_its_error_and_a_dead_letter() {
     let metrics = client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert_eq!(metric(&metrics, "teleguard_validation_failed_total{profile=\"vehicle\"}"), 10.0);
     assert_eq!(metric(&metrics, "teleguard_validation_passed_total{profile=\"vehicle\"}"), 2.0);
+    // Every discarded message by its reason code, whatever the profile.
+    for (reason, count) in [
+        ("malformed_json", 5.0),
+        ("schema", 5.0),
+        ("invalid_message", 1.0),
+        ("payload_too_large", 1.0),
+        ("unknown_profile", 1.0),
+    ] {
+        assert_eq!(metric(&metrics, &format!("teleguard_discarded_total{{reason=\"{reason}\"}}")), count, "{reason}");
+    }
 
     // Still alive and well.
     let (status, _) = post(&client, &server, "vehicle", GOOD.to_string()).await;

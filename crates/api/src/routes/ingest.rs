@@ -39,7 +39,7 @@ pub async fn ingest(
                 "request body of {size} exceeds the {}-byte limit; split it into smaller requests",
                 state.max_body_bytes
             );
-            state.ingest.record_rejected(&profile, "http", prefix, &reason).await?;
+            state.ingest.record_rejected(&profile, "http", prefix, "payload_too_large", &reason).await?;
             return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, reason));
         }
     };
@@ -50,7 +50,7 @@ pub async fn ingest(
     let items = match split_items(&body) {
         Ok(items) => items,
         Err(reason) => {
-            state.ingest.record_rejected(&profile, "http", body, &reason).await?;
+            state.ingest.record_rejected(&profile, "http", body, "malformed_json", &reason).await?;
             if state.ingest.profiles().by_name(&profile).is_none() {
                 return Err(state.ingest.unknown_profile(&profile).into());
             }

@@ -214,7 +214,9 @@ impl Submitter {
                     publish.payload.len(),
                     publish.topic
                 );
-                self.ingest.record_rejected(profile, SOURCE, publish.payload.to_vec(), &reason).await?;
+                self.ingest
+                    .record_rejected(profile, SOURCE, publish.payload.to_vec(), "payload_too_large", &reason)
+                    .await?;
                 self.count_error("payload_too_large");
                 continue;
             }
