@@ -13,20 +13,30 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// The longest entity id accepted, in bytes.
 pub const MAX_ENTITY_BYTES: usize = 128;
 
-/// Why a message was not accepted: the field at fault (if one is) and what is wrong with it.
+/// Why a message was not accepted: a short code for metrics and filters, the field at fault
+/// (if one is) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
+    /// `schema` (a field breaks the profile), `malformed_json`, `invalid_message`, or the code a
+    /// later check gives (`identity_mismatch`, `duplicate`).
+    pub code: &'static str,
     pub field: Option<String>,
     pub message: String,
 }
 
 impl Rejection {
     fn field(name: &str, message: impl Into<String>) -> Self {
-        Rejection { field: Some(name.to_string()), message: message.into() }
+        Rejection { code: "schema", field: Some(name.to_string()), message: message.into() }
     }
 
+    /// A message that is wrong as a whole (`invalid_message`).
     pub fn message(message: impl Into<String>) -> Self {
-        Rejection { field: None, message: message.into() }
+        Rejection::coded("invalid_message", message)
+    }
+
+    /// A message wrong as a whole, for the reason `code` names.
+    pub fn coded(code: &'static str, message: impl Into<String>) -> Self {
+        Rejection { code, field: None, message: message.into() }
     }
 }
 
@@ -110,7 +120,7 @@ pub fn validate(profile: &Profile, payload: &[u8]) -> Result<Reading, Rejection>
         Ok(Message::NotAnObject(other)) => {
             return Err(Rejection::message(format!("expected a JSON object, found {}", other.describe())));
         }
-        Err(e) => return Err(Rejection::message(format!("invalid JSON: {e}"))),
+        Err(e) => return Err(Rejection::coded("malformed_json", format!("invalid JSON: {e}"))),
     };
     let field = |slot: usize| slots[slot].as_ref().filter(|v| **v != Scalar::Null);
     let entity = entity_id(field(layout.entity), &profile.entity_field)?;

@@ -57,26 +57,10 @@ pub struct Delivery {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ItemError {
     pub index: usize,
-    /// A short code for the kind of rejection, see [`reason_code`].
+    /// A short code for the kind of rejection ([`Rejection::code`]).
     pub reason: &'static str,
     pub field: Option<String>,
     pub error: String,
-}
-
-/// The code of a rejection, for metrics and filters: the `code:` prefix of the rejections made
-/// here (`identity_mismatch`, `duplicate`), `malformed_json`, `schema` for a field that breaks
-/// the profile, or `invalid_message`.
-pub fn reason_code(rejection: &Rejection) -> &'static str {
-    const CODES: [&str; 2] = ["identity_mismatch", "duplicate"];
-    if rejection.field.is_some() {
-        return "schema";
-    }
-    if let Some(code) =
-        CODES.iter().find(|code| rejection.message.strip_prefix(**code).is_some_and(|rest| rest.starts_with(':')))
-    {
-        return code;
-    }
-    if rejection.message.starts_with("invalid JSON") { "malformed_json" } else { "invalid_message" }
 }
 
 /// Why a whole submission was refused (nothing of it was acknowledged).
@@ -219,7 +203,7 @@ impl Ingest {
                     let mut originals = outcome.duplicate_of.into_iter();
                     for verdict in verdicts.iter_mut().filter(|v| v.is_ok()) {
                         if let Some(Some(original)) = originals.next() {
-                            *verdict = Err(Rejection::message(duplicate_reason(original)));
+                            *verdict = Err(Rejection::coded("duplicate", duplicate_reason(original)));
                         }
                     }
                     outcome.first_id
@@ -358,7 +342,7 @@ impl Ingest {
                 Ok(_) => report.accepted += 1,
                 Err(rejection) => {
                     report.rejected += 1;
-                    let reason = reason_code(rejection);
+                    let reason = rejection.code;
                     self.shared.metrics.discard(reason, 1);
                     if reason == "duplicate" {
                         report.duplicates += 1;
@@ -416,10 +400,13 @@ enum Redelivery {
 /// Rejects a reading whose entity is not the one its transport vouches for.
 fn check_vouched_entity(reading: Reading, vouched: Option<&str>) -> Result<Reading, Rejection> {
     match vouched {
-        Some(vouched) if *reading.entity != *vouched => Err(Rejection::message(format!(
-            "identity_mismatch: the message names entity {:?} but arrived on the topic of {vouched:?}",
-            &*reading.entity
-        ))),
+        Some(vouched) if *reading.entity != *vouched => Err(Rejection::coded(
+            "identity_mismatch",
+            format!(
+                "identity_mismatch: the message names entity {:?} but arrived on the topic of {vouched:?}",
+                &*reading.entity
+            ),
+        )),
         _ => Ok(reading),
     }
 }
