@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`app`] builds the router from an [`AppState`]; tests drive it with `oneshot`.
 //! - [`routes::ingest`]: `POST /api/ingest/{profile}` (one object, an array, or NDJSON).
-//! - [`routes::query`]: anomalies, readings, stats, dead letters, profiles.
+//! - [`routes::query`]: anomalies, readings, stats, profiles.
+//! - [`routes::quarantine`]: dead letters listed, counted and replayed.
 //! - [`routes::alerts`]: alerts and their lifecycle.
 //! - [`error`]: the one [`error::ApiError`] every handler returns.
 
@@ -36,6 +37,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub busy_wait: Duration,
     pub started: Instant,
+    /// Held while a replay of dead letters runs.
+    pub replay_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -49,6 +52,7 @@ impl AppState {
             max_body_bytes: pipeline.config.max_body_bytes.get(),
             busy_wait: pipeline.config.busy_wait,
             started: Instant::now(),
+            replay_lock: Arc::default(),
         }
     }
 }
@@ -63,7 +67,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/anomalies", get(routes::query::anomalies))
         .route("/api/readings", get(routes::query::readings))
         .route("/api/stats", get(routes::query::stats))
-        .route("/api/dead-letters", get(routes::query::dead_letters))
+        .route("/api/dead-letters", get(routes::quarantine::list))
+        .route("/api/dead-letters/counts", get(routes::quarantine::counts))
+        .route("/api/dead-letters/replay", post(routes::quarantine::replay))
         .route("/api/profiles", get(routes::query::profiles))
         .route("/api/alerts", get(routes::alerts::list))
         .route("/api/alerts/{id}/ack", post(routes::alerts::acknowledge))

@@ -17,16 +17,41 @@ pub const MAX_ENTITY_BYTES: usize = 128;
 /// (if one is) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
-    /// `schema` (a field breaks the profile), `malformed_json`, `invalid_message`, or the code a
-    /// later check gives (`identity_mismatch`, `duplicate`).
+    /// One of [`REJECTION_CODES`]: `schema` (a field is missing, of the wrong type or not one of
+    /// its values), `out_of_range`, `not_finite`, `invalid_entity`, `invalid_timestamp`,
+    /// `malformed_json`, `invalid_message`, or the code a later check gives
+    /// (`future_timestamp`, `stale_timestamp`, `identity_mismatch`, `duplicate`, ...).
     pub code: &'static str,
     pub field: Option<String>,
     pub message: String,
 }
 
+/// Every reason code a message can be rejected with, by any check of any source.
+pub const REJECTION_CODES: [&str; 14] = [
+    "schema",
+    "out_of_range",
+    "not_finite",
+    "invalid_entity",
+    "invalid_timestamp",
+    "future_timestamp",
+    "stale_timestamp",
+    "malformed_json",
+    "invalid_message",
+    "identity_mismatch",
+    "forbidden",
+    "duplicate",
+    "payload_too_large",
+    "unknown_profile",
+];
+
 impl Rejection {
     fn field(name: &str, message: impl Into<String>) -> Self {
-        Rejection { code: "schema", field: Some(name.to_string()), message: message.into() }
+        Rejection::field_coded("schema", name, message)
+    }
+
+    /// A field at fault, for the reason `code` names.
+    pub fn field_coded(code: &'static str, name: &str, message: impl Into<String>) -> Self {
+        Rejection { code, field: Some(name.to_string()), message: message.into() }
     }
 
     /// A message that is wrong as a whole (`invalid_message`).
@@ -46,6 +71,70 @@ impl fmt::Display for Rejection {
             Some(field) => write!(f, "field `{field}`: {}", self.message),
             None => f.write_str(&self.message),
         }
+    }
+}
+
+/// How far a reading's event time may lie from the time its message arrived; `None` does not
+/// check that side. Sources with their own clock (the simulator) and stored messages being
+/// recovered are not checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    /// At most this far ahead of arrival (a device clock running fast, or a forged time).
+    pub max_future_ms: Option<i64>,
+    /// At most this far behind arrival (a replay of old data, or a device clock reset).
+    pub max_age_ms: Option<i64>,
+}
+
+impl TimeWindow {
+    /// No check on either side.
+    pub const ANY: TimeWindow = TimeWindow { max_future_ms: None, max_age_ms: None };
+
+    /// Rejects an event time outside the window around `arrival_ms`, naming the field, the
+    /// time, how far off it is and the setting that allows it.
+    pub fn check(&self, event_time_ms: i64, arrival_ms: i64, field: &str) -> Result<(), Rejection> {
+        let ahead = event_time_ms - arrival_ms;
+        if let Some(max) = self.max_future_ms
+            && ahead > max
+        {
+            return Err(Rejection::field_coded(
+                "future_timestamp",
+                field,
+                format!(
+                    "{} is {} ahead of its arrival at {}; at most {} is allowed (pipeline.max_future_secs)",
+                    crate::time::format_millis(event_time_ms),
+                    span(ahead),
+                    crate::time::format_millis(arrival_ms),
+                    span(max)
+                ),
+            ));
+        }
+        if let Some(max) = self.max_age_ms
+            && -ahead > max
+        {
+            return Err(Rejection::field_coded(
+                "stale_timestamp",
+                field,
+                format!(
+                    "{} is {} older than its arrival at {}; at most {} is allowed (pipeline.max_age_secs, 0 for any age)",
+                    crate::time::format_millis(event_time_ms),
+                    span(-ahead),
+                    crate::time::format_millis(arrival_ms),
+                    span(max)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A span of milliseconds for people: `42 s`, `3.5 h`, `12.0 days`.
+fn span(ms: i64) -> String {
+    let secs = ms as f64 / 1000.0;
+    match secs {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.1} min", s / 60.0),
+        s if s < 172_800.0 => format!("{:.1} h", s / 3600.0),
+        s => format!("{:.1} days", s / 86_400.0),
     }
 }
 
@@ -126,8 +215,8 @@ pub fn validate(profile: &Profile, payload: &[u8]) -> Result<Reading, Rejection>
     let entity = entity_id(field(layout.entity), &profile.entity_field)?;
     let timestamp_field = &profile.timestamp_field;
     let timestamp = field(layout.timestamp).ok_or_else(|| Rejection::field(timestamp_field, "is required"))?;
-    let event_time_ms =
-        parse_timestamp(timestamp, profile.timestamp_format).map_err(|e| Rejection::field(timestamp_field, e))?;
+    let event_time_ms = parse_timestamp(timestamp, profile.timestamp_format)
+        .map_err(|e| Rejection::field_coded("invalid_timestamp", timestamp_field, e))?;
     let position = match (&profile.position, layout.position) {
         (Some(fields), Some((lat_slot, lon_slot))) => {
             let lat = required_number(field(lat_slot), &fields.latitude, -90.0, 90.0)?;
@@ -187,12 +276,17 @@ fn entity_id(value: Option<&Scalar<'_>>, field: &str) -> Result<Arc<str>, Reject
 
 fn checked_entity(id: &str, field: &str) -> Result<Arc<str>, Rejection> {
     if id.is_empty() {
-        return Err(Rejection::field(field, "must not be empty"));
+        return Err(Rejection::field_coded("invalid_entity", field, "must not be empty"));
     }
     if id.len() > MAX_ENTITY_BYTES || id.chars().any(char::is_control) {
-        return Err(Rejection::field(
+        let shown: String = id.chars().take(32).flat_map(char::escape_debug).collect();
+        return Err(Rejection::field_coded(
+            "invalid_entity",
             field,
-            format!("must be at most {MAX_ENTITY_BYTES} bytes without control characters"),
+            format!(
+                "{} bytes starting \"{shown}\": must be at most {MAX_ENTITY_BYTES} bytes without control characters",
+                id.len()
+            ),
         ));
     }
     Ok(id.into())
@@ -202,11 +296,11 @@ fn required_number(value: Option<&Scalar<'_>>, field: &str, min: f64, max: f64) 
     let value = value.ok_or_else(|| Rejection::field(field, "is required"))?;
     let x = match value.as_f64() {
         Some(x) if x.is_finite() => x,
-        Some(_) => return Err(Rejection::field(field, format!("{value} is not a finite number"))),
+        Some(_) => return Err(Rejection::field_coded("not_finite", field, format!("{value} is not a finite number"))),
         None => return Err(Rejection::field(field, format!("expected a number, found {}", value.describe()))),
     };
     if x < min || x > max {
-        return Err(Rejection::field(field, format!("{x} is out of range [{min}, {max}]")));
+        return Err(Rejection::field_coded("out_of_range", field, format!("{x} is out of range [{min}, {max}]")));
     }
     Ok(x)
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use teleguard_core::profile::{ProfileRegistry, RawProfile};
 use teleguard_core::simulate::SIMULATED_PROFILES;
+use teleguard_core::validate::TimeWindow;
 
 /// The config file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -57,7 +58,16 @@ pub struct RawPipeline {
     pub workers: Option<usize>,
     pub inflight_readings: Option<usize>,
     pub busy_wait_ms: Option<u64>,
+    /// A device's event time may be at most this far ahead of its arrival; 0 for no limit.
+    pub max_future_secs: Option<u64>,
+    /// ... and at most this far behind it; 0 for no limit.
+    pub max_age_secs: Option<u64>,
 }
+
+/// Default `pipeline.max_future_secs`: five minutes of clock skew.
+pub const DEFAULT_MAX_FUTURE_SECS: u64 = 300;
+/// Default `pipeline.max_age_secs`: thirty days.
+pub const DEFAULT_MAX_AGE_SECS: u64 = 30 * 86_400;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +129,8 @@ pub struct Config {
     pub inflight_readings: NonZeroUsize,
     /// How long an HTTP ingest waits for room before answering 503.
     pub busy_wait: Duration,
+    /// How far from arrival the event time of a device's reading may be (HTTP, MQTT).
+    pub time_window: TimeWindow,
     pub durability: Durability,
     pub alert_cooldown: Duration,
     pub simulator: SimulatorConfig,
@@ -137,6 +149,18 @@ pub struct SimulatorConfig {
     pub seed: u64,
     pub anomaly_rate: f64,
     pub fleet_scale: f64,
+}
+
+/// The event-time window of `[pipeline]`: a limit of 0 seconds is no limit.
+fn time_window(pipeline: &RawPipeline) -> TimeWindow {
+    let limit = |secs: Option<u64>, default: u64| match secs.unwrap_or(default) {
+        0 => None,
+        secs => Some(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)),
+    };
+    TimeWindow {
+        max_future_ms: limit(pipeline.max_future_secs, DEFAULT_MAX_FUTURE_SECS),
+        max_age_ms: limit(pipeline.max_age_secs, DEFAULT_MAX_AGE_SECS),
+    }
 }
 
 /// Every problem found in the configuration.
@@ -209,6 +233,7 @@ impl Config {
                 workers,
                 inflight_readings,
                 busy_wait: Duration::from_millis(raw.pipeline.busy_wait_ms.unwrap_or(1000)),
+                time_window: time_window(&raw.pipeline),
                 durability: raw.store.durability,
                 alert_cooldown: Duration::from_secs(raw.alerts.cooldown_secs.unwrap_or(600)),
                 simulator,

@@ -5,17 +5,19 @@
 //! bounded by a semaphore: a source either waits for room or is told the pipeline is busy.
 
 use crate::metrics::{Metrics, ProfileSourceLabels};
+use crate::store::quarantine::{NOT_REPLAYABLE, Quarantined};
 use crate::store::writer::StoreWriter;
 use crate::store::{
-    BronzeContent, BronzeRow, MessageKey, OnceSubmission, StoreError, accepted_payload, duplicate_reason,
+    BronzeContent, BronzeRow, GoldRow, MessageKey, OnceSubmission, StoreError, accepted_payload, duplicate_reason,
 };
 use crate::worker::{WorkBatch, WorkItem};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use teleguard_core::detect::identity::spoofed_identity;
 use teleguard_core::model::Reading;
 use teleguard_core::profile::{Profile, ProfileRegistry};
 use teleguard_core::time::now_millis;
-use teleguard_core::validate::{Rejection, decode_and_validate, validate};
+use teleguard_core::validate::{Rejection, TimeWindow, decode_and_validate, validate};
 use tokio::sync::{Semaphore, mpsc};
 
 /// How a source waits when the pipeline is full.
@@ -51,6 +53,18 @@ pub struct Delivery {
     /// The entity the transport vouches for (e.g. the device's own topic); a message naming
     /// another entity is rejected as `identity_mismatch`.
     pub vouched_entity: Option<Arc<str>>,
+    /// When the message first arrived, if earlier than now (a quarantined message replayed):
+    /// its event time is checked against this.
+    pub arrived_at_ms: Option<i64>,
+    /// The quarantined message (bronze id) this delivery replays.
+    pub replay_of: Option<i64>,
+}
+
+impl Delivery {
+    /// A message as it arrives, with nothing vouched for.
+    pub fn new(payload: Vec<u8>) -> Self {
+        Delivery { payload, vouched_entity: None, arrived_at_ms: None, replay_of: None }
+    }
 }
 
 /// Why one message of a submission was rejected.
@@ -93,7 +107,14 @@ pub(crate) struct Shared {
     pub inflight: Arc<Semaphore>,
     pub capacity: usize,
     pub metrics: Arc<Metrics>,
+    /// How far from arrival a device's event time may be.
+    pub time_window: TimeWindow,
 }
+
+/// Sources whose event times come from their own clock rather than a device's: the
+/// simulator (which runs at any multiple of real time) and the benchmark. Their readings are
+/// not held to the event-time window.
+pub const OWN_CLOCK_SOURCES: [&str; 2] = ["simulator", "bench"];
 
 /// The longest profile name recorded for a message addressed to an unknown profile.
 const MAX_UNKNOWN_PROFILE_NAME: usize = 64;
@@ -115,7 +136,7 @@ impl Ingest {
         items: Vec<Vec<u8>>,
         admission: Admission,
     ) -> Result<IngestReport, IngestError> {
-        let deliveries = items.into_iter().map(|payload| Delivery { payload, vouched_entity: None }).collect();
+        let deliveries = items.into_iter().map(Delivery::new).collect();
         self.submit_inner(profile_name, source, deliveries, admission, Redelivery::Never).await
     }
 
@@ -144,25 +165,46 @@ impl Ingest {
         let received_at_ms = now_millis();
         let Some(profile) = self.shared.profiles.by_name(profile_name).cloned() else {
             let reason = format!("unknown profile {profile_name:?}");
-            let payloads = deliveries.into_iter().map(|d| d.payload).collect();
-            self.record_all_rejected(profile_name, source, payloads, "unknown_profile", &reason).await?;
+            self.record_all_rejected(profile_name, source, deliveries, "unknown_profile", &reason).await?;
             return Err(self.unknown_profile(profile_name));
         };
+        let window = self.time_window(source);
+        let mut findings: Vec<Option<Box<GoldRow>>> = Vec::new();
         let (deliveries, mut verdicts): (Vec<Delivery>, Vec<Result<Reading, Rejection>>) = deliveries
             .into_iter()
-            .map(|delivery| {
-                let (payload, verdict) = decode_and_validate(&profile, delivery.payload);
-                let verdict = verdict.and_then(|r| check_vouched_entity(r, delivery.vouched_entity.as_deref()));
-                (Delivery { payload, vouched_entity: delivery.vouched_entity }, verdict)
+            .map(|mut delivery| {
+                let (payload, verdict) = decode_and_validate(&profile, std::mem::take(&mut delivery.payload));
+                let mut finding = None;
+                let verdict = verdict
+                    .and_then(|r| match delivery.vouched_entity.as_deref() {
+                        Some(vouched) if *r.entity != *vouched => {
+                            finding = Some(Box::new(spoofing_finding(&profile, vouched, &r, received_at_ms)));
+                            Err(identity_mismatch(&r, vouched))
+                        }
+                        _ => Ok(r),
+                    })
+                    .and_then(|r| {
+                        let arrival = delivery.arrived_at_ms.unwrap_or(received_at_ms);
+                        window.check(r.event_time_ms, arrival, &profile.timestamp_field).map(|()| r)
+                    });
+                findings.push(finding);
+                delivery.payload = payload;
+                (delivery, verdict)
             })
             .unzip();
         let valid = verdicts.iter().filter(|v| v.is_ok()).count();
         self.admit(valid, admission).await?;
-        let rejected_row = |payload: Vec<u8>, rejection: &Rejection| BronzeRow {
+        let rejected_row = |delivery: Delivery, rejection: &Rejection, finding: Option<Box<GoldRow>>| BronzeRow {
             received_at_ms,
             source,
             profile: profile.name.clone(),
-            content: BronzeContent::Rejected { reason: rejection.to_string(), payload },
+            content: BronzeContent::Rejected {
+                code: rejection.code,
+                reason: rejection.to_string(),
+                payload: delivery.payload,
+                replay_of: delivery.replay_of,
+                finding,
+            },
         };
         let stored = match redelivery {
             Redelivery::Never => {
@@ -174,9 +216,9 @@ impl Ingest {
                     let content = BronzeContent::Accepted { messages: valid, payload: accepted_payload(accepted) };
                     rows.push(BronzeRow { received_at_ms, source, profile: profile.name.clone(), content });
                 }
-                for (delivery, verdict) in deliveries.into_iter().zip(&verdicts) {
+                for ((delivery, verdict), finding) in deliveries.into_iter().zip(&verdicts).zip(findings) {
                     if let Err(rejection) = verdict {
-                        rows.push(rejected_row(delivery.payload, rejection));
+                        rows.push(rejected_row(delivery, rejection, finding));
                     }
                 }
                 self.shared.store.append_bronze(rows).await
@@ -189,13 +231,13 @@ impl Ingest {
                     accepted: Vec::with_capacity(valid),
                     rejected: Vec::new(),
                 };
-                for (delivery, verdict) in deliveries.into_iter().zip(&verdicts) {
+                for ((delivery, verdict), finding) in deliveries.into_iter().zip(&verdicts).zip(findings) {
                     match verdict {
                         Ok(r) => {
                             let key = MessageKey::of(&profile.name, &r.entity, r.event_time_ms, &delivery.payload);
-                            submission.accepted.push((delivery.payload, key));
+                            submission.accepted.push((delivery.payload, key, delivery.replay_of));
                         }
-                        Err(rejection) => submission.rejected.push(rejected_row(delivery.payload, rejection)),
+                        Err(rejection) => submission.rejected.push(rejected_row(delivery, rejection, finding)),
                     }
                 }
                 self.shared.store.append_bronze_once(submission).await.map(|outcome| {
@@ -229,6 +271,71 @@ impl Ingest {
         Ok(report)
     }
 
+    /// Re-submits quarantined messages (e.g. after their profile was fixed in the config),
+    /// each under its profile and source and judged against the time it first arrived. Each
+    /// ends as a reading or a new dead letter, stored in the same transaction that marks the
+    /// original `replayed_as`; a message already stored as a reading becomes a duplicate.
+    pub async fn replay_quarantined(&self, letters: Vec<Quarantined>) -> Result<ReplayReport, IngestError> {
+        let mut report = ReplayReport::default();
+        let mut groups: Vec<((String, &'static str), Vec<Quarantined>)> = Vec::new();
+        for letter in letters {
+            if let Some(replayed_as) = letter.replayed_as {
+                report.skipped.push(Skipped { id: letter.id, why: format!("replayed already, as {replayed_as}") });
+                continue;
+            }
+            if NOT_REPLAYABLE.contains(&letter.reason_code.as_str()) {
+                let why =
+                    format!("{} messages are not replayed: what vouched for them is not kept", letter.reason_code);
+                report.skipped.push(Skipped { id: letter.id, why });
+                continue;
+            }
+            let key = (letter.profile.clone(), known_source(&letter.source));
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, group)) => group.push(letter),
+                None => groups.push((key, vec![letter])),
+            }
+        }
+        for ((profile, source), group) in groups {
+            let ids: Vec<i64> = group.iter().map(|l| l.id).collect();
+            let deliveries = group
+                .into_iter()
+                .map(|l| Delivery {
+                    arrived_at_ms: Some(l.received_at_ms),
+                    replay_of: Some(l.id),
+                    ..Delivery::new(l.payload)
+                })
+                .collect();
+            let outcome = self.submit_inner(&profile, source, deliveries, Admission::Wait, Redelivery::Possible).await;
+            let submitted = match outcome {
+                Ok(submitted) => submitted,
+                Err(IngestError::UnknownProfile { name, known }) => {
+                    let error = format!("unknown profile {name:?}; known profiles: {known}");
+                    for id in ids {
+                        report.results.push(Replayed::rejected(id, "unknown_profile", error.clone()));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut errors = submitted.errors.into_iter().peekable();
+            for (index, id) in ids.into_iter().enumerate() {
+                match errors.next_if(|e| e.index == index) {
+                    Some(error) => report.results.push(Replayed::rejected(id, error.reason, error.error)),
+                    None => report.results.push(Replayed { id, outcome: "accepted", reason_code: None, error: None }),
+                }
+            }
+        }
+        for result in &report.results {
+            match result.outcome {
+                "accepted" => report.accepted += 1,
+                _ if result.reason_code == Some("duplicate") => report.duplicates += 1,
+                _ => report.rejected += 1,
+            }
+        }
+        report.replayed = report.results.len();
+        Ok(report)
+    }
+
     /// Records a message that could not even be split into items (e.g. an oversized body),
     /// with its reason code (`payload_too_large`) and the reason's text.
     pub async fn record_rejected(
@@ -239,7 +346,7 @@ impl Ingest {
         code: &'static str,
         reason: &str,
     ) -> Result<(), IngestError> {
-        self.record_all_rejected(profile_name, source, vec![payload], code, reason).await
+        self.record_all_rejected(profile_name, source, vec![Delivery::new(payload)], code, reason).await
     }
 
     /// Records messages that are all rejected for the same reason, in one transaction.
@@ -247,7 +354,7 @@ impl Ingest {
         &self,
         profile_name: &str,
         source: &'static str,
-        payloads: Vec<Vec<u8>>,
+        deliveries: Vec<Delivery>,
         code: &'static str,
         reason: &str,
     ) -> Result<(), IngestError> {
@@ -256,11 +363,17 @@ impl Ingest {
             known.unwrap_or_else(|| profile_name.chars().take(MAX_UNKNOWN_PROFILE_NAME).collect::<String>().into());
         let label = if self.shared.profiles.by_name(&profile).is_some() { &*profile } else { "unknown" };
         let received_at_ms = now_millis();
-        let count = payloads.len() as u64;
-        let rows = payloads
+        let count = deliveries.len() as u64;
+        let rows = deliveries
             .into_iter()
-            .map(|payload| {
-                let content = BronzeContent::Rejected { reason: reason.into(), payload };
+            .map(|delivery| {
+                let content = BronzeContent::Rejected {
+                    code,
+                    reason: reason.into(),
+                    payload: delivery.payload,
+                    replay_of: delivery.replay_of,
+                    finding: None,
+                };
                 BronzeRow { received_at_ms, source, profile: profile.clone(), content }
             })
             .collect();
@@ -273,6 +386,12 @@ impl Ingest {
         metrics.messages_rejected.get_or_create(&Metrics::profile(label)).inc_by(count);
         metrics.discard(code, count);
         Ok(())
+    }
+
+    /// The event-time window a source's messages are held to: none for sources that keep
+    /// their own clock ([`OWN_CLOCK_SOURCES`]), the configured one for the rest.
+    fn time_window(&self, source: &str) -> TimeWindow {
+        if OWN_CLOCK_SOURCES.contains(&source) { TimeWindow::ANY } else { self.shared.time_window }
     }
 
     pub fn unknown_profile(&self, name: &str) -> IngestError {
@@ -390,6 +509,52 @@ impl Ingest {
     }
 }
 
+/// What a replay of quarantined messages did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReplayReport {
+    /// Messages submitted again.
+    pub replayed: usize,
+    pub accepted: usize,
+    /// Rejected again (each with a new dead letter).
+    pub rejected: usize,
+    /// Already stored as readings (among neither the accepted nor the rejected).
+    pub duplicates: usize,
+    /// Dead letters asked for but not submitted, and why.
+    pub skipped: Vec<Skipped>,
+    /// Per replayed dead letter, what it became.
+    pub results: Vec<Replayed>,
+}
+
+/// A dead letter a replay left as it was.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Skipped {
+    pub id: i64,
+    pub why: String,
+}
+
+/// What one replayed dead letter became.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Replayed {
+    pub id: i64,
+    /// `accepted` or `rejected`.
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Replayed {
+    fn rejected(id: i64, code: &'static str, error: String) -> Self {
+        Replayed { id, outcome: "rejected", reason_code: Some(code), error: Some(error) }
+    }
+}
+
+/// The source name a replayed message is stored under: its own, where it is one of ours.
+fn known_source(source: &str) -> &'static str {
+    ["http", "mqtt", "simulator", "bench"].into_iter().find(|known| *known == source).unwrap_or("replay")
+}
+
 /// Whether a source may deliver the same message twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Redelivery {
@@ -397,18 +562,22 @@ enum Redelivery {
     Possible,
 }
 
-/// Rejects a reading whose entity is not the one its transport vouches for.
-fn check_vouched_entity(reading: Reading, vouched: Option<&str>) -> Result<Reading, Rejection> {
-    match vouched {
-        Some(vouched) if *reading.entity != *vouched => Err(Rejection::coded(
-            "identity_mismatch",
-            format!(
-                "identity_mismatch: the message names entity {:?} but arrived on the topic of {vouched:?}",
-                &*reading.entity
-            ),
-        )),
-        _ => Ok(reading),
-    }
+/// The rejection of a reading whose entity is not the one its transport vouches for.
+fn identity_mismatch(reading: &Reading, vouched: &str) -> Rejection {
+    Rejection::coded(
+        "identity_mismatch",
+        format!(
+            "identity_mismatch: the message names entity {:?} but arrived on the topic of {vouched:?}",
+            &*reading.entity
+        ),
+    )
+}
+
+/// The security anomaly of a spoofed reading, on the device that sent it; the store gives
+/// it the dead letter's id as its reading id.
+fn spoofing_finding(profile: &Profile, vouched: &str, reading: &Reading, received_at_ms: i64) -> GoldRow {
+    let anomaly = spoofed_identity(&profile.name, vouched, &reading.entity, reading.event_time_ms, "its own topic");
+    GoldRow::new(0, profile.name.clone(), Arc::from(vouched), reading.event_time_ms, anomaly, received_at_ms)
 }
 
 /// The worker that owns a reading's entity: a stable hash of (profile, entity).

@@ -122,6 +122,7 @@ impl Pipeline {
             inflight,
             capacity,
             metrics: metrics.clone(),
+            time_window: config.time_window,
         });
         if !unprocessed.is_empty() {
             tracing::info!("re-processing {} acknowledged messages the previous run did not finish", unprocessed.len());

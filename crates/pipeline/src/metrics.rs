@@ -30,6 +30,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LayerLabels {
     pub layer: String,
 }
@@ -52,6 +57,8 @@ pub struct Metrics {
     pub recovered_readings: Counter,
     /// Every message that became no reading, from any source, by reason code.
     pub discarded: Family<ReasonLabels, Counter>,
+    /// Dead letters replayed, by what they became (`accepted`, `rejected`, `duplicate`).
+    pub dead_letters_replayed: Family<OutcomeLabels, Counter>,
     /// The MQTT gateway's (reference 001's names): messages, verdicts by reason code, the
     /// time from a batch's arrival to its acknowledgement, and the broker connections.
     pub gateway_messages_received: Counter,
@@ -77,6 +84,15 @@ impl Metrics {
         self.discarded.get_or_create(&ReasonLabels { reason: reason.into() }).inc_by(count);
     }
 
+    /// Counts the outcomes of one replay of dead letters.
+    pub fn record_replay(&self, accepted: u64, rejected: u64, duplicates: u64) {
+        for (outcome, count) in [("accepted", accepted), ("rejected", rejected), ("duplicate", duplicates)] {
+            if count > 0 {
+                self.dead_letters_replayed.get_or_create(&OutcomeLabels { outcome: outcome.into() }).inc_by(count);
+            }
+        }
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let metrics = Metrics {
@@ -93,6 +109,7 @@ impl Metrics {
             inflight_readings: Gauge::default(),
             recovered_readings: Counter::default(),
             discarded: Family::default(),
+            dead_letters_replayed: Family::default(),
             gateway_messages_received: Counter::default(),
             gateway_validation_success: Counter::default(),
             gateway_validation_errors: Family::default(),
@@ -163,6 +180,11 @@ impl Metrics {
             "teleguard_discarded",
             "Messages from any source that became no reading, by reason code (each has a dead-letter record in bronze)",
             metrics.discarded.clone(),
+        );
+        registry.register(
+            "teleguard_dead_letters_replayed",
+            "Quarantined messages replayed (POST /api/dead-letters/replay), by what they became",
+            metrics.dead_letters_replayed.clone(),
         );
         registry.register(
             "gateway_mqtt_messages_received",

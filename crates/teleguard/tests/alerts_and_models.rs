@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Server, client, get_json, post, wait_for};
+use common::{HISTORICAL, Server, client, get_json, historical_config, post, wait_for};
 use serde_json::{Value, json};
 
 fn vehicle(t: u32, lat: f64) -> Value {
@@ -15,7 +15,7 @@ fn vehicle(t: u32, lat: f64) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn teleports_open_one_alert_that_an_operator_acknowledges_and_resolves() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--config", &historical_config(dir.path(), "")]);
     let client = client();
     // Two spoofed fixes (out and back) within the cooldown: two anomalies, one alert.
     let track = [vehicle(0, 37.76), vehicle(5, 37.7601), vehicle(10, 38.5), vehicle(15, 37.7603)];
@@ -88,7 +88,7 @@ async fn an_isolation_forest_trained_live_is_kept_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     // Reference 001's forest: trained on the first 200 readings, 5 % of them above the threshold.
     let config = dir.path().join("reference-001.toml");
-    std::fs::write(&config, REFERENCE_001_DRONES).unwrap();
+    std::fs::write(&config, format!("{HISTORICAL}{REFERENCE_001_DRONES}")).unwrap();
     let config = config.to_str().unwrap().to_string();
     let server = Server::start(dir.path(), &["--config", &config]);
     let client = client();

@@ -6,8 +6,12 @@ mod common;
 use common::{Server, client, get_json, post, wait_for};
 use serde_json::json;
 
+/// An hour ago, the same for every reading of a test run: readings start there, a second apart.
+static START_MS: std::sync::LazyLock<u64> =
+    std::sync::LazyLock::new(|| (teleguard_core::time::now_millis() - 3_600_000) as u64 / 1000 * 1000);
+
 fn drone(entity: &str, i: usize) -> serde_json::Value {
-    json!({"timestamp": 1_725_446_400_000_u64 + i as u64 * 1000, "drone_id": entity, "latitude": 37.77, "longitude": -122.42,
+    json!({"timestamp": *START_MS + i as u64 * 1000, "drone_id": entity, "latitude": 37.77, "longitude": -122.42,
            "altitude": 120.0 + (i % 5) as f64, "velocity": 12.0, "acceleration_x": 0.1, "acceleration_y": -0.2,
            "acceleration_z": 0.0, "battery_level": 90.0 - i as f64 * 0.01, "signal_strength": -67.0})
 }

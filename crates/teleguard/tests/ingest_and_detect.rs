@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Server, client, get_json, metric, post, wait_for};
+use common::{Server, client, get_json, historical_config, metric, post, wait_for};
 use serde_json::{Value, json};
 
 /// A steady series of 20 readings then one spike, for each profile, in its reference JSON.
@@ -43,7 +43,7 @@ fn series(profile: &str, entity: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_profile_is_accepted_and_its_spike_is_reported_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--config", &historical_config(dir.path(), "")]);
     let client = client();
     // The signal each profile's z-score flags the spike on; vehicle speed is left to the rules,
     // and one fast reading breaks none of them.
@@ -123,7 +123,7 @@ async fn every_profile_is_accepted_and_its_spike_is_reported_with_a_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn dashboard_health_and_profiles_are_served() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--config", &historical_config(dir.path(), "")]);
     let client = client();
     let page = client.get(server.url("/")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("teleguard") && page.contains("api/anomalies"));

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Server, client, get_json, metric, wait_for};
+use common::{HISTORICAL, Server, client, get_json, metric, wait_for};
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -177,7 +177,7 @@ impl Drop for Broker {
 /// Writes a teleguard config with one `[[sources.mqtt]]` table holding `source`.
 fn teleguard_config(dir: &Path, source: &str) -> PathBuf {
     let path = dir.join("teleguard.toml");
-    let text = format!("[[sources.mqtt]]\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n{source}\n");
+    let text = format!("{HISTORICAL}[[sources.mqtt]]\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n{source}\n");
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -275,6 +275,8 @@ async fn the_reference_sample_over_tls_is_stored_and_bad_messages_are_quarantine
     std::fs::write(&avro, common::reference_sample_single_object("avro-dev", 1_725_446_400_000)).unwrap();
     let output = broker.publish_on(broker.tls, &tls, &["-t", "iot/telemetry", "-f", avro.to_str().unwrap()]);
     assert!(output.status.success(), "mosquitto_pub -f (Avro): {}", String::from_utf8_lossy(&output.stderr));
+    // A reading from a clock ten days fast.
+    publish(&drone_message("d-future", teleguard_core::time::now_millis() + 10 * 86_400_000));
     // The connection survives the oversized message: a reading after it still arrives.
     publish(&drone_message("d-after", 1_725_446_401_000));
 
@@ -296,7 +298,8 @@ async fn the_reference_sample_over_tls_is_stored_and_bad_messages_are_quarantine
     assert_eq!(from_avro[0]["timestamp"], sample["timestamp"]);
 
     let reasons = dead_letter_reasons(&server).await;
-    assert_eq!(reasons.len(), 4, "{reasons:#?}");
+    assert_eq!(reasons.len(), 5, "{reasons:#?}");
+    assert!(reasons.iter().any(|r| r.contains("ahead of its arrival")), "{reasons:#?}");
     assert!(
         reasons.iter().any(|r| r.starts_with("duplicate: same entity, event time and payload as reading")),
         "{reasons:#?}"
@@ -310,7 +313,7 @@ async fn the_reference_sample_over_tls_is_stored_and_bad_messages_are_quarantine
     assert!(letters.as_array().unwrap().iter().all(|l| l["source"] == "mqtt"), "{letters:#}");
 
     let metrics = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    for reason in ["malformed_json", "schema", "payload_too_large", "duplicate"] {
+    for reason in ["malformed_json", "schema", "payload_too_large", "duplicate", "future_timestamp"] {
         assert_eq!(
             metric(&metrics, &format!("gateway_validation_errors_total{{reason=\"{reason}\"}}")),
             1.0,
@@ -382,6 +385,30 @@ async fn mutual_tls_binds_devices_to_their_topic_and_a_spoofed_id_is_quarantined
     assert_eq!(spoofed.as_array().unwrap().len(), 0, "{spoofed:#}");
     let metrics = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert_eq!(metric(&metrics, "gateway_validation_errors_total{reason=\"identity_mismatch\"}"), 1.0);
+    // ... and raises a critical security anomaly on the device that sent it, with an alert.
+    let found = get_json(&http, &server.url("/api/anomalies?detector=identity")).await;
+    let found = found.as_array().unwrap();
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!((found[0]["entity"].as_str(), found[0]["severity"].as_str()), (Some("drone-7"), Some("critical")));
+    let reason = found[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("\"drone-7\"") && reason.contains("\"drone-9\""), "{reason}");
+    let alerts = get_json(&http, &server.url("/api/alerts?state=open")).await;
+    assert!(
+        alerts.as_array().unwrap().iter().any(|a| a["detector"] == "identity" && a["entity"] == "drone-7"),
+        "{alerts:#}"
+    );
+    // A replay cannot launder it: what vouched for the device is not kept with the message.
+    let replay: serde_json::Value = http
+        .post(server.url("/api/dead-letters/replay"))
+        .json(&serde_json::json!({"reason": "identity_mismatch"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replay["replayed"], 0, "{replay:#}");
+    assert_eq!(get_json(&http, &server.url("/api/readings?entity=drone-9")).await, serde_json::json!([]));
 
     // Without a client certificate the mutual-TLS listener refuses the connection.
     let tls_only = ["--cafile".to_string(), broker.file("ca.crt")];

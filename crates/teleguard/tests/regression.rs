@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Server, client, get_json, post};
+use common::{Server, client, get_json, historical_config, post};
 
 const VALID: &str = r#"{"timestamp": 1725446400000, "drone_id": "d-1", "latitude": 37.77, "longitude": -122.41, "altitude": 120.0, "velocity": 12.0, "acceleration_x": 0.1, "acceleration_y": -0.1, "acceleration_z": 0.0, "battery_level": 80.0, "signal_strength": -60.0}"#;
 
@@ -12,7 +12,7 @@ const VALID: &str = r#"{"timestamp": 1725446400000, "drone_id": "d-1", "latitude
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rejected_message_before_valid_ones_does_not_shift_their_reading_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--config", &historical_config(dir.path(), "")]);
     let http = client();
     let second = VALID.replace("1725446400000", "1725446401000");
     let body = format!("{{\"drone_id\": \"d-1\"}}\n{VALID}\n{second}\n");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Server, client, drone_avro_schema, get_json, post, reference_sample_avro, wait_for};
+use common::{HISTORICAL, Server, client, drone_avro_schema, get_json, post, reference_sample_avro, wait_for};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -70,7 +70,7 @@ async fn avro_messages_are_read_like_json_and_broken_ones_are_dead_letters() {
     std::fs::write(
         &config,
         format!(
-            "[profiles.legacy_drone]{drone_profile}\navro_schema_file = {:?}\navro_bare_datums = true\n",
+            "{HISTORICAL}[profiles.legacy_drone]{drone_profile}\navro_schema_file = {:?}\navro_bare_datums = true\n",
             schema_path.display().to_string()
         ),
     )

@@ -2,4 +2,5 @@
 
 pub mod alerts;
 pub mod ingest;
+pub mod quarantine;
 pub mod query;

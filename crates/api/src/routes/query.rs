@@ -2,15 +2,15 @@
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::routes::quarantine::time_param;
 use axum::Json;
 use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::sync::Arc;
-use teleguard_core::json::Scalar;
-use teleguard_core::time::{TimeFormat, format_millis, parse_timestamp};
+use teleguard_core::time::format_millis;
 use teleguard_pipeline::store::SilverRow;
-use teleguard_pipeline::store::query::{self, AnomalyFilter, AnomalyOrder, AnomalyRecord, DeadLetter, ProfileCounts};
+use teleguard_pipeline::store::query::{self, AnomalyFilter, AnomalyOrder, AnomalyRecord, ProfileCounts};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
@@ -41,13 +41,7 @@ pub async fn anomalies(
     State(state): State<AppState>,
     Query(params): Query<AnomalyParams>,
 ) -> Result<Json<Vec<AnomalyRecord>>, ApiError> {
-    let since_ms = match params.since.as_deref() {
-        None | Some("") => None,
-        Some(text) => {
-            let value = text.parse::<f64>().map(Scalar::Float).unwrap_or_else(|_| Scalar::Str(text.into()));
-            Some(parse_timestamp(&value, TimeFormat::Auto).map_err(|e| ApiError::bad_request(format!("since: {e}")))?)
-        }
-    };
+    let since_ms = time_param("since", params.since.as_deref())?;
     let filter = AnomalyFilter {
         limit: limit_of(params.limit)?,
         profile: params.profile,
@@ -162,21 +156,6 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiErro
         totals.anomalies += p.anomalies;
     }
     Ok(Json(Stats { profiles, totals, uptime_secs: state.started.elapsed().as_secs_f64() }))
-}
-
-#[derive(Debug, Deserialize)]
-pub struct DeadLetterParams {
-    profile: Option<String>,
-    limit: Option<usize>,
-}
-
-/// `GET /api/dead-letters?profile=&limit=`: rejected messages with their reasons, newest first.
-pub async fn dead_letters(
-    State(state): State<AppState>,
-    Query(params): Query<DeadLetterParams>,
-) -> Result<Json<Vec<DeadLetter>>, ApiError> {
-    let limit = limit_of(params.limit)?;
-    Ok(Json(state.reader.run(move |c| query::dead_letters(c, params.profile.as_deref(), limit)).await?))
 }
 
 /// `GET /api/profiles`: what each profile expects.

@@ -9,6 +9,7 @@
 //! - [`rules`]: track rules over enriched vehicle readings (teleport, geofence, stops).
 //! - [`settings`]: how a profile configures each of them.
 
+pub mod identity;
 pub mod isolation_forest;
 pub mod novelty;
 pub mod rules;

@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod gold;
+pub mod quarantine;
 pub mod query;
 pub mod schema;
 pub mod writer;
@@ -81,8 +82,17 @@ pub enum BronzeContent {
     /// The valid messages of one submission, in order, as one JSON array (see
     /// [`accepted_payload`]); their readings get consecutive ids.
     Accepted { messages: usize, payload: Vec<u8> },
-    /// One rejected message and why.
-    Rejected { reason: String, payload: Vec<u8> },
+    /// One rejected message: its reason code ([`teleguard_core::validate::Rejection::code`]),
+    /// why, as received, the quarantined message it is a replay of (if it is one), and the
+    /// anomaly its rejection raises (a spoofed identity), written in the same transaction
+    /// with the dead letter's id as its reading id.
+    Rejected {
+        code: &'static str,
+        reason: String,
+        payload: Vec<u8>,
+        replay_of: Option<i64>,
+        finding: Option<Box<GoldRow>>,
+    },
 }
 
 impl BronzeRow {
@@ -137,8 +147,9 @@ pub struct OnceSubmission {
     pub received_at_ms: i64,
     pub source: &'static str,
     pub profile: Arc<str>,
-    /// The valid messages in order, with their keys.
-    pub accepted: Vec<(Vec<u8>, MessageKey)>,
+    /// The valid messages in order, with their keys and the quarantined message each is a
+    /// replay of, if it is one.
+    pub accepted: Vec<(Vec<u8>, MessageKey, Option<i64>)>,
     /// Rejected messages, each with its reason.
     pub rejected: Vec<BronzeRow>,
 }

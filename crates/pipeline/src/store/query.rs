@@ -147,46 +147,6 @@ pub fn profile_counts(connection: &Connection) -> Result<Vec<ProfileCounts>, Sto
     Ok(rows)
 }
 
-/// A rejected message as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadLetter {
-    pub id: i64,
-    pub received_at: String,
-    pub source: String,
-    pub profile: String,
-    pub reason: String,
-    pub payload_bytes: usize,
-    /// The payload as text, cut to its first 1024 bytes.
-    pub payload: String,
-}
-
-pub fn dead_letters(
-    connection: &Connection,
-    profile: Option<&str>,
-    limit: usize,
-) -> Result<Vec<DeadLetter>, StoreError> {
-    let mut statement = connection.prepare_cached(
-        "SELECT id, received_at_ms, source, profile, reason, payload FROM dead_letters
-         WHERE ?1 IS NULL OR profile = ?1 ORDER BY id DESC LIMIT ?2",
-    )?;
-    let rows = statement
-        .query_map(rusqlite::params![profile, limit as i64], |row| {
-            let payload: Vec<u8> = row.get(5)?;
-            let shown = &payload[..payload.len().min(1024)];
-            Ok(DeadLetter {
-                id: row.get(0)?,
-                received_at: format_millis(row.get(1)?),
-                source: row.get(2)?,
-                profile: row.get(3)?,
-                reason: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                payload_bytes: payload.len(),
-                payload: String::from_utf8_lossy(shown).into_owned(),
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
-}
-
 /// One alert as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertRecord {

@@ -162,6 +162,32 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (event_time_ms, hash)
     ) WITHOUT ROWID;
     "#,
+    // 4: quarantine. A rejected message keeps its reason code beside the text (older rows get
+    // the code their text begins with), and `replayed_as` once it was replayed: the id of the
+    // reading or of the new dead letter it became. Rejected rows are few, so a partial index
+    // over them serves the dead-letter filters without costing valid rows anything.
+    r#"
+    ALTER TABLE bronze ADD COLUMN reason_code TEXT;
+    ALTER TABLE bronze ADD COLUMN replayed_as INTEGER;
+    UPDATE bronze SET reason_code = CASE
+            WHEN reason LIKE 'invalid JSON%' THEN 'malformed_json'
+            WHEN reason LIKE 'empty body%' THEN 'malformed_json'
+            WHEN reason LIKE 'duplicate:%' THEN 'duplicate'
+            WHEN reason LIKE 'identity_mismatch:%' THEN 'identity_mismatch'
+            WHEN reason LIKE 'payload_too_large:%' OR reason LIKE 'request body of%' THEN 'payload_too_large'
+            WHEN reason LIKE 'unknown profile%' THEN 'unknown_profile'
+            WHEN reason LIKE 'field `%' AND reason LIKE '%is out of range%' THEN 'out_of_range'
+            WHEN reason LIKE 'field `%' AND reason LIKE '%is not a finite number%' THEN 'not_finite'
+            WHEN reason LIKE 'field `%' THEN 'schema'
+            ELSE 'invalid_message'
+        END
+        WHERE verdict = 'rejected';
+    CREATE INDEX bronze_quarantine ON bronze (id) WHERE verdict = 'rejected';
+    DROP VIEW dead_letters;
+    CREATE VIEW dead_letters AS
+        SELECT id, received_at_ms, source, profile, reason_code, reason, replayed_as, payload
+        FROM bronze WHERE verdict = 'rejected';
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -295,15 +295,18 @@ impl Writer {
         let (mut bronze_rows, mut silver_rows, mut gold_rows) = (0, 0, 0);
         let mut transitions = Vec::new();
         let mut outcomes = Vec::new();
+        let mut findings = Vec::new();
         for command in batch {
             match command {
                 WriteCommand::Bronze { rows, .. } => {
                     bronze_rows += rows.len();
-                    write_bronze(&tx, &mut self.next_bronze_id, rows, &mut profiles)?;
+                    write_bronze(&tx, &mut self.next_bronze_id, rows, &mut profiles, &mut findings)?;
                 }
                 WriteCommand::BronzeOnce { submission, .. } => {
                     bronze_rows += submission.accepted.len().min(1) + submission.rejected.len();
-                    outcomes.push(write_bronze_once(&tx, &mut self.next_bronze_id, submission, &mut profiles)?);
+                    let outcome =
+                        write_bronze_once(&tx, &mut self.next_bronze_id, submission, &mut profiles, &mut findings)?;
+                    outcomes.push(outcome);
                 }
                 WriteCommand::Derived { silver, gold, .. } => {
                     silver_rows += silver.len();
@@ -329,6 +332,11 @@ impl Writer {
                 WriteCommand::Flush { .. } => {}
             }
         }
+        if !findings.is_empty() {
+            gold_rows += self.gold.write(&tx, &findings, self.context.alert_cooldown_ms, &mut |profile| {
+                by_name(&mut profiles, profile, ProfileDelta::default).anomalies += 1;
+            })?;
+        }
         self.gold.write_alerts(&tx)?;
         write_counts(&tx, &profiles, &entities)?;
         tx.commit()?;
@@ -347,23 +355,30 @@ fn write_bronze(
     next_id: &mut i64,
     rows: &[BronzeRow],
     profiles: &mut HashMap<Arc<str>, ProfileDelta>,
+    findings: &mut Vec<GoldRow>,
 ) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(
-        "INSERT INTO bronze (id, received_at_ms, source, profile, verdict, reason, messages, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO bronze (id, received_at_ms, source, profile, verdict, reason_code, reason, messages, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     for row in rows {
         let delta = by_name(profiles, &row.profile, ProfileDelta::default);
         let count = row.ids();
         delta.received += count;
-        let (verdict, reason, payload) = match &row.content {
+        let (verdict, code, reason, payload) = match &row.content {
             BronzeContent::Accepted { payload, .. } => {
                 delta.valid += count;
-                ("valid", None, payload.as_slice())
+                ("valid", None, None, payload.as_slice())
             }
-            BronzeContent::Rejected { reason, payload } => {
+            BronzeContent::Rejected { code, reason, payload, replay_of, finding } => {
                 delta.rejected += 1;
-                ("rejected", Some(reason.as_str()), payload.as_slice())
+                if let Some(original) = replay_of {
+                    mark_replayed(tx, *original, *next_id)?;
+                }
+                if let Some(finding) = finding {
+                    findings.push(GoldRow { reading_id: *next_id, ..(**finding).clone() });
+                }
+                ("rejected", Some(*code), Some(reason.as_str()), payload.as_slice())
             }
         };
         insert.execute(params![
@@ -372,12 +387,21 @@ fn write_bronze(
             row.source,
             &*row.profile,
             verdict,
+            code,
             reason,
             count,
             payload
         ])?;
         *next_id += count;
     }
+    Ok(())
+}
+
+/// Records that the quarantined message `original` was replayed and became `outcome` (a
+/// reading id, or the id of its new dead letter), so it is not replayed again.
+fn mark_replayed(tx: &Transaction<'_>, original: i64, outcome: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE bronze SET replayed_as = ?2 WHERE id = ?1 AND verdict = 'rejected'")?
+        .execute(params![original, outcome])?;
     Ok(())
 }
 
@@ -388,6 +412,7 @@ fn write_bronze_once(
     next_id: &mut i64,
     submission: &OnceSubmission,
     profiles: &mut HashMap<Arc<str>, ProfileDelta>,
+    findings: &mut Vec<GoldRow>,
 ) -> rusqlite::Result<OnceOutcome> {
     let mut find = tx.prepare_cached("SELECT reading_id FROM message_keys WHERE event_time_ms = ?1 AND hash = ?2")?;
     let mut remember =
@@ -395,11 +420,15 @@ fn write_bronze_once(
     let first_id = *next_id;
     let mut fresh = Vec::new();
     let mut duplicate_of = Vec::with_capacity(submission.accepted.len());
-    for (payload, key) in &submission.accepted {
+    for (payload, key, replay_of) in &submission.accepted {
         // One statement for a new message (the common case); a look-up only for a duplicate.
-        let inserted = remember.execute(params![key.event_time_ms, key.hash, first_id + fresh.len() as i64])?;
+        let reading_id = first_id + fresh.len() as i64;
+        let inserted = remember.execute(params![key.event_time_ms, key.hash, reading_id])?;
         let stored = if inserted == 1 {
             fresh.push(payload.as_slice());
+            if let Some(original) = replay_of {
+                mark_replayed(tx, *original, reading_id)?;
+            }
             None
         } else {
             Some(find.query_row(params![key.event_time_ms, key.hash], |row| row.get::<_, i64>(0))?)
@@ -419,14 +448,19 @@ fn write_bronze_once(
             payload: accepted_payload(fresh.iter().copied()),
         }));
     }
-    for ((payload, _), original) in submission.accepted.iter().zip(&duplicate_of) {
+    for ((payload, _, replay_of), original) in submission.accepted.iter().zip(&duplicate_of) {
         if let Some(original) = original {
-            let content = BronzeContent::Rejected { reason: duplicate_reason(*original), payload: payload.clone() };
-            rows.push(row(content));
+            rows.push(row(BronzeContent::Rejected {
+                code: "duplicate",
+                reason: duplicate_reason(*original),
+                payload: payload.clone(),
+                replay_of: *replay_of,
+                finding: None,
+            }));
         }
     }
     rows.extend(submission.rejected.iter().cloned());
-    write_bronze(tx, next_id, &rows, profiles)?;
+    write_bronze(tx, next_id, &rows, profiles, findings)?;
     Ok(OnceOutcome { first_id, duplicate_of, ids: *next_id - first_id })
 }
 

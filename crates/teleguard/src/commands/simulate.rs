@@ -26,7 +26,9 @@ pub struct SimulateArgs {
     /// The same seed (and start) gives the same bytes.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Simulated start time, RFC 3339 (e.g. 2024-09-04T00:00:00Z); now by default.
+    /// Simulated start time, RFC 3339 (e.g. 2024-09-04T00:00:00Z). By default now at
+    /// `--speed 1` or slower; else the duration before now, so the data ends by now and no
+    /// reading is from the future of a receiving teleguard.
     #[arg(long, value_name = "TIME")]
     start: Option<String>,
     /// Simulated time to generate: e.g. 90s, 30m, 24h, 7d.
@@ -86,6 +88,17 @@ fn parse_duration(text: &str) -> anyhow::Result<i64> {
 }
 
 /// Real-time multiple, or `None` for as fast as possible.
+/// The simulated start when none is given: now for a live run (real time or slower), else
+/// the duration before now, so that no event time lies in the future of its arrival (a
+/// receiving teleguard rejects readings too far ahead of its clock, `pipeline.max_future_secs`).
+fn default_start(now_ms: i64, duration_ms: i64, speed: Option<f64>) -> i64 {
+    let now = now_ms / 1000 * 1000;
+    match speed {
+        Some(speed) if speed <= 1.0 => now,
+        _ => now - duration_ms,
+    }
+}
+
 fn parse_speed(text: &str) -> anyhow::Result<Option<f64>> {
     if text == "max" {
         return Ok(None);
@@ -273,13 +286,13 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     } else {
         args.profiles.clone()
     };
+    let duration_ms = parse_duration(&args.duration)?;
+    let speed = parse_speed(&args.speed)?;
     let start_ms = match &args.start {
         Some(text) => parse_timestamp(&Scalar::Str(text.as_str().into()), TimeFormat::Iso8601)
             .map_err(|e| anyhow::anyhow!("--start: {e}"))?,
-        None => now_millis() / 1000 * 1000,
+        None => default_start(now_millis(), duration_ms, speed),
     };
-    let duration_ms = parse_duration(&args.duration)?;
-    let speed = parse_speed(&args.speed)?;
     if !(0.0..=3600.0).contains(&args.anomaly_rate) {
         bail!("--anomaly-rate {} must lie in [0, 3600] (injected anomalies per entity per hour)", args.anomaly_rate);
     }
@@ -372,6 +385,9 @@ mod tests {
         assert!(parse_duration("soon").unwrap_err().to_string().contains("e.g. 90s"));
         assert!(parse_duration("-5m").is_err());
         assert_eq!(parse_speed("max").unwrap(), None);
+        assert_eq!(default_start(10_500, 4_000, Some(1.0)), 10_000, "a live run starts now");
+        assert_eq!(default_start(10_500, 4_000, None), 6_000, "a fast one ends now");
+        assert_eq!(default_start(10_500, 4_000, Some(60.0)), 6_000);
         assert_eq!(parse_speed("60").unwrap(), Some(60.0));
         assert!(parse_speed("0").is_err());
     }

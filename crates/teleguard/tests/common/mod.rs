@@ -164,3 +164,15 @@ pub fn reference_sample_single_object(drone_id: &str, timestamp_ms: i64) -> Vec<
     writer.write_value(reference_sample_avro(&schema, drone_id, timestamp_ms), &mut bytes).expect("encodes");
     bytes
 }
+
+/// Config that lets a test send readings from 2024 (the reference designs' samples, fixed
+/// times of day for the geofence rule): teleguard rejects event times more than 30 days
+/// before their arrival by default (`pipeline.max_age_secs`).
+pub const HISTORICAL: &str = "[pipeline]\nmax_age_secs = 0\n";
+
+/// Writes [`HISTORICAL`] followed by `extra` to `dir/historical.toml`; its path for `--config`.
+pub fn historical_config(dir: &Path, extra: &str) -> String {
+    let path = dir.join("historical.toml");
+    std::fs::write(&path, format!("{HISTORICAL}{extra}")).expect("write config");
+    path.to_str().expect("a UTF-8 path").to_string()
+}

@@ -221,8 +221,8 @@ impl Submitter {
                 continue;
             }
             let delivery = Delivery {
-                payload: publish.payload.to_vec(),
                 vouched_entity: self.config.entity_from_topic.then(|| Arc::from(last_level(&publish.topic))),
+                ..Delivery::new(publish.payload.to_vec())
             };
             match groups.iter_mut().find(|(name, _)| name == profile) {
                 Some((_, deliveries)) => deliveries.push(delivery),
