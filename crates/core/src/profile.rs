@@ -49,6 +49,12 @@ pub struct RawProfile {
     /// The text of `avro_schema_file`, read by the config loader (this crate does no I/O).
     #[serde(skip)]
     pub avro_schema_text: Option<String>,
+    /// A JSON Schema file every JSON message of this profile must also pass (after the
+    /// profile's own checks), e.g. one the devices' makers publish.
+    pub json_schema_file: Option<PathBuf>,
+    /// The text of `json_schema_file`, read by the config loader.
+    #[serde(skip)]
+    pub json_schema_text: Option<String>,
 }
 
 fn default_timestamp_field() -> String {
@@ -101,6 +107,8 @@ pub struct Profile {
     pub layout: crate::validate::Layout,
     /// How Avro messages of this profile are read (see [`crate::schema::AvroDecoder`]).
     pub avro: Option<Arc<AvroDecoder>>,
+    /// The user's JSON Schema its messages must also pass, if the profile names one.
+    pub json_schema: Option<crate::schema::JsonSchemaCheck>,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +238,16 @@ impl Profile {
             }
             (None, _, false) => None,
         };
+        let json_schema = match (&raw.json_schema_file, raw.json_schema_text) {
+            (Some(path), Some(text)) => crate::schema::JsonSchemaCheck::new(&text, &path.display().to_string())
+                .map_err(|e| fail(format!("json_schema_file {}: {e}", path.display())))
+                .ok(),
+            (Some(path), None) => {
+                fail(format!("json_schema_file {} was not read (only the config loader reads files)", path.display()));
+                None
+            }
+            (None, _) => None,
+        };
         if errors.len() > start {
             return None;
         }
@@ -249,6 +267,7 @@ impl Profile {
             detectors,
             layout: Default::default(),
             avro: None,
+            json_schema,
         };
         profile.layout = crate::validate::Layout::of(&profile);
         let avro = configured_avro.unwrap_or_else(|| AvroDecoder::for_profile(&profile));

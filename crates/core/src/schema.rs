@@ -345,5 +345,43 @@ fn finite(x: f64) -> Result<Value, Rejection> {
         .ok_or_else(|| Rejection::message(format!("Avro double {x} is not a finite number")))
 }
 
+/// A JSON Schema a profile's messages must also pass (`json_schema_file`), beside the
+/// profile's own checks; for schemas a user already keeps for their devices.
+#[derive(Clone)]
+pub struct JsonSchemaCheck {
+    validator: std::sync::Arc<jsonschema::Validator>,
+    /// Where the schema came from, for messages.
+    pub source: String,
+}
+
+impl std::fmt::Debug for JsonSchemaCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonSchemaCheck").field("source", &self.source).finish_non_exhaustive()
+    }
+}
+
+impl JsonSchemaCheck {
+    /// Compiles the schema `text` (from `source`, a file name).
+    pub fn new(text: &str, source: &str) -> Result<Self, String> {
+        let schema: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let validator = jsonschema::validator_for(&schema).map_err(|e| format!("not a valid JSON Schema: {e}"))?;
+        Ok(JsonSchemaCheck { validator: std::sync::Arc::new(validator), source: source.into() })
+    }
+
+    /// Checks one JSON message; the rejection names the first field at fault and the rule.
+    pub fn check(&self, payload: &[u8]) -> Result<(), Rejection> {
+        let message: Value = serde_json::from_slice(payload)
+            .map_err(|e| Rejection::coded("malformed_json", format!("invalid JSON: {e}")))?;
+        match self.validator.validate(&message) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                let path = error.instance_path.as_str().trim_start_matches('/').replace('/', ".");
+                let field = if path.is_empty() { "(message)".to_string() } else { path };
+                Err(Rejection::field_coded("schema", &field, format!("{error} (JSON Schema {})", self.source)))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

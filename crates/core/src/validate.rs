@@ -258,6 +258,9 @@ pub fn validate(profile: &Profile, payload: &[u8]) -> Result<Reading, Rejection>
         }
         attributes.push((index as u16, Arc::from(&**value)));
     }
+    if let Some(schema) = &profile.json_schema {
+        schema.check(payload)?;
+    }
     Ok(Reading { profile: profile.id, entity, event_time_ms, position, metrics, attributes })
 }
 

@@ -222,6 +222,15 @@ impl Config {
                     Err(e) => errors.push(format!("profile `{name}`: avro_schema_file {}: {e}", path.display())),
                 }
             }
+            if let Some(path) = profile.json_schema_file.take() {
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        profile.json_schema_text = Some(text);
+                        profile.json_schema_file = Some(path);
+                    }
+                    Err(e) => errors.push(format!("profile `{name}`: json_schema_file {}: {e}", path.display())),
+                }
+            }
         }
         let profiles = ProfileRegistry::with_builtins(raw_profiles).map_err(|e| errors.extend(e.0)).ok();
         let mqtt = mqtt_sources(raw.sources.mqtt, profiles.as_ref(), inflight_readings.get(), &mut errors);

@@ -201,3 +201,37 @@ fn a_configured_writer_schema_reads_bare_datums() {
     assert_eq!(&*reading.entity, "dev");
     assert!(AvroDecoder::new("{\"type\": \"nonsense\"}", true).unwrap_err().to_string().starts_with("invalid Avro"));
 }
+
+#[test]
+fn a_profiles_own_json_schema_is_applied_after_its_checks() {
+    let mut raw: crate::profile::RawProfile = toml::from_str(
+        r#"
+        entity_field = "pump_id"
+        timestamp_field = "ts"
+        metrics = [{ field = "flow_lpm", min = 0, max = 5000 }]
+        json_schema_file = "pump.schema.json"
+        "#,
+    )
+    .unwrap();
+    raw.json_schema_text = Some(
+        r#"{"type": "object", "required": ["site"],
+            "properties": {"pump_id": {"type": "string", "pattern": "^p-[0-9]+$"}, "site": {"enum": ["north", "south"]}}}"#
+            .into(),
+    );
+    let registry = ProfileRegistry::with_builtins([("pump".to_string(), raw.clone())].into()).unwrap();
+    let pump = registry.by_name("pump").unwrap();
+    let check = |json: &str| validate(pump, json.as_bytes());
+    assert!(check(r#"{"pump_id": "p-1", "ts": 1725446400000, "flow_lpm": 12, "site": "north"}"#).is_ok());
+    let bad_id = check(r#"{"pump_id": "x-1", "ts": 1725446400000, "flow_lpm": 12, "site": "north"}"#).unwrap_err();
+    assert_eq!((bad_id.code, bad_id.field.as_deref()), ("schema", Some("pump_id")), "{bad_id}");
+    assert!(bad_id.message.contains("^p-[0-9]+$") && bad_id.message.contains("pump.schema.json"), "{bad_id}");
+    let no_site = check(r#"{"pump_id": "p-1", "ts": 1725446400000, "flow_lpm": 12}"#).unwrap_err();
+    assert!(no_site.to_string().contains("\"site\" is a required property"), "{no_site}");
+    // The profile's own checks come first, with their own codes.
+    let range = check(r#"{"pump_id": "x-1", "ts": 1725446400000, "flow_lpm": -5, "site": "west"}"#).unwrap_err();
+    assert_eq!(range.code, "out_of_range");
+
+    raw.json_schema_text = Some(r#"{"type": "object", "minProperties": "three"}"#.into());
+    let error = ProfileRegistry::with_builtins([("pump".to_string(), raw)].into()).unwrap_err().to_string();
+    assert!(error.contains("json_schema_file pump.schema.json: not a valid JSON Schema"), "{error}");
+}
