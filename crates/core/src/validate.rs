@@ -281,18 +281,25 @@ fn checked_entity(id: &str, field: &str) -> Result<Arc<str>, Rejection> {
     if id.is_empty() {
         return Err(Rejection::field_coded("invalid_entity", field, "must not be empty"));
     }
-    if id.len() > MAX_ENTITY_BYTES || id.chars().any(char::is_control) {
+    if id.len() > MAX_ENTITY_BYTES || id.chars().any(|c| c.is_control() || is_invisible_format(c)) {
         let shown: String = id.chars().take(32).flat_map(char::escape_debug).collect();
         return Err(Rejection::field_coded(
             "invalid_entity",
             field,
             format!(
-                "{} bytes starting \"{shown}\": must be at most {MAX_ENTITY_BYTES} bytes without control characters",
+                "{} bytes starting \"{shown}\": must be at most {MAX_ENTITY_BYTES} bytes of printable characters \
+                 (no control, zero-width or direction-changing ones)",
                 id.len()
             ),
         ));
     }
     Ok(id.into())
+}
+
+/// Invisible format characters that make two ids look alike on a screen (zero-width spaces
+/// and joiners, direction overrides, the byte-order mark): an id is for people to read.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 fn required_number(value: Option<&Scalar<'_>>, field: &str, min: f64, max: f64) -> Result<f64, Rejection> {
@@ -413,6 +420,31 @@ mod tests {
             vehicle(r#"{"vehicle_id": "V1", "timestamp": 1, "latitude": 1, "longitude": 1e999, "speed": 3}"#)
                 .starts_with("invalid JSON")
         );
+    }
+
+    #[test]
+    fn entity_ids_are_printable_and_bounded() {
+        let drone = |id: &str| {
+            check(
+                "drone",
+                &format!(r#"{{"timestamp": 1725446400000, "drone_id": {id}, "latitude": 1, "longitude": 1}}"#),
+            )
+        };
+        let refused = |id: &str| {
+            let registry = registry();
+            let body = format!(r#"{{"timestamp": 1725446400000, "drone_id": {id}, "latitude": 1, "longitude": 1}}"#);
+            validate(registry.by_name("drone").unwrap(), body.as_bytes()).unwrap_err()
+        };
+        assert!(drone(r#""  ""#).unwrap_err().contains("must not be empty"));
+        for id in [r#""d\u0007""#, r#""d\u200b-1""#, r#""d-\u202e1""#, r#""\ufeffd""#] {
+            let rejection = refused(id);
+            assert_eq!((rejection.code, rejection.field.as_deref()), ("invalid_entity", Some("drone_id")), "{id}");
+        }
+        let long = format!("\"{}\"", "d".repeat(MAX_ENTITY_BYTES + 1));
+        assert!(refused(&long).message.starts_with("129 bytes starting \"dddd"), "{}", refused(&long));
+        // What fails next is the missing altitude, so the id itself passed.
+        assert!(drone(r#""Drohne-Ü-7""#).unwrap_err().contains("`altitude`"), "letters of any script are fine");
+        assert!(drone("42").unwrap_err().contains("`altitude`"), "numeric ids are read as text");
     }
 
     #[test]
