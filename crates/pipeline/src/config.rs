@@ -1,5 +1,6 @@
 //! Configuration: the raw TOML file, command-line overrides, and the validated [`Config`].
 
+use crate::notify::{RawSlackRoute, RawWebhookRoute, Route};
 use crate::sources::mqtt::{MqttSourceConfig, RawMqttSource};
 use crate::store::Durability;
 use serde::Deserialize;
@@ -92,7 +93,17 @@ pub struct RawAlerts {
     /// Anomalies of the same entity and detector within this many seconds (event time) of an
     /// alert's last one update it instead of opening another.
     pub cooldown_secs: Option<u64>,
+    /// An alert open and unacknowledged this long is raised a severity and notified again;
+    /// 0 never escalates.
+    pub escalate_after_secs: Option<u64>,
+    #[serde(default)]
+    pub slack: Vec<RawSlackRoute>,
+    #[serde(default)]
+    pub webhook: Vec<RawWebhookRoute>,
 }
+
+/// Default `alerts.escalate_after_secs`: half an hour.
+pub const DEFAULT_ESCALATE_AFTER_SECS: u64 = 1800;
 
 /// Sources beside the simulator and HTTP.
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +144,10 @@ pub struct Config {
     pub time_window: TimeWindow,
     pub durability: Durability,
     pub alert_cooldown: Duration,
+    /// When an open, unacknowledged alert is escalated; `None` never.
+    pub escalate_after: Option<Duration>,
+    /// Where alerts are notified (Slack, webhooks); none by default.
+    pub notification_routes: Vec<Route>,
     pub simulator: SimulatorConfig,
     /// MQTT brokers to subscribe to; none by default.
     pub mqtt: Vec<MqttSourceConfig>,
@@ -234,6 +249,11 @@ impl Config {
         }
         let profiles = ProfileRegistry::with_builtins(raw_profiles).map_err(|e| errors.extend(e.0)).ok();
         let mqtt = mqtt_sources(raw.sources.mqtt, profiles.as_ref(), inflight_readings.get(), &mut errors);
+        let notification_routes = Route::from_config(raw.alerts.slack, raw.alerts.webhook, &mut errors);
+        let escalate_after = match raw.alerts.escalate_after_secs.unwrap_or(DEFAULT_ESCALATE_AFTER_SECS) {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        };
         match profiles {
             Some(profiles) if errors.is_empty() => Ok(Config {
                 data_dir: overrides.data_dir.or(raw.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
@@ -245,6 +265,8 @@ impl Config {
                 time_window: time_window(&raw.pipeline),
                 durability: raw.store.durability,
                 alert_cooldown: Duration::from_secs(raw.alerts.cooldown_secs.unwrap_or(600)),
+                escalate_after,
+                notification_routes,
                 simulator,
                 mqtt,
                 drivers_json,

@@ -8,12 +8,14 @@
 //! - [`live`]: the latest readings in memory for the API.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`sources`]: the simulator and MQTT sources (HTTP ingest is served by the API crate).
+//! - [`notify`]: alert notifications to Slack and webhooks, and alert escalation.
 //! - [`Pipeline`]: starts all of the above and stops it in order.
 
 pub mod config;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
+pub mod notify;
 pub mod sources;
 pub mod store;
 pub mod worker;

@@ -35,6 +35,12 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOutcomeLabels {
+    pub route: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LayerLabels {
     pub layer: String,
 }
@@ -57,6 +63,8 @@ pub struct Metrics {
     pub recovered_readings: Counter,
     /// Every message that became no reading, from any source, by reason code.
     pub discarded: Family<ReasonLabels, Counter>,
+    /// Alert notifications per route: `delivered`, `failed` (an attempt), `filtered`.
+    pub notifications: Family<RouteOutcomeLabels, Counter>,
     /// Dead letters replayed, by what they became (`accepted`, `rejected`, `duplicate`).
     pub dead_letters_replayed: Family<OutcomeLabels, Counter>,
     /// The MQTT gateway's (reference 001's names): messages, verdicts by reason code, the
@@ -82,6 +90,11 @@ impl Metrics {
     /// Counts `count` messages discarded for `reason` (a reason code).
     pub fn discard(&self, reason: &str, count: u64) {
         self.discarded.get_or_create(&ReasonLabels { reason: reason.into() }).inc_by(count);
+    }
+
+    /// Counts one notification outcome of `route`.
+    pub fn notification(&self, route: &str, outcome: &str) {
+        self.notifications.get_or_create(&RouteOutcomeLabels { route: route.into(), outcome: outcome.into() }).inc();
     }
 
     /// Counts the outcomes of one replay of dead letters.
@@ -110,6 +123,7 @@ impl Metrics {
             recovered_readings: Counter::default(),
             discarded: Family::default(),
             dead_letters_replayed: Family::default(),
+            notifications: Family::default(),
             gateway_messages_received: Counter::default(),
             gateway_validation_success: Counter::default(),
             gateway_validation_errors: Family::default(),
@@ -180,6 +194,11 @@ impl Metrics {
             "teleguard_discarded",
             "Messages from any source that became no reading, by reason code (each has a dead-letter record in bronze)",
             metrics.discarded.clone(),
+        );
+        registry.register(
+            "teleguard_notifications",
+            "Alert notifications per route: delivered, failed (each failed attempt) and filtered out",
+            metrics.notifications.clone(),
         );
         registry.register(
             "teleguard_dead_letters_replayed",

@@ -192,8 +192,10 @@ impl Gold {
             row.timestamp_ms,
             row.detected_at_ms
         ])?;
+        let id = tx.last_insert_rowid();
+        append_alert_event(tx, id, AlertEvent::Opened, a.severity.as_str(), row.detected_at_ms)?;
         let opened = LiveAlert {
-            id: tx.last_insert_rowid(),
+            id,
             last_event_ms: row.timestamp_ms,
             severity: a.severity.as_str().to_string(),
             unwritten: None,
@@ -239,14 +241,77 @@ impl Gold {
             (AlertAction::Resolve, "resolved") => Ok(AlertTransition::Done),
             (AlertAction::Resolve, _) => {
                 self.live.retain(|_, live| live.id != id);
-                tx.execute(
-                    "UPDATE alerts SET state = 'resolved', resolved_at_ms = ?2, updated_at_ms = ?2 WHERE id = ?1",
+                let severity: String = tx.query_row(
+                    "UPDATE alerts SET state = 'resolved', resolved_at_ms = ?2, updated_at_ms = ?2 WHERE id = ?1
+                     RETURNING severity",
                     params![id, now_ms],
+                    |r| r.get(0),
                 )?;
+                append_alert_event(tx, id, AlertEvent::Resolved, &severity, now_ms)?;
                 Ok(AlertTransition::Done)
             }
         }
     }
+
+    /// Raises by one severity every alert still open and unacknowledged `after_ms` after it
+    /// opened (or after its last escalation), and records an `escalated` event for each, so
+    /// the notification routes tell someone again. A critical alert stays critical.
+    pub fn escalate(&mut self, tx: &Transaction<'_>, now_ms: i64, after_ms: i64) -> rusqlite::Result<usize> {
+        self.write_alerts(tx)?;
+        let due: Vec<(i64, String)> = tx
+            .prepare_cached(
+                "SELECT id, severity FROM alerts
+                 WHERE state = 'open' AND severity != 'critical' AND COALESCE(escalated_at_ms, opened_at_ms) <= ?1",
+            )?
+            .query_map([now_ms - after_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, severity) in &due {
+            let raised = match severity.as_str() {
+                "minor" => "major",
+                _ => "critical",
+            };
+            tx.prepare_cached(
+                "UPDATE alerts SET severity = ?2, escalated_at_ms = ?3, updated_at_ms = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id, raised, now_ms])?;
+            append_alert_event(tx, *id, AlertEvent::Escalated, raised, now_ms)?;
+            for live in self.live.values_mut().filter(|live| live.id == *id) {
+                live.severity = raised.to_string();
+            }
+        }
+        Ok(due.len())
+    }
+}
+
+/// What happened to an alert, as the notification routes see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertEvent {
+    Opened,
+    Escalated,
+    Resolved,
+}
+
+impl AlertEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertEvent::Opened => "opened",
+            AlertEvent::Escalated => "escalated",
+            AlertEvent::Resolved => "resolved",
+        }
+    }
+}
+
+/// Appends to `alert_events`, the ordered log the notification routes follow.
+fn append_alert_event(
+    tx: &Transaction<'_>,
+    alert_id: i64,
+    event: AlertEvent,
+    severity: &str,
+    at_ms: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO alert_events (alert_id, event, severity, at_ms) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![alert_id, event.as_str(), severity, at_ms])?;
+    Ok(())
 }
 
 /// The newest unresolved alert of `key`, if any.
@@ -520,5 +585,52 @@ mod tests {
         let resolved = alerts.iter().find(|a| a.state == "resolved").expect("the resolved alert");
         assert_eq!(resolved.anomalies, 2, "the update gathered before resolving is written first");
         assert_eq!(alerts.iter().find(|a| a.state == "open").expect("a new alert").anomalies, 1);
+    }
+
+    fn events(connection: &Connection) -> Vec<(i64, String, String)> {
+        crate::store::alert_events::after(connection, 0, 100)
+            .expect("events")
+            .into_iter()
+            .map(|e| (e.alert_id, e.event, e.severity))
+            .collect()
+    }
+
+    #[test]
+    fn open_alerts_left_unacknowledged_escalate_a_severity_at_a_time_and_say_so() {
+        let (_dir, mut connection) = store();
+        let mut gold = Gold::default();
+        // Two minor alerts opened at t = 1,000 (detected_at); one is acknowledged.
+        write(&mut connection, &mut gold, &[row("d1", 1_000, 3.1, 3.0), row("d2", 1_000, 3.1, 3.0)]);
+        let tx = connection.transaction().unwrap();
+        gold.transition_alert(&tx, 2, AlertAction::Acknowledge, 1_500).unwrap();
+        tx.commit().unwrap();
+        let escalate = |connection: &mut Connection, gold: &mut Gold, now_ms: i64| {
+            let tx = connection.transaction().unwrap();
+            let count = gold.escalate(&tx, now_ms, 10_000).unwrap();
+            tx.commit().unwrap();
+            count
+        };
+        assert_eq!(escalate(&mut connection, &mut gold, 10_999), 0, "not yet");
+        assert_eq!(escalate(&mut connection, &mut gold, 11_000), 1, "only the unacknowledged one");
+        assert_eq!(escalate(&mut connection, &mut gold, 15_000), 0, "counted from its escalation");
+        // A new anomaly of the escalated alert keeps the raised severity.
+        write(&mut connection, &mut gold, &[row("d1", 20_000, 3.2, 3.0)]);
+        assert_eq!(escalate(&mut connection, &mut gold, 21_000), 1);
+        assert_eq!(escalate(&mut connection, &mut gold, 99_000), 0, "critical is the top");
+        let severity: String =
+            connection.query_row("SELECT severity FROM alerts WHERE id = 1", [], |r| r.get(0)).unwrap();
+        assert_eq!(severity, "critical");
+        let tx = connection.transaction().unwrap();
+        gold.transition_alert(&tx, 1, AlertAction::Resolve, 100_000).unwrap();
+        tx.commit().unwrap();
+        let expected = [
+            (1, "opened", "minor"),
+            (2, "opened", "minor"),
+            (1, "escalated", "major"),
+            (1, "escalated", "critical"),
+            (1, "resolved", "critical"),
+        ]
+        .map(|(id, event, severity)| (id, event.to_string(), severity.to_string()));
+        assert_eq!(events(&connection), expected);
     }
 }

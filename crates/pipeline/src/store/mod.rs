@@ -5,6 +5,7 @@
 //! connection and commits batched transactions ([`writer`]); API reads use their own
 //! connection ([`query`]).
 
+pub mod alert_events;
 pub mod checkpoint;
 pub mod gold;
 pub mod quarantine;

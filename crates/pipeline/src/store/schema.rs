@@ -188,6 +188,24 @@ const MIGRATIONS: &[&str] = &[
         SELECT id, received_at_ms, source, profile, reason_code, reason, replayed_as, payload
         FROM bronze WHERE verdict = 'rejected';
     "#,
+    // 5: notifications. Every alert opened, escalated or resolved appends an event in the
+    // transaction that changed it; each notification route (Slack, webhook) follows the events
+    // in id order from its own cursor, advanced only after its endpoint confirmed a delivery.
+    r#"
+    CREATE TABLE alert_events (
+        id INTEGER PRIMARY KEY,
+        alert_id INTEGER NOT NULL,
+        event TEXT NOT NULL CHECK (event IN ('opened', 'escalated', 'resolved')),
+        severity TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE notification_cursors (
+        route TEXT PRIMARY KEY,
+        last_event_id INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL
+    );
+    ALTER TABLE alerts ADD COLUMN escalated_at_ms INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -39,6 +39,10 @@ pub enum WriteCommand {
     Alert { id: i64, action: AlertAction, reply: oneshot::Sender<Result<AlertTransition, String>> },
     /// Answered once everything queued before it is committed.
     Flush { reply: oneshot::Sender<()> },
+    /// Raise the severity of alerts left open and unacknowledged too long.
+    Escalate { now_ms: i64, after_ms: i64 },
+    /// A notification route delivered everything through `event_id`; answered after the commit.
+    NotificationCursor { route: String, event_id: i64, reply: oneshot::Sender<Result<(), String>> },
 }
 
 impl WriteCommand {
@@ -51,7 +55,11 @@ impl WriteCommand {
                 (1 + submission.rejected.len()) * 8 + submission.accepted.len()
             }
             WriteCommand::Derived { silver, gold, .. } => silver.len() + gold.len(),
-            WriteCommand::Model { .. } | WriteCommand::Alert { .. } | WriteCommand::Flush { .. } => 1,
+            WriteCommand::Model { .. }
+            | WriteCommand::Alert { .. }
+            | WriteCommand::Flush { .. }
+            | WriteCommand::Escalate { .. }
+            | WriteCommand::NotificationCursor { .. } => 1,
         }
     }
 }
@@ -101,6 +109,22 @@ impl StoreWriter {
     pub async fn transition_alert(&self, id: i64, action: AlertAction) -> Result<AlertTransition, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(WriteCommand::Alert { id, action, reply }).await.map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?.map_err(StoreError::Schema)
+    }
+
+    /// Escalates alerts open and unacknowledged for `after_ms` (queued, not waited for).
+    pub async fn escalate(&self, now_ms: i64, after_ms: i64) -> Result<(), StoreError> {
+        self.commands.send(WriteCommand::Escalate { now_ms, after_ms }).await.map_err(|_| StoreError::WriterStopped)
+    }
+
+    /// Records that notification `route` delivered every event through `event_id`; returns
+    /// once that is committed.
+    pub async fn advance_notification_cursor(&self, route: &str, event_id: i64) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(WriteCommand::NotificationCursor { route: route.to_string(), event_id, reply })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
         answer.await.map_err(|_| StoreError::WriterStopped)?.map_err(StoreError::Schema)
     }
 
@@ -241,9 +265,13 @@ impl Writer {
                     };
                     let _ = reply.send(answer);
                 }
-                WriteCommand::Model { .. } => {}
+                WriteCommand::Model { .. } | WriteCommand::Escalate { .. } => {}
                 WriteCommand::Flush { reply } => {
                     let _ = reply.send(());
+                }
+                WriteCommand::NotificationCursor { reply, .. } => {
+                    let answer = if committed { Ok(()) } else { Err("the store could not commit; retry".to_string()) };
+                    let _ = reply.send(answer);
                 }
             }
         }
@@ -330,6 +358,20 @@ impl Writer {
                     transitions.push(self.gold.transition_alert(&tx, *id, *action, now_millis())?);
                 }
                 WriteCommand::Flush { .. } => {}
+                WriteCommand::Escalate { now_ms, after_ms } => {
+                    let escalated = self.gold.escalate(&tx, *now_ms, *after_ms)?;
+                    if escalated > 0 {
+                        tracing::info!("alerts: {escalated} open and unacknowledged for {after_ms} ms escalated");
+                    }
+                }
+                WriteCommand::NotificationCursor { route, event_id, .. } => {
+                    tx.prepare_cached(
+                        "INSERT INTO notification_cursors (route, last_event_id, updated_at_ms) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (route) DO UPDATE SET last_event_id = MAX(last_event_id, excluded.last_event_id),
+                             updated_at_ms = excluded.updated_at_ms",
+                    )?
+                    .execute(params![route, event_id, now_millis()])?;
+                }
             }
         }
         if !findings.is_empty() {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use teleguard_api::AppState;
 use teleguard_pipeline::Pipeline;
 use teleguard_pipeline::config::{Config, Overrides};
+use teleguard_pipeline::notify;
 use teleguard_pipeline::sources::{mqtt, simulator};
 use tokio::sync::watch;
 
@@ -48,6 +49,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tokio::spawn(mqtt::run(pipeline.ingest(), pipeline.metrics.clone(), source.clone(), shutdown.clone()))
         })
         .collect();
+    let notify_context = notify::deliver::Context {
+        reader: pipeline.reader.clone(),
+        store: pipeline.store(),
+        metrics: pipeline.metrics.clone(),
+        client: notify::deliver::Context::client().map_err(anyhow::Error::msg)?,
+    };
+    let mut notify_tasks: Vec<_> = pipeline
+        .config
+        .notification_routes
+        .iter()
+        .map(|route| tokio::spawn(notify::deliver::run(route.clone(), notify_context.clone(), shutdown.clone())))
+        .collect();
+    if let Some(after) = pipeline.config.escalate_after {
+        notify_tasks.push(tokio::spawn(notify::deliver::escalate(pipeline.store(), after, shutdown.clone())));
+    }
     let state = AppState::from_pipeline(&pipeline);
     println!(
         "teleguard listening on http://{address} (dashboard, API, /metrics); data in {}",
@@ -70,6 +86,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     for task in mqtt_tasks {
         task.await?.map_err(anyhow::Error::msg)?;
     }
+    for task in notify_tasks {
+        task.await?;
+    }
+    drop(notify_context);
     pipeline.shutdown().await?;
     tracing::info!("stopped cleanly");
     Ok(())
