@@ -25,6 +25,8 @@ use teleguard_pipeline::store::Reader;
 use teleguard_pipeline::store::writer::StoreWriter;
 
 const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+/// The OpenAPI 3.1 description of every route, kept true by a test that calls each one.
+const OPENAPI: &str = include_str!("../assets/openapi.json");
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -63,6 +65,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(dashboard))
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
+        .route("/api/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/api/ingest/{profile}", post(routes::ingest::ingest))
         .route("/api/anomalies", get(routes::query::anomalies))
         .route("/api/readings", get(routes::query::readings))
