@@ -18,7 +18,7 @@ pub const MAX_ENTITY_BYTES: usize = 128;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
     /// `schema` (a field breaks the profile), `malformed_json`, `invalid_message`, or the code a
-    /// later check gives (`identity_mismatch`, `duplicate`).
+    /// later check gives (`identity_mismatch`, `forbidden`, `duplicate`).
     pub code: &'static str,
     pub field: Option<String>,
     pub message: String,

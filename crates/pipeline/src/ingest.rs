@@ -43,14 +43,25 @@ fn is_zero(count: &usize) -> bool {
     *count == 0
 }
 
-/// One message from a source that delivers at least once (MQTT QoS 1), with what the source
-/// knows of its origin.
+/// One message from a source, with the entities its transport allows it to speak for.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub payload: Vec<u8>,
-    /// The entity the transport vouches for (e.g. the device's own topic); a message naming
-    /// another entity is rejected as `identity_mismatch`.
-    pub vouched_entity: Option<Arc<str>>,
+    pub grant: EntityGrant,
+}
+
+/// Which entities a transport lets a message speak for; a message naming another is rejected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EntityGrant {
+    /// Any entity (the simulator, HTTP without tokens, MQTT without `entity_from_topic`).
+    #[default]
+    Any,
+    /// Exactly this one, which the transport vouches for (the device's own MQTT topic);
+    /// another is rejected as `identity_mismatch`.
+    Exactly(Arc<str>),
+    /// Entities whose id starts with `prefix`, the grant of the HTTP token named `token`;
+    /// another is rejected as `forbidden`.
+    Prefixed { token: Arc<str>, prefix: Arc<str> },
 }
 
 /// Why one message of a submission was rejected.
@@ -115,7 +126,20 @@ impl Ingest {
         items: Vec<Vec<u8>>,
         admission: Admission,
     ) -> Result<IngestReport, IngestError> {
-        let deliveries = items.into_iter().map(|payload| Delivery { payload, vouched_entity: None }).collect();
+        self.submit_granted(profile_name, source, items, EntityGrant::Any, admission).await
+    }
+
+    /// Like [`Ingest::submit`], for messages that may speak only for the entities of `grant`
+    /// (HTTP with a token); the others are rejected.
+    pub async fn submit_granted(
+        &self,
+        profile_name: &str,
+        source: &'static str,
+        items: Vec<Vec<u8>>,
+        grant: EntityGrant,
+        admission: Admission,
+    ) -> Result<IngestReport, IngestError> {
+        let deliveries = items.into_iter().map(|payload| Delivery { payload, grant: grant.clone() }).collect();
         self.submit_inner(profile_name, source, deliveries, admission, Redelivery::Never).await
     }
 
@@ -152,8 +176,8 @@ impl Ingest {
             .into_iter()
             .map(|delivery| {
                 let (payload, verdict) = decode_and_validate(&profile, delivery.payload);
-                let verdict = verdict.and_then(|r| check_vouched_entity(r, delivery.vouched_entity.as_deref()));
-                (Delivery { payload, vouched_entity: delivery.vouched_entity }, verdict)
+                let verdict = verdict.and_then(|r| check_entity_grant(r, &delivery.grant));
+                (Delivery { payload, grant: delivery.grant }, verdict)
             })
             .unzip();
         let valid = verdicts.iter().filter(|v| v.is_ok()).count();
@@ -243,7 +267,7 @@ impl Ingest {
     }
 
     /// Records messages that are all rejected for the same reason, in one transaction.
-    async fn record_all_rejected(
+    pub async fn record_all_rejected(
         &self,
         profile_name: &str,
         source: &'static str,
@@ -397,13 +421,20 @@ enum Redelivery {
     Possible,
 }
 
-/// Rejects a reading whose entity is not the one its transport vouches for.
-fn check_vouched_entity(reading: Reading, vouched: Option<&str>) -> Result<Reading, Rejection> {
-    match vouched {
-        Some(vouched) if *reading.entity != *vouched => Err(Rejection::coded(
+/// Rejects a reading whose entity is outside what its transport grants.
+fn check_entity_grant(reading: Reading, grant: &EntityGrant) -> Result<Reading, Rejection> {
+    match grant {
+        EntityGrant::Exactly(vouched) if *reading.entity != **vouched => Err(Rejection::coded(
             "identity_mismatch",
             format!(
                 "identity_mismatch: the message names entity {:?} but arrived on the topic of {vouched:?}",
+                &*reading.entity
+            ),
+        )),
+        EntityGrant::Prefixed { token, prefix } if !reading.entity.starts_with(&**prefix) => Err(Rejection::coded(
+            "forbidden",
+            format!(
+                "forbidden: token {token:?} may send only entities whose id starts with {prefix:?}, not {:?}",
                 &*reading.entity
             ),
         )),
