@@ -5,8 +5,10 @@
 //! - [`routes::ingest`]: `POST /api/ingest/{profile}` (one object, an array, or NDJSON).
 //! - [`routes::query`]: anomalies, readings, stats, dead letters, profiles.
 //! - [`routes::alerts`]: alerts and their lifecycle.
+//! - [`auth`]: the bearer token of an ingest request, checked against the configured ones.
 //! - [`error`]: the one [`error::ApiError`] every handler returns.
 
+pub mod auth;
 pub mod error;
 pub mod routes;
 
@@ -17,6 +19,7 @@ use axum::routing::{get, post};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use teleguard_pipeline::Pipeline;
+use teleguard_pipeline::auth::Tokens;
 use teleguard_pipeline::ingest::Ingest;
 use teleguard_pipeline::live::LiveView;
 use teleguard_pipeline::metrics::Metrics;
@@ -34,6 +37,8 @@ pub struct AppState {
     pub live: Arc<LiveView>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// The bearer tokens ingest accepts; none configured means ingest needs none.
+    pub tokens: Arc<Tokens>,
     pub busy_wait: Duration,
     pub started: Instant,
 }
@@ -47,6 +52,7 @@ impl AppState {
             live: pipeline.live.clone(),
             metrics: pipeline.metrics.clone(),
             max_body_bytes: pipeline.config.max_body_bytes.get(),
+            tokens: pipeline.config.tokens.clone(),
             busy_wait: pipeline.config.busy_wait,
             started: Instant::now(),
         }
