@@ -32,6 +32,21 @@ fn new_token(args: &[&str]) -> (String, String) {
     (token, entry)
 }
 
+/// Runs `teleguard token hash` with `token` (and a newline, as `echo` sends it) on stdin.
+fn hash_of(token: &str) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["token", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{token}\n").as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
 /// POSTs `body` to `/api/ingest/{profile}` with `Authorization: Bearer {token}`.
 async fn post_as(
     client: &reqwest::Client,
@@ -87,6 +102,7 @@ async fn tokens_guard_ingest_within_their_grants() {
     let written = std::fs::read_to_string(&config).unwrap();
     assert!(!written.contains(&north) && !written.contains(&ops), "the config holds only hashes");
     assert_eq!(written.matches("sha256 = ").count(), 2, "{written}");
+    assert!(written.contains(&format!("sha256 = \"{}\"", hash_of(&north))), "`token hash` agrees: {written}");
     let data = dir.path().join("data");
     let server = Server::start(&data, &["--config", config.to_str().unwrap()]);
     let client = client();
