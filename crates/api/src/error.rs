@@ -11,11 +11,18 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub retry_after_secs: Option<u64>,
+    /// The `WWW-Authenticate` challenge of a 401.
+    pub challenge: Option<&'static str>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), retry_after_secs: None }
+        ApiError { status, message: message.into(), retry_after_secs: None, challenge: None }
+    }
+
+    /// A 401 that asks for a bearer token with `challenge` (RFC 6750's `WWW-Authenticate`).
+    pub fn unauthorized(challenge: &'static str, message: impl Into<String>) -> Self {
+        ApiError { challenge: Some(challenge), ..Self::new(StatusCode::UNAUTHORIZED, message) }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -28,6 +35,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
         if let Some(seconds) = self.retry_after_secs {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         response
     }

@@ -6,8 +6,10 @@
 //! - [`routes::query`]: anomalies, readings, stats, profiles.
 //! - [`routes::quarantine`]: dead letters listed, counted and replayed.
 //! - [`routes::alerts`]: alerts and their lifecycle.
+//! - [`auth`]: the bearer token of an ingest request, checked against the configured ones.
 //! - [`error`]: the one [`error::ApiError`] every handler returns.
 
+pub mod auth;
 pub mod error;
 pub mod routes;
 
@@ -18,6 +20,7 @@ use axum::routing::{get, post};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use teleguard_pipeline::Pipeline;
+use teleguard_pipeline::auth::Tokens;
 use teleguard_pipeline::ingest::Ingest;
 use teleguard_pipeline::live::LiveView;
 use teleguard_pipeline::metrics::Metrics;
@@ -37,6 +40,8 @@ pub struct AppState {
     pub live: Arc<LiveView>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// The bearer tokens ingest accepts; none configured means ingest needs none.
+    pub tokens: Arc<Tokens>,
     pub busy_wait: Duration,
     pub started: Instant,
     /// Held while a replay of dead letters runs.
@@ -52,6 +57,7 @@ impl AppState {
             live: pipeline.live.clone(),
             metrics: pipeline.metrics.clone(),
             max_body_bytes: pipeline.config.max_body_bytes.get(),
+            tokens: pipeline.config.tokens.clone(),
             busy_wait: pipeline.config.busy_wait,
             started: Instant::now(),
             replay_lock: Arc::default(),

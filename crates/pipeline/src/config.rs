@@ -1,5 +1,6 @@
 //! Configuration: the raw TOML file, command-line overrides, and the validated [`Config`].
 
+use crate::auth::{RawToken, Tokens};
 use crate::notify::{RawSlackRoute, RawWebhookRoute, Route};
 use crate::sources::mqtt::{MqttSourceConfig, RawMqttSource};
 use crate::store::Durability;
@@ -51,6 +52,9 @@ impl RawConfig {
 pub struct RawServer {
     pub listen: Option<String>,
     pub max_body_bytes: Option<usize>,
+    /// Bearer tokens for HTTP ingest; none means no authentication.
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +140,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub max_body_bytes: NonZeroUsize,
+    /// The bearer tokens HTTP ingest accepts; empty means it needs none.
+    pub tokens: Arc<Tokens>,
     pub workers: NonZeroUsize,
     pub inflight_readings: NonZeroUsize,
     /// How long an HTTP ingest waits for room before answering 503.
@@ -248,6 +254,7 @@ impl Config {
             }
         }
         let profiles = ProfileRegistry::with_builtins(raw_profiles).map_err(|e| errors.extend(e.0)).ok();
+        let tokens = Tokens::validate(raw.server.tokens, profiles.as_ref(), &mut errors);
         let mqtt = mqtt_sources(raw.sources.mqtt, profiles.as_ref(), inflight_readings.get(), &mut errors);
         let notification_routes = Route::from_config(raw.alerts.slack, raw.alerts.webhook, &mut errors);
         let escalate_after = match raw.alerts.escalate_after_secs.unwrap_or(DEFAULT_ESCALATE_AFTER_SECS) {
@@ -259,6 +266,7 @@ impl Config {
                 data_dir: overrides.data_dir.or(raw.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
                 listen,
                 max_body_bytes,
+                tokens: Arc::new(tokens),
                 workers,
                 inflight_readings,
                 busy_wait: Duration::from_millis(raw.pipeline.busy_wait_ms.unwrap_or(1000)),
@@ -402,6 +410,26 @@ mod tests {
         let source = &raw.sources.mqtt[0];
         assert!(source.ca_file.is_some() && source.client_key_file.is_some() && source.max_batch.is_some());
         assert!(source.reconnect_max_ms.is_some() && !source.routes.is_empty());
+    }
+
+    #[test]
+    fn the_example_documents_a_real_token_entry() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let block: Vec<&str> = text
+            .lines()
+            .skip_while(|line| *line != "# [[server.tokens]]")
+            .take_while(|line| *line != "#")
+            .map(|line| line.trim_start_matches("# "))
+            .collect();
+        assert_eq!(block.len(), 5, "{block:#?}");
+        let raw: RawConfig = toml::from_str(&block.join("\n")).unwrap();
+        let config = Config::validate(raw, Overrides::default()).unwrap();
+        assert_eq!(config.tokens.len(), 1);
+        // The example's hash is SHA-256("test"), never a token anyone uses.
+        let grant = config.tokens.authenticate("test").unwrap();
+        assert!(grant.allows_profile("drone") && !grant.allows_profile("pump"));
+        assert!(Config::load(None, Overrides::default()).unwrap().tokens.is_empty(), "no tokens by default");
     }
 
     #[test]

@@ -45,14 +45,11 @@ fn is_zero(count: &usize) -> bool {
     *count == 0
 }
 
-/// One message from a source that delivers at least once (MQTT QoS 1), with what the source
-/// knows of its origin.
+/// One message from a source, with the entities its transport allows it to speak for.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub payload: Vec<u8>,
-    /// The entity the transport vouches for (e.g. the device's own topic); a message naming
-    /// another entity is rejected as `identity_mismatch`.
-    pub vouched_entity: Option<Arc<str>>,
+    pub grant: EntityGrant,
     /// When the message first arrived, if earlier than now (a quarantined message replayed):
     /// its event time is checked against this.
     pub arrived_at_ms: Option<i64>,
@@ -63,8 +60,22 @@ pub struct Delivery {
 impl Delivery {
     /// A message as it arrives, with nothing vouched for.
     pub fn new(payload: Vec<u8>) -> Self {
-        Delivery { payload, vouched_entity: None, arrived_at_ms: None, replay_of: None }
+        Delivery { payload, grant: EntityGrant::Any, arrived_at_ms: None, replay_of: None }
     }
+}
+
+/// Which entities a transport lets a message speak for; a message naming another is rejected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EntityGrant {
+    /// Any entity (the simulator, HTTP without tokens, MQTT without `entity_from_topic`).
+    #[default]
+    Any,
+    /// Exactly this one, which the transport vouches for (the device's own MQTT topic);
+    /// another is rejected as `identity_mismatch` and raises an `identity` anomaly.
+    Exactly(Arc<str>),
+    /// Entities whose id starts with `prefix`, the grant of the HTTP token named `token`;
+    /// another is rejected as `forbidden`.
+    Prefixed { token: Arc<str>, prefix: Arc<str> },
 }
 
 /// Why one message of a submission was rejected.
@@ -136,7 +147,21 @@ impl Ingest {
         items: Vec<Vec<u8>>,
         admission: Admission,
     ) -> Result<IngestReport, IngestError> {
-        let deliveries = items.into_iter().map(Delivery::new).collect();
+        self.submit_granted(profile_name, source, items, EntityGrant::Any, admission).await
+    }
+
+    /// Like [`Ingest::submit`], for messages that may speak only for the entities of `grant`
+    /// (HTTP with a token); the others are rejected.
+    pub async fn submit_granted(
+        &self,
+        profile_name: &str,
+        source: &'static str,
+        items: Vec<Vec<u8>>,
+        grant: EntityGrant,
+        admission: Admission,
+    ) -> Result<IngestReport, IngestError> {
+        let deliveries =
+            items.into_iter().map(|payload| Delivery { grant: grant.clone(), ..Delivery::new(payload) }).collect();
         self.submit_inner(profile_name, source, deliveries, admission, Redelivery::Never).await
     }
 
@@ -176,12 +201,14 @@ impl Ingest {
                 let (payload, verdict) = decode_and_validate(&profile, std::mem::take(&mut delivery.payload));
                 let mut finding = None;
                 let verdict = verdict
-                    .and_then(|r| match delivery.vouched_entity.as_deref() {
-                        Some(vouched) if *r.entity != *vouched => {
-                            finding = Some(Box::new(spoofing_finding(&profile, vouched, &r, received_at_ms)));
-                            Err(identity_mismatch(&r, vouched))
+                    .and_then(|r| match check_entity_grant(&r, &delivery.grant) {
+                        Ok(()) => Ok(r),
+                        Err(rejection) => {
+                            if let EntityGrant::Exactly(vouched) = &delivery.grant {
+                                finding = Some(Box::new(spoofing_finding(&profile, vouched, &r, received_at_ms)));
+                            }
+                            Err(rejection)
                         }
-                        _ => Ok(r),
                     })
                     .and_then(|r| {
                         let arrival = delivery.arrived_at_ms.unwrap_or(received_at_ms);
@@ -350,7 +377,7 @@ impl Ingest {
     }
 
     /// Records messages that are all rejected for the same reason, in one transaction.
-    async fn record_all_rejected(
+    pub async fn record_all_rejected(
         &self,
         profile_name: &str,
         source: &'static str,
@@ -562,15 +589,25 @@ enum Redelivery {
     Possible,
 }
 
-/// The rejection of a reading whose entity is not the one its transport vouches for.
-fn identity_mismatch(reading: &Reading, vouched: &str) -> Rejection {
-    Rejection::coded(
-        "identity_mismatch",
-        format!(
-            "identity_mismatch: the message names entity {:?} but arrived on the topic of {vouched:?}",
-            &*reading.entity
-        ),
-    )
+/// Rejects a reading whose entity is outside what its transport grants.
+fn check_entity_grant(reading: &Reading, grant: &EntityGrant) -> Result<(), Rejection> {
+    match grant {
+        EntityGrant::Exactly(vouched) if *reading.entity != **vouched => Err(Rejection::coded(
+            "identity_mismatch",
+            format!(
+                "identity_mismatch: the message names entity {:?} but arrived on the topic of {vouched:?}",
+                &*reading.entity
+            ),
+        )),
+        EntityGrant::Prefixed { token, prefix } if !reading.entity.starts_with(&**prefix) => Err(Rejection::coded(
+            "forbidden",
+            format!(
+                "forbidden: token {token:?} may send only entities whose id starts with {prefix:?}, not {:?}",
+                &*reading.entity
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The security anomaly of a spoofed reading, on the device that sent it; the store gives

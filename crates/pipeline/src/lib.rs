@@ -1,6 +1,7 @@
 //! teleguard's I/O and wiring around the pure core.
 //!
 //! # Layout
+//! - [`auth`]: bearer tokens for HTTP ingest (hashes in the config, constant-time matching).
 //! - [`config`]: the TOML config file, command-line overrides, validation.
 //! - [`ingest`]: the path every source uses: validate, admit, bronze, dispatch to a worker.
 //! - [`worker`]: per-shard enrichment and detection on its own thread.
@@ -11,6 +12,7 @@
 //! - [`notify`]: alert notifications to Slack and webhooks, and alert escalation.
 //! - [`Pipeline`]: starts all of the above and stops it in order.
 
+pub mod auth;
 pub mod config;
 pub mod ingest;
 pub mod live;

@@ -41,6 +41,11 @@ pub struct RouteOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub token: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LayerLabels {
     pub layer: String,
 }
@@ -67,6 +72,12 @@ pub struct Metrics {
     pub notifications: Family<RouteOutcomeLabels, Counter>,
     /// Dead letters replayed, by what they became (`accepted`, `rejected`, `duplicate`).
     pub dead_letters_replayed: Family<OutcomeLabels, Counter>,
+    /// HTTP ingest requests refused with 401 (nothing of them stored), by reason
+    /// (`missing_token`, `unknown_token`).
+    pub http_auth_failures: Family<ReasonLabels, Counter>,
+    /// HTTP messages refused because their token's grant does not cover their profile or
+    /// entity, by token name (each is also a `forbidden` discard with a dead letter).
+    pub http_forbidden: Family<TokenLabels, Counter>,
     /// The MQTT gateway's (reference 001's names): messages, verdicts by reason code, the
     /// time from a batch's arrival to its acknowledgement, and the broker connections.
     pub gateway_messages_received: Counter,
@@ -124,6 +135,8 @@ impl Metrics {
             discarded: Family::default(),
             dead_letters_replayed: Family::default(),
             notifications: Family::default(),
+            http_auth_failures: Family::default(),
+            http_forbidden: Family::default(),
             gateway_messages_received: Counter::default(),
             gateway_validation_success: Counter::default(),
             gateway_validation_errors: Family::default(),
@@ -204,6 +217,16 @@ impl Metrics {
             "teleguard_dead_letters_replayed",
             "Quarantined messages replayed (POST /api/dead-letters/replay), by what they became",
             metrics.dead_letters_replayed.clone(),
+        );
+        registry.register(
+            "teleguard_http_auth_failures",
+            "HTTP ingest requests refused with 401, by reason (missing_token, unknown_token); nothing of them is stored",
+            metrics.http_auth_failures.clone(),
+        );
+        registry.register(
+            "teleguard_http_forbidden",
+            "HTTP messages outside their token's grant (profile or entity prefix), by token name",
+            metrics.http_forbidden.clone(),
         );
         registry.register(
             "gateway_mqtt_messages_received",

@@ -36,6 +36,8 @@ enum Command {
     Schema(commands::schema::SchemaArgs),
     /// Make a development CA, an MQTT broker certificate and per-device client certificates.
     Certs(commands::certs::CertsArgs),
+    /// Make a bearer token for HTTP ingest and its config entry (`token new`), or hash one.
+    Token(commands::token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
             Command::Eval(args) => tokio::task::block_in_place(|| commands::eval::eval(args)),
             Command::Schema(args) => commands::schema::schema(args),
             Command::Certs(args) => commands::certs::certs(args),
+            Command::Token(args) => commands::token::token(args),
         }
     });
     match result {

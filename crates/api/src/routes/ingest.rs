@@ -4,8 +4,14 @@
 //! 202 when at least one message was accepted, 422 when every one was rejected; either way
 //! the body gives accepted and rejected counts and an error per rejected message, and every
 //! message (accepted or not) has its bronze record before the answer is sent.
+//!
+//! With tokens configured, a request needs a known bearer token (else 401, nothing stored).
+//! A token used for a profile outside its grant gets 403 and its messages are quarantined as
+//! `forbidden`; messages naming entities outside its prefix are rejected one by one as
+//! `forbidden`, and the answer is 403 when they are all that kept the request from succeeding.
 
 use crate::AppState;
+use crate::auth::authenticate;
 use crate::error::ApiError;
 use axum::Json;
 use axum::body::Body;
@@ -13,7 +19,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::value::RawValue;
-use teleguard_pipeline::ingest::{Admission, IngestReport};
+use teleguard_pipeline::auth::TokenGrant;
+use teleguard_pipeline::ingest::{Admission, Delivery, EntityGrant, IngestReport};
+use teleguard_pipeline::metrics::TokenLabels;
 
 /// Bytes of an oversized body kept in its dead-letter record.
 const OVERSIZED_PREFIX_BYTES: usize = 1024;
@@ -26,6 +34,7 @@ pub async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<IngestReport>), ApiError> {
+    let token = authenticate(&state.tokens, &state.metrics, &headers)?;
     let body = match read_limited(body, state.max_body_bytes).await? {
         LimitedBody::Complete(bytes) => bytes,
         LimitedBody::Oversized { prefix, seen, complete } => {
@@ -43,8 +52,18 @@ pub async fn ingest(
             return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, reason));
         }
     };
-    if is_avro(&headers, &body) {
-        let report = state.ingest.submit(&profile, "http", vec![body], Admission::Within(state.busy_wait)).await?;
+    let avro = is_avro(&headers, &body);
+    if let Some(token) = token.filter(|token| !token.allows_profile(&profile)) {
+        return Err(forbid_profile(&state, token, &profile, avro, body).await);
+    }
+    let grant = match token {
+        Some(TokenGrant { name, entity_prefix: Some(prefix), .. }) => {
+            EntityGrant::Prefixed { token: name.clone(), prefix: prefix.clone() }
+        }
+        _ => EntityGrant::Any,
+    };
+    if avro {
+        let report = submit(&state, &profile, vec![body], grant, token).await?;
         return Ok((status_of(&report), Json(report)));
     }
     let items = match split_items(&body) {
@@ -57,12 +76,63 @@ pub async fn ingest(
             return Err(ApiError::bad_request(reason));
         }
     };
-    let report = state.ingest.submit(&profile, "http", items, Admission::Within(state.busy_wait)).await?;
+    let report = submit(&state, &profile, items, grant, token).await?;
     Ok((status_of(&report), Json(report)))
 }
 
+/// Submits `items` within `grant`, counting the messages the token may not send.
+async fn submit(
+    state: &AppState,
+    profile: &str,
+    items: Vec<Vec<u8>>,
+    grant: EntityGrant,
+    token: Option<&TokenGrant>,
+) -> Result<IngestReport, ApiError> {
+    let admission = Admission::Within(state.busy_wait);
+    let report = state.ingest.submit_granted(profile, "http", items, grant, admission).await?;
+    let forbidden = report.errors.iter().filter(|e| e.reason == FORBIDDEN).count();
+    if let (Some(token), true) = (token, forbidden > 0) {
+        let prefix = token.entity_prefix.as_deref().unwrap_or_default();
+        tracing::warn!("token {:?} sent {forbidden} message(s) of entities not starting with {prefix:?}", token.name);
+        state
+            .metrics
+            .http_forbidden
+            .get_or_create(&TokenLabels { token: token.name.to_string() })
+            .inc_by(forbidden as u64);
+    }
+    Ok(report)
+}
+
+/// Quarantines every message of a request sent to a profile outside its token's grant.
+async fn forbid_profile(state: &AppState, token: &TokenGrant, profile: &str, avro: bool, body: Vec<u8>) -> ApiError {
+    let shown: String = profile.chars().take(64).collect();
+    let reason = format!(
+        "{FORBIDDEN}: token {:?} may not send to profile {shown:?}; it may send to {}",
+        token.name,
+        token.profiles_text()
+    );
+    tracing::warn!("{reason}");
+    let items = if avro { vec![body] } else { split_items(&body).unwrap_or_else(|_| vec![body]) };
+    let count = items.len() as u64;
+    let items = items.into_iter().map(Delivery::new).collect();
+    if let Err(e) = state.ingest.record_all_rejected(profile, "http", items, FORBIDDEN, &reason).await {
+        return e.into();
+    }
+    state.metrics.http_forbidden.get_or_create(&TokenLabels { token: token.name.to_string() }).inc_by(count);
+    ApiError::new(StatusCode::FORBIDDEN, reason)
+}
+
+/// The reason code of a message outside its token's grant.
+const FORBIDDEN: &str = "forbidden";
+
 fn status_of(report: &IngestReport) -> StatusCode {
-    if report.accepted == 0 && report.rejected > 0 { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::ACCEPTED }
+    if report.accepted > 0 || report.rejected == 0 {
+        StatusCode::ACCEPTED
+    } else if report.errors.iter().any(|e| e.reason == FORBIDDEN) {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    }
 }
 
 /// The media types Avro binary goes by; a body may also announce itself by the

@@ -8,3 +8,4 @@ pub mod replay;
 pub mod run;
 pub mod schema;
 pub mod simulate;
+pub mod token;

@@ -2,7 +2,7 @@
 //! the bronze commit, reconnects with capped exponential backoff, bounded buffering.
 
 use super::config::{MQTT_MAX_PACKET_BYTES, MqttSourceConfig, last_level};
-use crate::ingest::{Admission, Delivery, Ingest, IngestError};
+use crate::ingest::{Admission, Delivery, EntityGrant, Ingest, IngestError};
 use crate::metrics::{Metrics, ReasonLabels};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter};
 use rumqttc::{SubscribeReasonCode, TlsConfiguration, Transport};
@@ -221,7 +221,11 @@ impl Submitter {
                 continue;
             }
             let delivery = Delivery {
-                vouched_entity: self.config.entity_from_topic.then(|| Arc::from(last_level(&publish.topic))),
+                grant: if self.config.entity_from_topic {
+                    EntityGrant::Exactly(Arc::from(last_level(&publish.topic)))
+                } else {
+                    EntityGrant::Any
+                },
                 ..Delivery::new(publish.payload.to_vec())
             };
             match groups.iter_mut().find(|(name, _)| name == profile) {
