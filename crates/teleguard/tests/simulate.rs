@@ -184,7 +184,7 @@ fn simulate_replay_eval_finds_every_rule_anomaly() {
         .unwrap();
     assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
     let report: Value = serde_json::from_slice(&eval.stdout).unwrap();
-    for kind in ["teleport", "restricted_zone", "long_stop"] {
+    for kind in ["teleport", "gps_spoof", "restricted_zone", "long_stop"] {
         let row = report["by_type"].as_array().unwrap().iter().find(|r| r["type"] == kind);
         let row = row.unwrap_or_else(|| panic!("no {kind} injected: {report:#}"));
         assert!(row["labels"].as_u64().unwrap() >= 3, "{row}");

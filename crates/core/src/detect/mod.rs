@@ -108,6 +108,7 @@ impl DetectorSet {
                 Box::new(isolation_forest::IsolationForestDetector::new(models)),
                 Box::new(novelty::NoveltyDetector::default()),
                 Box::new(rules::teleport::TeleportDetector::default()),
+                Box::new(rules::spoofing::SpoofingDetector::default()),
                 Box::new(rules::geofence::GeofenceBreachDetector::default()),
                 Box::new(rules::stop::UnusualStopDetector::default()),
             ],
@@ -122,11 +123,12 @@ impl DetectorSet {
 }
 
 /// The names of every shipped detector.
-pub const DETECTOR_NAMES: [&str; 6] = [
+pub const DETECTOR_NAMES: [&str; 7] = [
     zscore::NAME,
     isolation_forest::NAME,
     novelty::NAME,
     rules::teleport::NAME,
+    rules::spoofing::NAME,
     rules::geofence::NAME,
     rules::stop::NAME,
 ];

@@ -13,6 +13,7 @@ pub struct RawDetectors {
     pub zscore: Option<RawZScore>,
     pub isolation_forest: Option<RawIsolationForest>,
     pub teleport: Option<RawTeleport>,
+    pub spoofing: Option<RawSpoofing>,
     pub geofence_breach: Option<RawGeofenceBreach>,
     pub unusual_stop: Option<RawUnusualStop>,
     pub novelty: Option<RawNovelty>,
@@ -140,6 +141,30 @@ pub struct RawTeleport {
     pub max_speed_kmh: f64,
 }
 
+/// `detectors.spoofing`: fixes that moved farther than the device's own speed allows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpoofing {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The metric with the speed the device reports itself.
+    #[serde(default = "default_speed_metric")]
+    pub speed_metric: String,
+    /// Its unit: `km/h`, `m/s` or `knots`.
+    #[serde(default = "default_speed_unit")]
+    pub speed_unit: String,
+    /// How far back fixes are compared with the newest one.
+    #[serde(default = "default_spoofing_window")]
+    pub window_secs: f64,
+    /// Allowed on top of what the speed allows, for the error of two fixes.
+    #[serde(default = "default_position_tolerance")]
+    pub position_tolerance_m: f64,
+    /// Allowed under-reporting of the speed, as a fraction (0.2: the distance the reported
+    /// speed covers, plus 20 %).
+    #[serde(default = "default_speed_tolerance")]
+    pub speed_tolerance: f64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGeofenceBreach {
@@ -224,6 +249,18 @@ fn default_trees() -> usize {
 }
 fn default_max_speed() -> f64 {
     400.0
+}
+fn default_speed_unit() -> String {
+    "km/h".into()
+}
+fn default_spoofing_window() -> f64 {
+    60.0
+}
+fn default_position_tolerance() -> f64 {
+    100.0
+}
+fn default_speed_tolerance() -> f64 {
+    0.2
 }
 fn default_restricted() -> Vec<String> {
     vec!["Restricted Area".into()]
@@ -339,6 +376,17 @@ pub struct TeleportSettings {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct SpoofingSettings {
+    /// Where the reported speed is among the profile's metrics.
+    pub speed_metric: crate::model::MetricId,
+    /// Multiplies the reported speed into km/h.
+    pub to_kmh: f64,
+    pub window_ms: i64,
+    pub position_tolerance_km: f64,
+    pub speed_tolerance: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct GeofenceBreachSettings {
     pub zones: Vec<String>,
     pub allowed_from: NaiveTime,
@@ -360,6 +408,7 @@ pub struct DetectorSettings {
     pub zscore: Option<ZScoreSettings>,
     pub isolation_forest: Option<IsolationForestSettings>,
     pub teleport: Option<TeleportSettings>,
+    pub spoofing: Option<SpoofingSettings>,
     pub geofence_breach: Option<GeofenceBreachSettings>,
     pub unusual_stop: Option<UnusualStopSettings>,
     pub novelty: Option<NoveltySettings>,
@@ -440,6 +489,46 @@ impl RawDetectors {
             }
             TeleportSettings { max_speed_kmh: raw.max_speed_kmh }
         });
+        let spoofing = self.spoofing.filter(|s| s.enabled).map(|raw| {
+            if !shape.has_position {
+                errors.push("detectors.spoofing needs latitude_field and longitude_field".into());
+            }
+            let speed_metric = match shape.metric_names.iter().position(|m| *m == raw.speed_metric) {
+                Some(index) => index as crate::model::MetricId,
+                None => {
+                    errors.push(format!(
+                        "detectors.spoofing.speed_metric {:?} is not a metric of the profile; its metrics: {:?}",
+                        raw.speed_metric, shape.metric_names
+                    ));
+                    0
+                }
+            };
+            let to_kmh = match raw.speed_unit.as_str() {
+                "km/h" => 1.0,
+                "m/s" => 3.6,
+                "knots" => 1.852,
+                other => {
+                    errors.push(format!("detectors.spoofing.speed_unit {other:?}: use km/h, m/s or knots"));
+                    1.0
+                }
+            };
+            for (name, value) in [
+                ("window_secs", raw.window_secs),
+                ("position_tolerance_m", raw.position_tolerance_m),
+                ("speed_tolerance", raw.speed_tolerance),
+            ] {
+                if !(value.is_finite() && value >= 0.0) || (name == "window_secs" && value <= 0.0) {
+                    errors.push(format!("detectors.spoofing.{name} {value} must be a positive number"));
+                }
+            }
+            SpoofingSettings {
+                speed_metric,
+                to_kmh,
+                window_ms: (raw.window_secs * 1000.0) as i64,
+                position_tolerance_km: raw.position_tolerance_m / 1000.0,
+                speed_tolerance: raw.speed_tolerance,
+            }
+        });
         let geofence_breach = self.geofence_breach.filter(|g| g.enabled).map(|raw| {
             if !shape.enriches_zones {
                 errors.push("detectors.geofence_breach needs enrich = [\"geofences\"]".into());
@@ -508,7 +597,7 @@ impl RawDetectors {
                 watched,
             }
         });
-        DetectorSettings { zscore, isolation_forest, teleport, geofence_breach, unusual_stop, novelty }
+        DetectorSettings { zscore, isolation_forest, teleport, spoofing, geofence_breach, unusual_stop, novelty }
     }
 }
 

@@ -75,6 +75,7 @@ fn labels_lie_in_the_simulated_range_and_name_simulated_entities() {
     }
     for kind in [
         "teleport",
+        "gps_spoof",
         "long_stop",
         "spike",
         "level_shift",

@@ -14,6 +14,7 @@ use std::sync::Arc;
 const TELEPORT: Kind = Kind { name: "teleport", detectors: &["teleport"] };
 const RESTRICTED_ZONE: Kind = Kind { name: "restricted_zone", detectors: &["geofence_breach"] };
 const LONG_STOP: Kind = Kind { name: "long_stop", detectors: &["unusual_stop"] };
+const GPS_SPOOF: Kind = Kind { name: "gps_spoof", detectors: &["spoofing"] };
 
 /// The zone name vehicles keep out of, and when they may be there (UTC, as the built-in
 /// vehicle profile's geofence rule is configured).
@@ -186,6 +187,10 @@ enum Fault {
     RestrictedVisit { zone_id: String, inside: Option<(i64, i64)>, entered: bool },
     /// A stop outside any zone; readings under the stop speed so far.
     LongStop { slow: Option<(i64, i64)> },
+    /// A spoofer drags the reported position away at `east_mps`, `north_mps` from `start_ms`
+    /// while the vehicle drives on (and reports its true speed); at `until_ms` the receiver
+    /// locks back onto the real signal. `last_ms`: the last reading so far.
+    GpsSpoof { start_ms: i64, until_ms: i64, last_ms: i64, east_mps: f64, north_mps: f64 },
 }
 
 pub struct Vehicle {
@@ -294,7 +299,7 @@ impl Vehicle {
         let choice = match self.planned {
             Some((choice, since)) if at_ms - since < PLAN_PATIENCE_MS => choice,
             _ => {
-                let choice = self.core.rng_index(3);
+                let choice = self.core.rng_index(4);
                 self.planned = Some((choice, at_ms));
                 choice
             }
@@ -318,6 +323,21 @@ impl Vehicle {
         }
         if choice == 2 {
             self.fault = Some(Fault::Teleport { start_ms: at_ms });
+            self.planned = None;
+        }
+        if choice == 3 && driving {
+            // A position dragged off at 40-80 m/s for one to three minutes: too slow for the
+            // teleport limit at any one step, farther than the vehicle's speed could go.
+            let duration_ms = (self.core.uniform(60.0, 180.0) * 1000.0) as i64;
+            let drift = self.core.uniform(40.0, 80.0);
+            let bearing = self.core.uniform(0.0, std::f64::consts::TAU);
+            self.fault = Some(Fault::GpsSpoof {
+                start_ms: at_ms,
+                until_ms: at_ms + duration_ms,
+                last_ms: at_ms,
+                east_mps: drift * bearing.sin(),
+                north_mps: drift * bearing.cos(),
+            });
             self.planned = None;
         }
     }
@@ -375,6 +395,9 @@ impl Vehicle {
         let mut abandoned = false;
         match &mut self.fault {
             Some(Fault::Teleport { start_ms }) if *start_ms < at_ms => ended = Some((TELEPORT, *start_ms, at_ms)),
+            Some(Fault::GpsSpoof { start_ms, until_ms, .. }) if *until_ms <= at_ms => {
+                ended = Some((GPS_SPOOF, *start_ms, at_ms));
+            }
             Some(Fault::RestrictedVisit { zone_id, inside, entered }) => {
                 let in_zone = self.world.zones.zone_at(self.position).is_some_and(|z| &z.zone_id == zone_id);
                 let hour = at_ms.rem_euclid(86_400_000) / 3_600_000;
@@ -447,6 +470,13 @@ impl EntityModel for Vehicle {
                 }
             }
         }
+        if let Some(Fault::GpsSpoof { start_ms, until_ms, last_ms, east_mps, north_mps }) = &mut self.fault
+            && at_ms < *until_ms
+        {
+            *last_ms = at_ms;
+            let seconds = (at_ms - *start_ms) as f64 / 1000.0;
+            reported = offset(self.position, *east_mps * seconds, *north_mps * seconds);
+        }
         let speed = if self.speed > 0.0 { (self.speed + self.core.gauss(0.0, 0.8)).max(0.0) } else { 0.0 };
         let engine = match self.phase {
             Phase::Stopped { since_ms, until_ms, .. }
@@ -471,6 +501,7 @@ impl EntityModel for Vehicle {
     fn finish(&mut self, profile: &'static str, labels: &mut Vec<Label>) {
         let label = match self.fault.take() {
             Some(Fault::Teleport { start_ms }) => Some((TELEPORT, start_ms, start_ms)),
+            Some(Fault::GpsSpoof { start_ms, last_ms, .. }) => Some((GPS_SPOOF, start_ms, last_ms)),
             Some(Fault::RestrictedVisit { inside: Some((start, end)), .. }) => Some((RESTRICTED_ZONE, start, end)),
             // Cut short by the end of the simulation: a long stop only once it lasted long.
             Some(Fault::LongStop { slow: Some((start, end)) }) if end - start > LONG_STOP_MS => {

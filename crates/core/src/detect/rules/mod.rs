@@ -4,6 +4,7 @@
 //! it in `out_of_order`): a late reading must not reopen or reorder a track.
 
 pub mod geofence;
+pub mod spoofing;
 pub mod stop;
 pub mod teleport;
 

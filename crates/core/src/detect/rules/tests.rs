@@ -32,6 +32,7 @@ impl Harness {
             enrich = ["geofences"]
             metrics = [{{ field = "speed", min = 0, max = 400 }}]
             detectors.teleport = {{}}
+            detectors.spoofing = {{}}
             detectors.geofence_breach = {{ time_zone = "{time_zone}" }}
             detectors.unusual_stop = {{}}
             "#
@@ -221,4 +222,44 @@ mod stop {
         let found = h.run(&mut UnusualStopDetector::default(), &every_five_minutes(&h, 0, &[(1.05, 1.05, 0.0); 20]));
         assert!(found.iter().all(Vec::is_empty));
     }
+}
+
+/// `count` readings of V1 every 10 s from 10:00:00, each at `track(i)` reporting `speed`.
+fn spoofing_run(harness: &Harness, count: usize, speed: f64, track: impl Fn(usize) -> (f64, f64)) -> Vec<usize> {
+    let readings: Vec<Reading> = (0..count)
+        .map(|i| {
+            let (lat, lon) = track(i);
+            let time = format!("2024-09-04T10:{:02}:{:02}Z", i * 10 / 60, i * 10 % 60);
+            harness.reading("V1", &time, lat, lon, speed)
+        })
+        .collect();
+    let mut detector = crate::detect::rules::spoofing::SpoofingDetector::default();
+    let verdicts = harness.run(&mut detector, &readings);
+    verdicts.iter().enumerate().filter(|(_, found)| !found.is_empty()).map(|(i, _)| i).collect()
+}
+
+#[test]
+fn spoofing_is_a_fix_farther_than_the_reported_speed_can_go() {
+    let harness = Harness::new("UTC");
+    // 0.001° of latitude is 111 m; at 40 km/h, 10 s cover 111 m.
+    let honest = |i: usize| (10.0 + i as f64 * 0.001, 20.0);
+    assert_eq!(spoofing_run(&harness, 30, 40.0, honest), Vec::<usize>::new(), "driving as reported");
+    assert_eq!(spoofing_run(&harness, 30, 0.0, |_| (10.0, 20.0)), Vec::<usize>::new(), "parked");
+    // A 1 km jump at reading 10 (no teleport: 360 km/h), while reporting 40 km/h: allowed
+    // 111 m * 1.2 + 100 m = 233 m. Found there, once: the way back is the same episode.
+    let jump = |i: usize| (10.0 + i as f64 * 0.001 + if i == 10 { 0.009 } else { 0.0 }, 20.0);
+    assert_eq!(spoofing_run(&harness, 30, 40.0, jump), vec![10]);
+    // Dragged sideways at 60 m/s from reading 10, reporting 40 km/h (11 m/s): each step alone is
+    // plausible (61 m/s), but after a few steps the fix is farther than the speed allows.
+    let dragged = |i: usize| {
+        let drag_m = if i >= 10 { (i - 10) as f64 * 600.0 } else { 0.0 };
+        (10.0 + i as f64 * 0.001, 20.0 + drag_m / 111_000.0 / 10f64.to_radians().cos())
+    };
+    let found = spoofing_run(&harness, 30, 40.0, dragged);
+    assert_eq!(found.len(), 1, "one anomaly for the whole episode: {found:?}");
+    assert!((11..=13).contains(&found[0]), "{found:?}");
+    // A position that stays where the speed says it is, though dragged slowly (within the
+    // tolerances), raises nothing: the evidence is physical, not a guess.
+    let crept = |i: usize| (10.0 + i as f64 * 0.001, 20.0 + i as f64 * 0.000_1);
+    assert_eq!(spoofing_run(&harness, 30, 40.0, crept), Vec::<usize>::new());
 }
