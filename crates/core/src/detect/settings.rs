@@ -163,6 +163,15 @@ pub struct RawSpoofing {
     /// speed covers, plus 20 %).
     #[serde(default = "default_speed_tolerance")]
     pub speed_tolerance: f64,
+    /// A metric with the altitude the device reports, to check its vertical rate too.
+    pub altitude_metric: Option<String>,
+    /// Its unit: `ft` or `m`.
+    #[serde(default = "default_altitude_unit")]
+    pub altitude_unit: String,
+    /// The fastest climb or descent believed, in m/s (150: 30,000 ft/min, beyond any airliner
+    /// and most fighters).
+    #[serde(default = "default_max_vertical")]
+    pub max_vertical_mps: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +270,12 @@ fn default_position_tolerance() -> f64 {
 }
 fn default_speed_tolerance() -> f64 {
     0.2
+}
+fn default_altitude_unit() -> String {
+    "ft".into()
+}
+fn default_max_vertical() -> f64 {
+    150.0
 }
 fn default_restricted() -> Vec<String> {
     vec!["Restricted Area".into()]
@@ -384,6 +399,9 @@ pub struct SpoofingSettings {
     pub window_ms: i64,
     pub position_tolerance_km: f64,
     pub speed_tolerance: f64,
+    /// The altitude metric and the factor that makes it metres, when watched.
+    pub altitude: Option<(crate::model::MetricId, f64)>,
+    pub max_vertical_mps: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -521,7 +539,30 @@ impl RawDetectors {
                     errors.push(format!("detectors.spoofing.{name} {value} must be a positive number"));
                 }
             }
+            let altitude = raw.altitude_metric.as_ref().map(|name| {
+                let index = shape.metric_names.iter().position(|m| m == name).unwrap_or_else(|| {
+                    errors.push(format!(
+                        "detectors.spoofing.altitude_metric {name:?} is not a metric of the profile; its metrics: {:?}",
+                        shape.metric_names
+                    ));
+                    0
+                });
+                let to_m = match raw.altitude_unit.as_str() {
+                    "ft" => 0.3048,
+                    "m" => 1.0,
+                    other => {
+                        errors.push(format!("detectors.spoofing.altitude_unit {other:?}: use ft or m"));
+                        1.0
+                    }
+                };
+                (index as crate::model::MetricId, to_m)
+            });
+            if !(raw.max_vertical_mps.is_finite() && raw.max_vertical_mps > 0.0) {
+                errors.push(format!("detectors.spoofing.max_vertical_mps {} must be above 0", raw.max_vertical_mps));
+            }
             SpoofingSettings {
+                altitude,
+                max_vertical_mps: raw.max_vertical_mps,
                 speed_metric,
                 to_kmh,
                 window_ms: (raw.window_secs * 1000.0) as i64,

@@ -30,6 +30,8 @@ struct Fix {
     /// The distance the reported speeds covered from the device's first fix to this one, km.
     travelled_km: f64,
     speed_kmh: f64,
+    /// The reported altitude in metres, when the profile's is watched.
+    altitude_m: Option<f64>,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +59,9 @@ impl Detector for SpoofingDetector {
             return;
         };
         let speed_kmh = reported.max(0.0) * settings.to_kmh;
+        let altitude_m = settings
+            .altitude
+            .and_then(|(metric, to_m)| reading.metrics.iter().find(|(id, _)| *id == metric).map(|(_, v)| v * to_m));
         let track = self.tracks.get_or_insert_with(reading.profile, &reading.entity, Track::default);
         let now_ms = reading.event_time_ms;
         let travelled_km = match track.fixes.back() {
@@ -81,10 +86,19 @@ impl Detector for SpoofingDetector {
                 worst = Some((ratio, apart_km, allowed_km, *fix));
             }
         }
-        track.fixes.push_back(Fix { at_ms: now_ms, position: here, travelled_km, speed_kmh });
+        // The climb or descent since the previous fix, against the fastest believed.
+        let vertical = match (track.fixes.back(), altitude_m) {
+            (Some(last), Some(altitude)) => last.altitude_m.map(|before| {
+                let seconds = (now_ms - last.at_ms) as f64 / 1000.0;
+                (altitude - before, seconds, (altitude - before).abs() / seconds / settings.max_vertical_mps)
+            }),
+            _ => None,
+        };
+        track.fixes.push_back(Fix { at_ms: now_ms, position: here, travelled_km, speed_kmh, altitude_m });
         let Some((ratio, apart_km, allowed_km, from)) = worst else { return };
-        let evidence = ratio > 1.0;
-        findings.score(NAME, || None, ratio, 1.0, evidence);
+        let vertical_ratio = vertical.map_or(0.0, |(_, _, r)| r);
+        let evidence = ratio > 1.0 || vertical_ratio > 1.0;
+        findings.score(NAME, || None, ratio.max(vertical_ratio), 1.0, evidence);
         if !evidence {
             if track.episode_evidence_ms.is_some_and(|last| now_ms - last > settings.window_ms) {
                 track.episode_evidence_ms = None;
@@ -94,6 +108,12 @@ impl Detector for SpoofingDetector {
         let opens = track.episode_evidence_ms.is_none();
         track.episode_evidence_ms = Some(now_ms);
         if !opens {
+            return;
+        }
+        if vertical_ratio > ratio
+            && let Some((change_m, seconds, _)) = vertical
+        {
+            findings.anomalies.push(impossible_climb(profile, reading, settings, change_m, seconds, vertical_ratio));
             return;
         }
         let seconds = (now_ms - from.at_ms) as f64 / 1000.0;
@@ -125,5 +145,79 @@ impl Detector for SpoofingDetector {
             ],
             episode: None,
         });
+    }
+}
+
+/// The anomaly of an altitude change faster than any airframe climbs or descends.
+fn impossible_climb(
+    profile: &crate::profile::Profile,
+    reading: &crate::model::Reading,
+    settings: &crate::detect::settings::SpoofingSettings,
+    change_m: f64,
+    seconds: f64,
+    ratio: f64,
+) -> Anomaly {
+    let rate = change_m / seconds;
+    let metric = settings.altitude.map(|(metric, _)| profile.metric_name(metric).clone());
+    Anomaly {
+        id: anomaly_id(&profile.name, &reading.entity, reading.event_time_ms, NAME, "altitude"),
+        detector: NAME,
+        value: settings.altitude.and_then(|(id, _)| reading.metrics.iter().find(|(m, _)| *m == id).map(|(_, v)| *v)),
+        metric,
+        score: ratio,
+        threshold: 1.0,
+        severity: Severity::from_excess(ratio, 1.0),
+        reason: format!(
+            "altitude {} by {} m in {} s ({} m/s), faster than the {} m/s any airframe flies: a spoofed or faulty \
+             altitude report",
+            if change_m > 0.0 { "rose" } else { "fell" },
+            for_people(change_m.abs()),
+            for_people(seconds),
+            for_people(rate.abs()),
+            for_people(settings.max_vertical_mps)
+        ),
+        features: vec![
+            (Arc::from("altitude_change_m"), change_m),
+            (Arc::from("elapsed_s"), seconds),
+            (Arc::from("vertical_rate_mps"), rate),
+        ],
+        episode: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::detect::{DetectorSet, Findings, Observation};
+    use crate::model::Enrichment;
+    use crate::profile::ProfileRegistry;
+    use crate::validate::validate;
+    use std::sync::Arc;
+
+    #[test]
+    fn an_altitude_report_no_airframe_can_fly_is_evidence() {
+        let registry = ProfileRegistry::with_builtins(Default::default()).unwrap();
+        let aircraft = registry.by_name("aircraft").unwrap();
+        let mut detectors = DetectorSet::standard(Arc::new(Default::default()));
+        let mut flagged = Vec::new();
+        // 450 kn, 10 s apart, along a parallel; 2,000 ft/min is a climb, 6,000 ft in 10 s is not.
+        let altitudes = [30_000.0, 30_330.0, 30_660.0, 36_660.0, 36_990.0, 37_320.0];
+        for (i, altitude) in altitudes.iter().enumerate() {
+            let json = format!(
+                r#"{{"timestamp": {}, "flight_id": "F1", "lat": 40.0, "lon": {}, "altitude": {altitude}, "speed": 450, "heading": 90, "status": "cruise"}}"#,
+                1_725_446_400_000_i64 + i as i64 * 10_000,
+                -100.0 + i as f64 * 450.0 * 1.852 / 360.0 / 85.0
+            );
+            let reading = validate(aircraft, json.as_bytes()).unwrap();
+            let mut findings = Findings::default();
+            let enrichment = Enrichment::default();
+            detectors
+                .observe(Observation { profile: aircraft, reading: &reading, enrichment: &enrichment }, &mut findings);
+            for anomaly in findings.anomalies.iter().filter(|a| a.detector == super::NAME) {
+                flagged.push((i, anomaly.reason.clone()));
+            }
+        }
+        assert_eq!(flagged.len(), 1, "{flagged:?}");
+        assert_eq!(flagged[0].0, 3);
+        assert!(flagged[0].1.starts_with("altitude rose by 1,828.8 m in 10 s (182.88 m/s)"), "{}", flagged[0].1);
     }
 }
