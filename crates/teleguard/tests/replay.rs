@@ -91,7 +91,17 @@ fn a_fleet_day_replayed_finds_every_injected_rule_anomaly_and_nothing_else() {
     assert!(status.success());
     let anomalies: Vec<Value> =
         std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let rules: Vec<&Value> = anomalies.iter().filter(|a| a["detector"] != "zscore").collect();
+    // The spoofing rule also flags this synthetic day's jumps: the spoofed fix, and the moments
+    // V005 and V007 are moved (within a reading, at 8 and 0 km/h) to the zone and the stop.
+    let spoofed: Vec<String> = anomalies
+        .iter()
+        .filter(|a| a["detector"] == "spoofing")
+        .map(|a| format!("{} {}", a["entity"].as_str().unwrap(), a["timestamp"].as_str().unwrap()))
+        .collect();
+    assert!(spoofed.contains(&"V003 2024-09-04T12:00:00.000Z".to_string()), "{spoofed:?}");
+    assert!(spoofed.iter().all(|s| ["V003", "V005", "V007"].contains(&&s[..4])), "{spoofed:?}");
+    let rules: Vec<&Value> =
+        anomalies.iter().filter(|a| a["detector"] != "zscore" && a["detector"] != "spoofing").collect();
     let summary: Vec<String> =
         rules.iter().map(|a| format!("{} {} {}", a["detector"], a["entity"], a["timestamp"])).collect();
 
@@ -165,4 +175,50 @@ fn csv_input_with_a_header_row_is_replayed() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown profile \"boat\""));
+}
+
+#[test]
+fn a_folder_of_files_is_replayed_file_by_file_with_a_combined_verdict_per_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("series");
+    std::fs::create_dir(&folder).unwrap();
+    // Two sensors' files; the second spikes. Each file is judged by its own detectors.
+    for (name, spike) in [("a.csv", None), ("b.csv", Some(140))] {
+        let mut csv = String::from("timestamp,sensor_id,metric_type,value\n");
+        for i in 0..150 {
+            let value = if Some(i) == spike { 95.0 } else { 21.0 + f64::from(i % 3) * 0.2 };
+            csv.push_str(&format!("2024-09-04T10:{:02}:{:02}Z,env-1,temperature,{value}\n", i / 60, i % 60));
+        }
+        std::fs::write(folder.join(name), csv).unwrap();
+    }
+    std::fs::write(folder.join("notes.txt"), "not data").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["replay", folder.to_str().unwrap(), "--profile", "environment", "--all-scores"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let verdicts: Vec<&Value> = lines.iter().filter(|l| l["detector"] == "any").collect();
+    assert_eq!(verdicts.len(), 300, "one combined line per reading of both files");
+    let flagged: Vec<&&Value> = verdicts.iter().filter(|l| l["is_anomaly"] == true).collect();
+    assert!(
+        !flagged.is_empty() && flagged.iter().all(|l| l["file"].as_str().unwrap().ends_with("b.csv")),
+        "{flagged:#?}"
+    );
+    assert!(
+        flagged.iter().any(|l| l["record"] == 141 && l["detectors"] == serde_json::json!(["zscore"])),
+        "{flagged:#?}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("a.csv: 150 readings replayed, 0 flagged"), "{stderr}");
+    assert!(stderr.contains("300 readings replayed, "), "{stderr}");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["replay", empty.to_str().unwrap(), "--profile", "environment"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("holds no .csv, .ndjson, .jsonl or .json file"));
 }

@@ -1,5 +1,6 @@
-//! `teleguard replay`: the configured detectors over a CSV or NDJSON file, in event-time
-//! order, as fast as the machine allows; NDJSON findings out.
+//! `teleguard replay`: the configured detectors over CSV or NDJSON files (or folders of them),
+//! each file in event-time order with detectors of its own, as fast as the machine allows;
+//! NDJSON findings out.
 
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -19,15 +20,19 @@ use teleguard_pipeline::config::{Config, Overrides};
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// CSV (header row: timestamp plus the profile's fields) or NDJSON file.
-    file: PathBuf,
+    /// CSV (header row: timestamp plus the profile's fields) or NDJSON files, or folders of
+    /// them (their .csv, .ndjson, .jsonl and .json files, by name). Each file is replayed with
+    /// detectors of its own (a series judged by what it showed, not by another file).
+    #[arg(required = true, value_name = "FILE|DIR")]
+    files: Vec<PathBuf>,
     /// The profile the file's readings speak.
     #[arg(long)]
     profile: String,
     /// TOML config file with profiles, detector settings and reference data.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// One line per reading and detector (in input order), not only anomalies.
+    /// One line per reading and detector (in input order), and one per reading with the
+    /// combined verdict (`"detector": "any"`, `is_anomaly`, `detectors` that flagged it).
     #[arg(long)]
     all_scores: bool,
     /// Where to write the NDJSON; standard output by default.
@@ -45,7 +50,97 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let geofences = GeofenceIndex::from_geojson(&config.geofences_geojson).context("geofences reference data")?;
     let enricher = Enricher::new(&drivers, geofences);
 
-    let messages = read_messages(&args.file)?;
+    let files = expand(&args.files)?;
+    let mut out: Box<dyn Write> = match &args.out {
+        Some(path) => {
+            Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?)
+        }
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = BufWriter::new(&mut out);
+    let mut totals = Summary::default();
+    for file in &files {
+        let name = (files.len() > 1).then(|| file.display().to_string());
+        let summary = replay_file(&args, &profile, &enricher, file, name.as_deref(), &mut out)?;
+        if files.len() > 1 {
+            eprintln!("{}: {}", file.display(), summary.describe());
+        }
+        totals.add(&summary);
+    }
+    out.flush()?;
+    eprintln!("{}", totals.describe());
+    Ok(())
+}
+
+/// What a replay found: readings, readings flagged by any detector, and anomalies.
+#[derive(Debug, Default)]
+struct Summary {
+    readings: usize,
+    flagged: usize,
+    anomalies: usize,
+    by_detector: std::collections::BTreeMap<&'static str, usize>,
+}
+
+impl Summary {
+    fn add(&mut self, other: &Summary) {
+        self.readings += other.readings;
+        self.flagged += other.flagged;
+        self.anomalies += other.anomalies;
+        for (detector, count) in &other.by_detector {
+            *self.by_detector.entry(detector).or_default() += count;
+        }
+    }
+
+    fn describe(&self) -> String {
+        let detectors: Vec<String> = self.by_detector.iter().map(|(d, n)| format!("{d} {n}")).collect();
+        let share = if self.readings > 0 { 100.0 * self.flagged as f64 / self.readings as f64 } else { 0.0 };
+        format!(
+            "{} readings replayed, {} flagged ({share:.2} %), {} anomalies{}",
+            self.readings,
+            self.flagged,
+            self.anomalies,
+            if detectors.is_empty() { String::new() } else { format!(" ({})", detectors.join(", ")) }
+        )
+    }
+}
+
+/// The files named, with each folder replaced by its data files in name order.
+fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot read folder {}", path.display()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        ["csv", "ndjson", "jsonl", "json"].iter().any(|known| e.eq_ignore_ascii_case(known))
+                    })
+            })
+            .collect();
+        if found.is_empty() {
+            bail!("folder {} holds no .csv, .ndjson, .jsonl or .json file", path.display());
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}
+
+/// Replays one file with detectors of its own, writing its lines to `out`.
+fn replay_file(
+    args: &ReplayArgs,
+    profile: &teleguard_core::profile::Profile,
+    enricher: &Enricher,
+    file: &Path,
+    name: Option<&str>,
+    out: &mut impl Write,
+) -> anyhow::Result<Summary> {
+    let messages = read_messages(file)?;
     let mut readings: Vec<(usize, Reading)> = Vec::with_capacity(messages.len());
     let mut rejected = 0;
     for (index, message) in messages.iter().enumerate() {
@@ -74,6 +169,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let mut findings = if args.all_scores { Findings::keeping_scores() } else { Findings::default() };
     let mut lines: Vec<(usize, Value)> = Vec::new();
     let mut anomalies = 0;
+    let mut summary = Summary::default();
     for (done, (index, reading)) in readings.iter().enumerate() {
         findings.clear();
         let enrichment = enricher.enrich(&profile, reading);
@@ -107,6 +203,27 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 lines.push((*index, line));
             }
         }
+        // The reading's combined verdict: did any detector flag it, and which.
+        let mut flagged_by: Vec<&'static str> = if args.all_scores {
+            findings.scores.iter().filter(|s| s.is_anomaly).map(|s| s.detector).collect()
+        } else {
+            findings.anomalies.iter().map(|a| a.detector).collect()
+        };
+        flagged_by.sort_unstable();
+        flagged_by.dedup();
+        if !flagged_by.is_empty() {
+            summary.flagged += 1;
+            for detector in &flagged_by {
+                *summary.by_detector.entry(detector).or_default() += 1;
+            }
+        }
+        if args.all_scores {
+            let mut line = common("any");
+            line["record"] = json!(index + 1);
+            line["is_anomaly"] = json!(!flagged_by.is_empty());
+            line["detectors"] = json!(flagged_by);
+            lines.push((*index, line));
+        }
         anomalies += findings.anomalies.len();
         if done % 4096 == 0 {
             progress.set_position(done as u64);
@@ -116,20 +233,16 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     if args.all_scores {
         lines.sort_by_key(|(index, _)| *index);
     }
-    let mut out: Box<dyn Write> = match &args.out {
-        Some(path) => {
-            Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?)
+    for (_, line) in &mut lines {
+        if let Some(name) = name {
+            line["file"] = json!(name);
         }
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let mut out = BufWriter::new(&mut out);
-    for (_, line) in &lines {
-        serde_json::to_writer(&mut out, line)?;
+        serde_json::to_writer(&mut *out, line)?;
         out.write_all(b"\n")?;
     }
-    out.flush()?;
-    eprintln!("{} readings replayed, {anomalies} anomalies", readings.len());
-    Ok(())
+    summary.readings = readings.len();
+    summary.anomalies = anomalies;
+    Ok(summary)
 }
 
 /// The file's records as JSON messages: NDJSON lines as they are, CSV rows as objects.
