@@ -8,8 +8,11 @@
 //! last ten readings is for this metric (Numenta's anomaly likelihood: a normal tail
 //! probability against the running mean and variance of that average, on a log scale in
 //! [0, 1]), so a noisy metric that often makes new sequences is judged by its own standard.
-//! After an anomaly the metric rests (scores 0) for a number of readings, so one event raises
-//! one anomaly and the new behaviour is learned meanwhile. This is the idea of contextual
+//! A value beyond every value the metric had before, by more than a margin of their span
+//! (5 %, as the spatial anomaly of Numenta's HTM detector in NAB), scores 1 outright: a new
+//! extreme is news however noisy the metric's sequences are. After an anomaly the metric
+//! rests (scores 0) for a number of readings, so one event raises one anomaly and the new
+//! behaviour is learned meanwhile. This is the idea of contextual
 //! anomaly detection (Smirnov's CAD OSE, 2016, in the Numenta Anomaly Benchmark) with HTM's
 //! likelihood, cut down to constant work and memory per reading:
 //!
@@ -219,6 +222,9 @@ struct MetricState {
     likelihood: Likelihood,
     /// Readings since the last anomaly, `None` before the first.
     since_anomaly: Option<u64>,
+    /// The smallest and largest value so far, learning period included.
+    lowest: f64,
+    highest: f64,
 }
 
 /// One reading's judgement of one metric.
@@ -230,6 +236,8 @@ struct Judgement {
     /// The fraction of the reading's sequences never seen before.
     novelty: f64,
     level: i64,
+    /// Whether the value lies beyond every value before it by more than the margin.
+    new_extreme: bool,
     is_anomaly: bool,
 }
 
@@ -243,11 +251,16 @@ impl MetricState {
             seen: SeenSequences::new(settings.memory_bits_log2),
             likelihood: Likelihood::new(),
             since_anomaly: None,
+            lowest: f64::INFINITY,
+            highest: f64::NEG_INFINITY,
         }
     }
 
     /// Takes `x` in; a judgement once the learning period is over.
     fn observe(&mut self, x: f64, settings: &NoveltySettings) -> Option<Judgement> {
+        let new_extreme = self.is_new_extreme(x, settings.extreme_margin);
+        self.lowest = self.lowest.min(x);
+        self.highest = self.highest.max(x);
         let Some(levels) = self.levels else {
             self.learn(x, settings);
             return None;
@@ -259,6 +272,7 @@ impl MetricState {
         self.since_anomaly = self.since_anomaly.map(|since| since.saturating_add(1));
         let score = match (resting, settings.history_readings) {
             (true, _) => 0.0,
+            (false, _) if new_extreme => 1.0,
             (false, 0) => novelty,
             (false, _) => unusual,
         };
@@ -266,7 +280,17 @@ impl MetricState {
         if is_anomaly {
             self.since_anomaly = Some(0);
         }
-        Some(Judgement { score, novelty, level, is_anomaly })
+        Some(Judgement { score, novelty, level, new_extreme, is_anomaly })
+    }
+
+    /// Whether `x` lies beyond every value before it by more than `margin` of their span (a
+    /// span of 0: any other value). False for the first value and for an infinite margin.
+    fn is_new_extreme(&self, x: f64, margin: f64) -> bool {
+        if margin.is_infinite() || self.lowest > self.highest {
+            return false;
+        }
+        let slack = margin * (self.highest - self.lowest);
+        x > self.highest + slack || x < self.lowest - slack
     }
 
     /// Keeps a value of the learning period; at its end, learns the range and replays the
@@ -373,7 +397,13 @@ fn record(
         score: judgement.score,
         threshold: settings.threshold,
         severity: Severity::from_excess(judgement.score, settings.threshold),
-        reason: if settings.history_readings == 0 {
+        reason: if judgement.new_extreme {
+            format!(
+                "{name} {} ({level_text}) lies beyond every value it had before by more than {}% of their span",
+                ForPeople(x),
+                ForPeople(100.0 * settings.extreme_margin),
+            )
+        } else if settings.history_readings == 0 {
             format!(
                 "{name} {} ({level_text}) ends {}% of its {} level sequences never seen before",
                 ForPeople(x),
@@ -394,6 +424,7 @@ fn record(
             (Arc::from("value"), x),
             (Arc::from("level"), judgement.level as f64),
             (Arc::from("novelty"), judgement.novelty),
+            (Arc::from("new_extreme"), f64::from(u8::from(judgement.new_extreme))),
         ],
         episode: None,
     });
@@ -490,7 +521,8 @@ mod tests {
 
     #[test]
     fn a_clear_spike_after_a_stable_stretch_is_flagged_once() {
-        let registry = registry("");
+        // New extremes aside, so the sequences and their likelihood judge the spike.
+        let registry = registry("extreme_margin = inf");
         let mut values = stable(1000);
         values[700] = 40.0;
         let results = feed(&registry, &values);
@@ -522,6 +554,48 @@ mod tests {
         assert_eq!(flagged.len(), 1, "{flagged:?}");
         assert!((1000..=1001).contains(&flagged[0]), "{flagged:?}");
         assert!(results[flagged[0]].1[0].reason.contains("(above the range it learned)"));
+    }
+
+    #[test]
+    fn a_new_extreme_is_beyond_every_value_before_by_the_margin_of_their_span() {
+        let registry = registry("learning_readings = 3");
+        let settings = registry.by_name("probe").unwrap().detectors.novelty.clone().unwrap();
+        let mut state = MetricState::new(&settings);
+        assert!(!state.is_new_extreme(1e9, 0.05), "nothing before the first value");
+        for x in [0.0, 10.0, 5.0] {
+            assert_eq!(state.observe(x, &settings), None);
+        }
+        // Span 10, margin 5 %: beyond 10.5 above or -0.5 below.
+        assert!(!state.is_new_extreme(10.5, 0.05) && state.is_new_extreme(10.51, 0.05));
+        assert!(!state.is_new_extreme(-0.5, 0.05) && state.is_new_extreme(-0.51, 0.05));
+        assert!(!state.is_new_extreme(-1e12, f64::INFINITY), "an infinite margin turns it off");
+        let judgement = state.observe(11.0, &settings).unwrap();
+        assert!(judgement.new_extreme && judgement.is_anomaly && judgement.score == 1.0, "{judgement:?}");
+        // 11 is now the top: 11.5 is within 5 % of the span 11, and the metric rests anyway.
+        let judgement = state.observe(11.5, &settings).unwrap();
+        assert!(!judgement.new_extreme && !judgement.is_anomaly && judgement.score == 0.0, "{judgement:?}");
+    }
+
+    #[test]
+    fn a_constant_series_then_a_jump_gives_one_anomaly_not_thirty() {
+        let registry = registry("");
+        let mut values = vec![50.0; 2000];
+        for value in &mut values[1200..] {
+            *value = 80.0;
+        }
+        let results = feed(&registry, &values);
+        let flagged: Vec<usize> = (0..values.len()).filter(|&i| !results[i].1.is_empty()).collect();
+        assert_eq!(flagged, [1200]);
+        let anomaly = &results[1200].1[0];
+        assert_eq!(anomaly.score, 1.0);
+        assert!(
+            anomaly.reason.contains(
+                "80 (above the range it learned) lies beyond every value it had before by more than 5% of their span"
+            ),
+            "{}",
+            anomaly.reason
+        );
+        assert!(anomaly.features.contains(&(Arc::from("new_extreme"), 1.0)));
     }
 
     #[test]
@@ -561,11 +635,17 @@ mod tests {
     #[test]
     fn settings_out_of_range_are_refused_with_their_values() {
         let text = "entity_field = \"sensor\"\nmetrics = [{ field = \"value\" }]\n\
-                    detectors.novelty = { orders = 0, threshold = 1.5, memory_bits_log2 = 40, metrics = [\"nope\"] }\n";
+                    detectors.novelty = { orders = 0, threshold = 1.5, memory_bits_log2 = 40, extreme_margin = -1.0, metrics = [\"nope\"] }\n";
         let raw: RawProfile = toml::from_str(text).unwrap();
         let error = ProfileRegistry::with_builtins(BTreeMap::from([("probe".to_string(), raw)])).unwrap_err();
         let text = format!("{error:#}");
-        for part in ["orders 0 from 1 to 16", "threshold 1.5 must lie in (0, 1]", "memory_bits_log2 40", "`nope`"] {
+        for part in [
+            "orders 0 from 1 to 16",
+            "threshold 1.5 must lie in (0, 1]",
+            "memory_bits_log2 40",
+            "extreme_margin -1 must be 0 or more",
+            "`nope`",
+        ] {
             assert!(text.contains(part), "{part:?} in {text}");
         }
     }

@@ -97,6 +97,10 @@ pub struct RawNovelty {
     /// Bits of each of the two Bloom filters of sequences seen, as a power of two (14: 2 KiB).
     #[serde(default = "default_novelty_memory")]
     pub memory_bits_log2: u32,
+    /// A value beyond every value the metric had before by more than this fraction of their
+    /// span is an anomaly outright (score 1); `inf` turns that off.
+    #[serde(default = "default_novelty_extreme_margin")]
+    pub extreme_margin: f64,
     /// Metrics to watch; all of the profile's by default.
     pub metrics: Option<Vec<String>>,
 }
@@ -241,6 +245,11 @@ fn default_novelty_history() -> u64 {
 fn default_novelty_memory() -> u32 {
     14
 }
+/// Numenta's HTM detector in NAB calls a value 5 % of the range beyond every earlier value a
+/// spatial anomaly.
+fn default_novelty_extreme_margin() -> f64 {
+    0.05
+}
 fn default_scope() -> String {
     "profile".into()
 }
@@ -351,6 +360,8 @@ pub struct NoveltySettings {
     pub threshold: f64,
     /// 6 (one word) to 24.
     pub memory_bits_log2: u32,
+    /// At least 0; infinite = off.
+    pub extreme_margin: f64,
     /// Per metric of the profile: watched or not.
     pub watched: Vec<bool>,
 }
@@ -621,6 +632,12 @@ impl RawDetectors {
                     raw.memory_bits_log2
                 ));
             }
+            if raw.extreme_margin.is_nan() || raw.extreme_margin < 0.0 {
+                errors.push(format!(
+                    "detectors.novelty.extreme_margin {} must be 0 or more (inf turns it off)",
+                    raw.extreme_margin
+                ));
+            }
             let mut watched = vec![raw.metrics.is_none(); shape.metric_names.len()];
             for name in raw.metrics.iter().flatten() {
                 if let Some(index) = metric(name, "detectors.novelty.metrics", errors) {
@@ -635,6 +652,7 @@ impl RawDetectors {
                 history_readings: raw.history_readings,
                 threshold: raw.threshold,
                 memory_bits_log2: raw.memory_bits_log2.clamp(6, 24),
+                extreme_margin: raw.extreme_margin,
                 watched,
             }
         });

@@ -144,7 +144,7 @@ fn replay_file(
     let mut readings: Vec<(usize, Reading)> = Vec::with_capacity(messages.len());
     let mut rejected = 0;
     for (index, message) in messages.iter().enumerate() {
-        match validate(&profile, message) {
+        match validate(profile, message) {
             Ok(reading) => readings.push((index, reading)),
             Err(rejection) => {
                 rejected += 1;
@@ -172,8 +172,8 @@ fn replay_file(
     let mut summary = Summary::default();
     for (done, (index, reading)) in readings.iter().enumerate() {
         findings.clear();
-        let enrichment = enricher.enrich(&profile, reading);
-        detectors.observe(Observation { profile: &profile, reading, enrichment: &enrichment }, &mut findings);
+        let enrichment = enricher.enrich(profile, reading);
+        detectors.observe(Observation { profile, reading, enrichment: &enrichment }, &mut findings);
         let common = |detector: &str| json!({"entity": &*reading.entity, "timestamp": format_millis(reading.event_time_ms), "detector": detector});
         if args.all_scores {
             for score in &findings.scores {
