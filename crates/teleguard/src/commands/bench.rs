@@ -27,7 +27,7 @@ pub struct BenchArgs {
     /// Pipeline worker threads [default: one per core but one, at least one].
     #[arg(long)]
     workers: Option<usize>,
-    /// Detectors to run, comma-separated (zscore, isolation_forest, novelty, teleport,
+    /// Detectors to run, comma-separated (zscore, isolation_forest, novelty, teleport, spoofing,
     /// geofence_breach, unusual_stop), or `all` (those each profile enables).
     #[arg(long, default_value = "all")]
     detectors: String,
