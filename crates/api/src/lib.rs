@@ -20,6 +20,7 @@ use teleguard_pipeline::Pipeline;
 use teleguard_pipeline::ingest::Ingest;
 use teleguard_pipeline::live::LiveView;
 use teleguard_pipeline::metrics::Metrics;
+use teleguard_pipeline::sinks::SinkStatus;
 use teleguard_pipeline::store::Reader;
 use teleguard_pipeline::store::writer::StoreWriter;
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub store: StoreWriter,
     pub live: Arc<LiveView>,
     pub metrics: Arc<Metrics>,
+    /// The external sinks' status.
+    pub sinks: Arc<[Arc<SinkStatus>]>,
     pub max_body_bytes: usize,
     pub busy_wait: Duration,
     pub started: Instant,
@@ -46,6 +49,7 @@ impl AppState {
             store: pipeline.store(),
             live: pipeline.live.clone(),
             metrics: pipeline.metrics.clone(),
+            sinks: pipeline.sinks.clone(),
             max_body_bytes: pipeline.config.max_body_bytes.get(),
             busy_wait: pipeline.config.busy_wait,
             started: Instant::now(),

@@ -1,5 +1,6 @@
 //! Configuration: the raw TOML file, command-line overrides, and the validated [`Config`].
 
+use crate::sinks::postgres::{PostgresSinkConfig, RawPostgresSink};
 use crate::sources::mqtt::{MqttSourceConfig, RawMqttSource};
 use crate::store::Durability;
 use serde::Deserialize;
@@ -31,6 +32,8 @@ pub struct RawConfig {
     pub sources: RawSources,
     #[serde(default)]
     pub alerts: RawAlerts,
+    #[serde(default)]
+    pub sinks: RawSinks,
     #[serde(default)]
     pub profiles: BTreeMap<String, RawProfile>,
 }
@@ -92,6 +95,19 @@ pub struct RawSources {
     pub mqtt: Vec<RawMqttSource>,
 }
 
+/// External stores that follow the embedded one (see `crate::sinks`); none by default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSinks {
+    pub postgres: Option<RawPostgresSink>,
+}
+
+/// The configured sinks, validated.
+#[derive(Debug, Clone, Default)]
+pub struct SinksConfig {
+    pub postgres: Option<PostgresSinkConfig>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawReference {
@@ -124,6 +140,8 @@ pub struct Config {
     pub simulator: SimulatorConfig,
     /// MQTT brokers to subscribe to; none by default.
     pub mqtt: Vec<MqttSourceConfig>,
+    /// External stores that follow the embedded one; none by default.
+    pub sinks: SinksConfig,
     pub drivers_json: String,
     pub geofences_geojson: String,
     pub profiles: Arc<ProfileRegistry>,
@@ -201,6 +219,8 @@ impl Config {
         }
         let profiles = ProfileRegistry::with_builtins(raw_profiles).map_err(|e| errors.extend(e.0)).ok();
         let mqtt = mqtt_sources(raw.sources.mqtt, profiles.as_ref(), inflight_readings.get(), &mut errors);
+        let sinks =
+            SinksConfig { postgres: raw.sinks.postgres.and_then(|raw| PostgresSinkConfig::validate(raw, &mut errors)) };
         match profiles {
             Some(profiles) if errors.is_empty() => Ok(Config {
                 data_dir: overrides.data_dir.or(raw.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
@@ -213,6 +233,7 @@ impl Config {
                 alert_cooldown: Duration::from_secs(raw.alerts.cooldown_secs.unwrap_or(600)),
                 simulator,
                 mqtt,
+                sinks,
                 drivers_json,
                 geofences_geojson,
                 profiles: Arc::new(profiles),
@@ -324,6 +345,27 @@ mod tests {
         let config = Config::load(Some(&path), Overrides::default()).unwrap();
         assert!(config.profiles.by_name("pump").is_some());
         assert!(config.mqtt.is_empty(), "the example's MQTT source is commented out, so `run` needs no broker");
+    }
+
+    #[test]
+    fn the_example_documents_the_sinks_it_knows() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        // The commented-out block from `# [sinks.postgres]` to the next blank line, uncommented.
+        let block: Vec<&str> = text
+            .lines()
+            .skip_while(|line| *line != "# [sinks.postgres]")
+            .take_while(|line| !line.is_empty())
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| line.starts_with('[') || line.contains(" = "))
+            .collect();
+        assert!(block.len() > 3, "the example documents [sinks.postgres]");
+        let raw: RawConfig = toml::from_str(&block.join("\n")).unwrap();
+        let config = Config::validate(raw, Overrides::default()).unwrap();
+        let postgres = config.sinks.postgres.expect("a postgres sink");
+        assert_eq!(postgres.describe, "127.0.0.1:5432/teleguard");
+        assert_eq!(postgres.batching.rows.get(), 5000);
+        assert_eq!(postgres.batching.max_wait, Duration::from_millis(500));
     }
 
     #[test]

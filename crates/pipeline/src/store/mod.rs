@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod gold;
 pub mod query;
 pub mod schema;
+pub mod watermark;
 pub mod writer;
 
 pub use query::Reader;

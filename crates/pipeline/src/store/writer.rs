@@ -7,6 +7,7 @@
 
 use super::checkpoint::{self, Checkpointer};
 use super::gold::{AlertAction, AlertTransition, Gold};
+use super::watermark::{PendingReadings, SilverWatermark};
 use super::{
     BronzeContent, BronzeRow, GoldRow, OnceOutcome, OnceSubmission, SilverRow, StoreError, accepted_payload,
     duplicate_reason,
@@ -39,6 +40,8 @@ pub enum WriteCommand {
     Alert { id: i64, action: AlertAction, reply: oneshot::Sender<Result<AlertTransition, String>> },
     /// Answered once everything queued before it is committed.
     Flush { reply: oneshot::Sender<()> },
+    /// Record how far a sink's target has confirmed a layer (see `crate::sinks`).
+    SinkCursor { sink: Arc<str>, layer: &'static str, position: i64 },
 }
 
 impl WriteCommand {
@@ -51,7 +54,10 @@ impl WriteCommand {
                 (1 + submission.rejected.len()) * 8 + submission.accepted.len()
             }
             WriteCommand::Derived { silver, gold, .. } => silver.len() + gold.len(),
-            WriteCommand::Model { .. } | WriteCommand::Alert { .. } | WriteCommand::Flush { .. } => 1,
+            WriteCommand::Model { .. }
+            | WriteCommand::Alert { .. }
+            | WriteCommand::Flush { .. }
+            | WriteCommand::SinkCursor { .. } => 1,
         }
     }
 }
@@ -104,6 +110,20 @@ impl StoreWriter {
         answer.await.map_err(|_| StoreError::WriterStopped)?.map_err(StoreError::Schema)
     }
 
+    /// Records that `sink`'s target confirmed `layer` up to `position` (committed with the
+    /// next transaction; not waited for).
+    pub async fn record_sink_cursor(
+        &self,
+        sink: Arc<str>,
+        layer: &'static str,
+        position: i64,
+    ) -> Result<(), StoreError> {
+        self.commands
+            .send(WriteCommand::SinkCursor { sink, layer, position })
+            .await
+            .map_err(|_| StoreError::WriterStopped)
+    }
+
     /// Waits until everything queued so far is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
@@ -120,19 +140,36 @@ pub struct WriterContext {
     pub inflight_capacity: usize,
     /// Anomalies this close (in event time) to an alert's last one update it.
     pub alert_cooldown_ms: i64,
+    /// Published after every commit, for sinks that follow silver.
+    pub silver_watermark: SilverWatermark,
 }
 
 /// Starts the writer thread on `connection`; `checkpointer` copies its commits into the
-/// database file, so the connection's own automatic checkpoints are turned off.
+/// database file, so the connection's own automatic checkpoints are turned off. `replayed`
+/// are the ids of bronze readings about to be analysed again (they hold the watermark back).
 pub fn spawn(
     connection: Connection,
     checkpointer: Checkpointer,
     next_bronze_id: i64,
+    replayed: &[i64],
     context: WriterContext,
 ) -> Result<(StoreWriter, std::thread::JoinHandle<()>), StoreError> {
     connection.pragma_update(None, "wal_autocheckpoint", 0)?;
     let (commands, receiver) = mpsc::channel(256);
-    let writer = Writer { connection, checkpointer, next_bronze_id, context, gold: Gold::default() };
+    let mut pending = PendingReadings::default();
+    for id in replayed {
+        pending.accepted(*id, 1);
+    }
+    pending.publish(&context.silver_watermark, next_bronze_id, false);
+    let writer = Writer {
+        connection,
+        checkpointer,
+        next_bronze_id,
+        context,
+        gold: Gold::default(),
+        pending,
+        accepted: Vec::new(),
+    };
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(receiver))
@@ -146,6 +183,10 @@ struct Writer {
     next_bronze_id: i64,
     context: WriterContext,
     gold: Gold,
+    /// Readings in bronze without their silver row yet, for the silver watermark.
+    pending: PendingReadings,
+    /// The accepted bronze ranges (first id, readings) of the transaction being written.
+    accepted: Vec<(i64, i64)>,
 }
 
 /// First and last event time of each entity seen in a transaction, per profile.
@@ -199,11 +240,15 @@ impl Writer {
                     batch.len()
                 );
                 self.next_bronze_id = first_id;
+                self.accepted.clear();
                 // The gold state may describe changes that were rolled back.
                 self.gold.forget();
                 (false, Vec::new().into_iter(), Vec::new().into_iter())
             }
         };
+        for (first, count) in self.accepted.drain(..) {
+            self.pending.accepted(first, count);
+        }
         let mut next_id = first_id;
         let mut released = 0;
         for command in batch {
@@ -229,6 +274,9 @@ impl Writer {
                 WriteCommand::Derived { silver, gold: _, permits } => {
                     released += permits;
                     if committed {
+                        for row in &silver {
+                            self.pending.stored(row.id);
+                        }
                         let now = Instant::now();
                         metrics
                             .observe_latencies(silver.iter().map(|row| now.duration_since(row.received).as_secs_f64()));
@@ -241,7 +289,7 @@ impl Writer {
                     };
                     let _ = reply.send(answer);
                 }
-                WriteCommand::Model { .. } => {}
+                WriteCommand::Model { .. } | WriteCommand::SinkCursor { .. } => {}
                 WriteCommand::Flush { reply } => {
                     let _ = reply.send(());
                 }
@@ -253,6 +301,8 @@ impl Writer {
             metrics.inflight_readings.set(inflight as i64);
         }
         if committed {
+            let idle = self.context.inflight.available_permits() == self.context.inflight_capacity;
+            self.pending.publish(&self.context.silver_watermark, self.next_bronze_id, idle);
             self.mark_processed_if_idle();
             self.checkpointer.nudge();
             if self.checkpointer.wants_rewind() {
@@ -299,11 +349,17 @@ impl Writer {
             match command {
                 WriteCommand::Bronze { rows, .. } => {
                     bronze_rows += rows.len();
-                    write_bronze(&tx, &mut self.next_bronze_id, rows, &mut profiles)?;
+                    write_bronze(&tx, &mut self.next_bronze_id, rows, &mut profiles, &mut self.accepted)?;
                 }
                 WriteCommand::BronzeOnce { submission, .. } => {
                     bronze_rows += submission.accepted.len().min(1) + submission.rejected.len();
-                    outcomes.push(write_bronze_once(&tx, &mut self.next_bronze_id, submission, &mut profiles)?);
+                    outcomes.push(write_bronze_once(
+                        &tx,
+                        &mut self.next_bronze_id,
+                        submission,
+                        &mut profiles,
+                        &mut self.accepted,
+                    )?);
                 }
                 WriteCommand::Derived { silver, gold, .. } => {
                     silver_rows += silver.len();
@@ -326,6 +382,14 @@ impl Writer {
                 WriteCommand::Alert { id, action, .. } => {
                     transitions.push(self.gold.transition_alert(&tx, *id, *action, now_millis())?);
                 }
+                WriteCommand::SinkCursor { sink, layer, position } => {
+                    tx.prepare_cached(
+                        "INSERT INTO sink_cursors (sink, layer, position, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (sink, layer) DO UPDATE SET position = excluded.position,
+                             updated_at_ms = excluded.updated_at_ms",
+                    )?
+                    .execute(params![&**sink, layer, position, now_millis()])?;
+                }
                 WriteCommand::Flush { .. } => {}
             }
         }
@@ -347,6 +411,7 @@ fn write_bronze(
     next_id: &mut i64,
     rows: &[BronzeRow],
     profiles: &mut HashMap<Arc<str>, ProfileDelta>,
+    accepted: &mut Vec<(i64, i64)>,
 ) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(
         "INSERT INTO bronze (id, received_at_ms, source, profile, verdict, reason, messages, payload)
@@ -359,6 +424,7 @@ fn write_bronze(
         let (verdict, reason, payload) = match &row.content {
             BronzeContent::Accepted { payload, .. } => {
                 delta.valid += count;
+                accepted.push((*next_id, count));
                 ("valid", None, payload.as_slice())
             }
             BronzeContent::Rejected { reason, payload } => {
@@ -388,6 +454,7 @@ fn write_bronze_once(
     next_id: &mut i64,
     submission: &OnceSubmission,
     profiles: &mut HashMap<Arc<str>, ProfileDelta>,
+    accepted: &mut Vec<(i64, i64)>,
 ) -> rusqlite::Result<OnceOutcome> {
     let mut find = tx.prepare_cached("SELECT reading_id FROM message_keys WHERE event_time_ms = ?1 AND hash = ?2")?;
     let mut remember =
@@ -426,7 +493,7 @@ fn write_bronze_once(
         }
     }
     rows.extend(submission.rejected.iter().cloned());
-    write_bronze(tx, next_id, &rows, profiles)?;
+    write_bronze(tx, next_id, &rows, profiles, accepted)?;
     Ok(OnceOutcome { first_id, duplicate_of, ids: *next_id - first_id })
 }
 
