@@ -1,5 +1,6 @@
 //! Configuration: the raw TOML file, command-line overrides, and the validated [`Config`].
 
+use crate::sinks::clickhouse::{ClickHouseSinkConfig, RawClickHouseSink};
 use crate::sinks::postgres::{PostgresSinkConfig, RawPostgresSink};
 use crate::sources::mqtt::{MqttSourceConfig, RawMqttSource};
 use crate::store::Durability;
@@ -100,12 +101,14 @@ pub struct RawSources {
 #[serde(deny_unknown_fields)]
 pub struct RawSinks {
     pub postgres: Option<RawPostgresSink>,
+    pub clickhouse: Option<RawClickHouseSink>,
 }
 
 /// The configured sinks, validated.
 #[derive(Debug, Clone, Default)]
 pub struct SinksConfig {
     pub postgres: Option<PostgresSinkConfig>,
+    pub clickhouse: Option<ClickHouseSinkConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,8 +222,10 @@ impl Config {
         }
         let profiles = ProfileRegistry::with_builtins(raw_profiles).map_err(|e| errors.extend(e.0)).ok();
         let mqtt = mqtt_sources(raw.sources.mqtt, profiles.as_ref(), inflight_readings.get(), &mut errors);
-        let sinks =
-            SinksConfig { postgres: raw.sinks.postgres.and_then(|raw| PostgresSinkConfig::validate(raw, &mut errors)) };
+        let sinks = SinksConfig {
+            postgres: raw.sinks.postgres.and_then(|raw| PostgresSinkConfig::validate(raw, &mut errors)),
+            clickhouse: raw.sinks.clickhouse.and_then(|raw| ClickHouseSinkConfig::validate(raw, &mut errors)),
+        };
         match profiles {
             Some(profiles) if errors.is_empty() => Ok(Config {
                 data_dir: overrides.data_dir.or(raw.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
@@ -351,7 +356,7 @@ mod tests {
     fn the_example_documents_the_sinks_it_knows() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
         let text = std::fs::read_to_string(path).unwrap();
-        // The commented-out block from `# [sinks.postgres]` to the next blank line, uncommented.
+        // The commented-out sink tables from `# [sinks.postgres]` to the next blank line, uncommented.
         let block: Vec<&str> = text
             .lines()
             .skip_while(|line| *line != "# [sinks.postgres]")
@@ -366,6 +371,9 @@ mod tests {
         assert_eq!(postgres.describe, "127.0.0.1:5432/teleguard");
         assert_eq!(postgres.batching.rows.get(), 5000);
         assert_eq!(postgres.batching.max_wait, Duration::from_millis(500));
+        let clickhouse = config.sinks.clickhouse.expect("a clickhouse sink, documented after postgres");
+        assert_eq!(clickhouse.describe(), "127.0.0.1:8123/teleguard");
+        assert_eq!(clickhouse.kafka.expect("kafka ingest").topic, "vehicle_telemetry_raw");
     }
 
     #[test]

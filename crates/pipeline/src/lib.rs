@@ -8,7 +8,7 @@
 //! - [`live`]: the latest readings in memory for the API.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`sources`]: the simulator and MQTT sources (HTTP ingest is served by the API crate).
-//! - [`sinks`]: external stores (PostgreSQL) that follow the embedded store.
+//! - [`sinks`]: external stores (PostgreSQL, ClickHouse) that follow the embedded store.
 //! - [`Pipeline`]: starts all of the above and stops it in order.
 
 pub mod config;
@@ -113,16 +113,22 @@ impl Pipeline {
         let (store, writer_thread) =
             store::writer::spawn(connection, checkpointer, next_bronze_id, &replayed, writer_context)?;
         let mut sink_handles = Vec::new();
+        let sink_context = |batching| SinkContext {
+            data_dir: data_dir.clone(),
+            store: store.clone(),
+            watermark: silver_watermark.clone(),
+            metrics: metrics.clone(),
+            batching,
+        };
         if let Some(postgres) = &config.sinks.postgres {
-            let context = SinkContext {
-                data_dir: data_dir.clone(),
-                store: store.clone(),
-                watermark: silver_watermark.clone(),
-                metrics: metrics.clone(),
-                batching: postgres.batching,
-            };
             tracing::info!("sink postgres: following the store into {}", postgres.describe);
-            sink_handles.push(sinks::runner::spawn(sinks::postgres::PostgresTarget::new(postgres.clone()), context)?);
+            let target = sinks::postgres::PostgresTarget::new(postgres.clone());
+            sink_handles.push(sinks::runner::spawn(target, sink_context(postgres.batching))?);
+        }
+        if let Some(clickhouse) = &config.sinks.clickhouse {
+            tracing::info!("sink clickhouse: following the store into {}", clickhouse.describe());
+            let target = sinks::clickhouse::ClickHouseTarget::new(clickhouse.clone());
+            sink_handles.push(sinks::runner::spawn(target, sink_context(clickhouse.batching))?);
         }
         let sinks: Arc<[Arc<SinkStatus>]> = sink_handles.iter().map(|h| h.status.clone()).collect();
         let worker_context = worker::WorkerContext {

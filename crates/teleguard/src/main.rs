@@ -36,6 +36,9 @@ enum Command {
     Schema(commands::schema::SchemaArgs),
     /// Make a development CA, an MQTT broker certificate and per-device client certificates.
     Certs(commands::certs::CertsArgs),
+    /// ClickHouse: `clickhouse init --config FILE` applies reference 000's schema.
+    #[command(name = "clickhouse")]
+    ClickHouse(commands::clickhouse::ClickHouseArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
             Command::Eval(args) => tokio::task::block_in_place(|| commands::eval::eval(args)),
             Command::Schema(args) => commands::schema::schema(args),
             Command::Certs(args) => commands::certs::certs(args),
+            Command::ClickHouse(args) => commands::clickhouse::clickhouse(args).await,
         }
     });
     match result {

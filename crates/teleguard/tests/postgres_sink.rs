@@ -194,6 +194,15 @@ fn store_count(data_dir: &Path, sql: &str) -> i64 {
     connection.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
+/// Waits until every valid message of the store has its silver row (ingest has settled).
+async fn wait_until_analysed(client: &reqwest::Client, server: &Server) {
+    wait_for("every accepted reading to be analysed", || async {
+        let totals = get_json(client, &server.url("/api/stats")).await["totals"].clone();
+        (totals["valid"] == totals["analysed"]).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_reading_and_anomaly_arrives_once_although_postgres_stops_mid_stream() {
     let Some(bin) = postgres_or_skip("every_reading_and_anomaly_arrives_once_although_postgres_stops_mid_stream")
@@ -230,6 +239,7 @@ async fn every_reading_and_anomaly_arrives_once_although_postgres_stops_mid_stre
     eprintln!("ingest went on for {:.1} s with PostgreSQL down: {down}", stopped_at.elapsed().as_secs_f64());
 
     postgres.start();
+    wait_until_analysed(&http, &server).await;
     let caught_up = wait_for("the sink to catch up", || async {
         let sink = sink_stats(&http, &server).await;
         (sink["up"] == true && sink["lag_readings"] == 0 && sink["lag_anomalies"] == 0).then_some(sink)
@@ -287,6 +297,7 @@ async fn a_server_that_is_not_there_at_start_is_waited_for_and_then_caught_up() 
     let server = Server::start_with_stderr(&data_dir, &["--config", config.to_str().unwrap()], log);
     let http = client();
     wait_success(simulate(&server, "2024-09-04T08:00:00Z", "10m", "max"), "ten minutes of the fleet");
+    wait_until_analysed(&http, &server).await;
     let stored = store_count(&data_dir, "SELECT count(*) FROM silver");
     assert!(stored > 1000, "ingest works with the target down: {stored}");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -295,6 +306,7 @@ async fn a_server_that_is_not_there_at_start_is_waited_for_and_then_caught_up() 
     assert!(log_text.contains(&format!("127.0.0.1:{}", postgres.port)), "names the server:\n{log_text}");
 
     postgres.start();
+    wait_until_analysed(&http, &server).await;
     let stored = store_count(&data_dir, "SELECT count(*) FROM silver");
     wait_for("the sink to catch up", || async {
         let sink = sink_stats(&http, &server).await;

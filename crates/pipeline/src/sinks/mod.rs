@@ -21,7 +21,9 @@
 //! - [`follow`]: the store reads (records, cursors, lag).
 //! - [`runner`]: the loop every sink runs around its [`Target`].
 //! - [`postgres`]: the PostgreSQL target (reference 003's `readings` and `anomalies`).
+//! - [`clickhouse`]: the ClickHouse target (reference 000's schema) and `clickhouse init`.
 
+pub mod clickhouse;
 pub mod follow;
 pub mod postgres;
 pub mod runner;

@@ -365,10 +365,12 @@ impl<T: Target> Runner<T> {
                     return;
                 }
             };
-        if readings == 0 && anomalies == 0 {
+        let behind = if readings == 0 && anomalies == 0 {
             self.caught_up_at = Instant::now();
-        }
-        let behind = self.caught_up_at.elapsed();
+            Duration::ZERO
+        } else {
+            self.caught_up_at.elapsed()
+        };
         self.status.lag_readings.store(readings, Ordering::Relaxed);
         self.status.lag_anomalies.store(anomalies, Ordering::Relaxed);
         self.status.lag_ms.store(behind.as_millis() as i64, Ordering::Relaxed);
