@@ -318,6 +318,21 @@ async fn a_server_that_is_not_there_at_start_is_waited_for_and_then_caught_up() 
     drop(server);
     let log_text = std::fs::read_to_string(&log_path).unwrap();
     assert!(!log_text.contains("panicked"), "{log_text}");
+
+    // Another data folder's readings are numbered from 1 again: the database refuses them
+    // instead of taking them for copies of what it holds.
+    let other_log_path = folder.path().join("other.log");
+    let other_log = std::fs::File::create(&other_log_path).unwrap();
+    let other =
+        Server::start_with_stderr(&folder.path().join("other"), &["--config", config.to_str().unwrap()], other_log);
+    wait_success(simulate(&other, "2024-09-05T08:00:00Z", "2m", "max"), "another store's readings");
+    wait_for("the refusal in the log", || async {
+        let text = std::fs::read_to_string(&other_log_path).unwrap();
+        text.contains("holds the rows of another teleguard store").then_some(())
+    })
+    .await;
+    assert_eq!(sink_stats(&http, &other).await["up"], false);
+    assert_eq!(postgres.count("SELECT count(*) FROM readings").await, stored);
 }
 
 #[test]

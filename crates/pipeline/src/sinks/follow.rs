@@ -58,6 +58,11 @@ pub fn cursor(connection: &Connection, sink: &str, layer: &str) -> rusqlite::Res
         .unwrap_or(0))
 }
 
+/// The random id that names this store to its targets (schema migration 5).
+pub fn store_uid(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.query_row("SELECT value FROM meta WHERE key = 'store_uid'", [], |row| row.get(0))
+}
+
 /// Silver rows with `after < id < below`, in id order, at most `limit`.
 pub fn readings_after(
     connection: &Connection,

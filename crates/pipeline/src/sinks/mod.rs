@@ -49,8 +49,10 @@ impl TargetError {
 pub trait Target {
     /// The sink's name in logs, metrics and the cursor table.
     fn name(&self) -> &'static str;
-    /// Connects (again) and brings the target's schema up to date.
-    fn connect(&mut self) -> impl Future<Output = Result<(), TargetError>>;
+    /// Connects (again) and brings the target's schema up to date. A target records the
+    /// `store_uid` of the store it follows and refuses another store's rows (their ids would
+    /// collide).
+    fn connect(&mut self, store_uid: i64) -> impl Future<Output = Result<(), TargetError>>;
     /// Writes readings; returns once the target has them.
     fn write_readings(&mut self, rows: &[ReadingRecord]) -> impl Future<Output = Result<(), TargetError>>;
     /// Writes anomaly changes (a later change of the same id replaces an earlier one).

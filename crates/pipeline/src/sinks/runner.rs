@@ -171,6 +171,7 @@ struct Runner<T> {
     caught_up_at: Instant,
     lag_measured: Option<Instant>,
     name: Arc<str>,
+    store_uid: i64,
 }
 
 impl<T: Target> Runner<T> {
@@ -184,6 +185,7 @@ impl<T: Target> Runner<T> {
         let name = target.name();
         let readings = Pending::new(follow::cursor(&connection, name, SILVER)?);
         let anomalies = Pending::new(follow::cursor(&connection, name, GOLD)?);
+        let store_uid = follow::store_uid(&connection)?;
         Ok(Runner {
             target,
             connection,
@@ -198,6 +200,7 @@ impl<T: Target> Runner<T> {
             caught_up_at: Instant::now(),
             lag_measured: None,
             name: Arc::from(name),
+            store_uid,
         })
     }
 
@@ -262,7 +265,7 @@ impl<T: Target> Runner<T> {
     }
 
     async fn connect(&mut self) -> bool {
-        match self.target.connect().await {
+        match self.target.connect(self.store_uid).await {
             Ok(()) => {
                 self.connected = true;
                 self.backoff = FIRST_BACKOFF;

@@ -180,6 +180,9 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE telemetry_anomalies ADD COLUMN change_seq INTEGER;
     UPDATE telemetry_anomalies SET change_seq = rowid;
     CREATE INDEX telemetry_anomalies_by_change ON telemetry_anomalies (change_seq);
+    -- Names this store to the targets it fills: reading ids start at 1 in every new store, so a
+    -- target that already holds another store's ids would take new readings for copies.
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('store_uid', abs(random()));
     "#,
 ];
 

@@ -29,6 +29,11 @@ impl<'a> Schema<'a> {
     pub fn sink_tables(&self) -> Vec<(String, String)> {
         let db = self.database;
         vec![
+            // The embedded store these rows come from (its `store_uid`).
+            (
+                "teleguard_store".into(),
+                format!("CREATE TABLE IF NOT EXISTS {db}.teleguard_store (uid Int64) ENGINE = TinyLog"),
+            ),
             // Reference 000's history of enriched vehicle readings, with the reading id (the
             // dedupe key) and the event time to the millisecond beside its DateTime.
             (

@@ -118,7 +118,7 @@ impl Target for ClickHouseTarget {
         "clickhouse"
     }
 
-    async fn connect(&mut self) -> Result<(), TargetError> {
+    async fn connect(&mut self, store_uid: i64) -> Result<(), TargetError> {
         let http = Http::new(&self.config)?;
         let schema = Schema::new(&self.config);
         let applied = schema.apply(&http, &schema.sink_tables()).await?;
@@ -130,6 +130,19 @@ impl Target for ClickHouseTarget {
                 applied.server_version
             );
             self.version = Some(applied.server_version);
+        }
+        let table = self.table("teleguard_store");
+        let held = http.query(&format!("SELECT uid FROM {table} LIMIT 1")).await?;
+        match held.trim() {
+            "" => http.query(&format!("INSERT INTO {table} (uid) VALUES ({store_uid})")).await.map(drop)?,
+            uid if uid == store_uid.to_string() => {}
+            _ => {
+                return Err(TargetError(format!(
+                    "clickhouse {} holds the rows of another teleguard store (a different data folder), whose ids \
+                     would collide with this one's: set sinks.clickhouse.database to a new database, or drop this one",
+                    self.config.describe()
+                )));
+            }
         }
         self.http = Some(http);
         Ok(())

@@ -49,6 +49,8 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX anomalies_by_time ON anomalies (detected_at DESC);
     CREATE INDEX anomalies_by_reading ON anomalies (reading_id);
     "#,
+    // 2: the embedded store these rows come from (its `store_uid`); another store's ids collide.
+    "CREATE TABLE teleguard_store (uid BIGINT NOT NULL)",
 ];
 
 /// Staging tables of one session; COPY fills them, the INSERT empties them.
@@ -217,6 +219,28 @@ impl PostgresTarget {
         Ok(())
     }
 
+    /// Records `store_uid` as the store this database follows, or refuses another store.
+    async fn claim(&self, client: &Client, store_uid: i64) -> Result<(), TargetError> {
+        let held: Option<i64> = client
+            .query_opt("SELECT uid FROM teleguard_store LIMIT 1", &[])
+            .await
+            .map_err(|e| self.error("read teleguard_store", e))?
+            .map(|row| row.get(0));
+        match held {
+            Some(uid) if uid == store_uid => Ok(()),
+            Some(_) => Err(TargetError(format!(
+                "postgresql {} holds the rows of another teleguard store (a different data folder), whose ids \
+                 would collide with this one's: point sinks.postgres.url at a new database, or empty this one",
+                self.config.describe
+            ))),
+            None => client
+                .execute("INSERT INTO teleguard_store (uid) VALUES ($1)", &[&store_uid])
+                .await
+                .map(drop)
+                .map_err(|e| self.error("record the store", e)),
+        }
+    }
+
     fn client(&mut self) -> Result<&mut Client, TargetError> {
         self.client.as_mut().ok_or_else(|| TargetError("postgresql: not connected".into()))
     }
@@ -262,7 +286,7 @@ impl Target for PostgresTarget {
         "postgres"
     }
 
-    async fn connect(&mut self) -> Result<(), TargetError> {
+    async fn connect(&mut self, store_uid: i64) -> Result<(), TargetError> {
         self.client = None;
         let mut client = match self.open(&self.config.connection).await {
             Ok(client) => client,
@@ -273,6 +297,7 @@ impl Target for PostgresTarget {
             Err(e) => return Err(self.error("connect", e)),
         };
         self.migrate(&mut client).await?;
+        self.claim(&client, store_uid).await?;
         client.batch_execute(STAGING).await.map_err(|e| self.error("create staging tables", e))?;
         self.client = Some(client);
         Ok(())
