@@ -164,19 +164,19 @@ async fn run_once(args: &BenchArgs, batches: Batches, run: usize) -> anyhow::Res
 /// anomaly, and reports its rate from the start of the run.
 async fn report_sinks(pipeline: &Pipeline, readings: usize, started: Instant) {
     let deadline = Instant::now() + std::time::Duration::from_secs(600);
-    for sink in pipeline.sinks.iter() {
-        let caught_up = loop {
+    let mut caught_up: Vec<Option<std::time::Duration>> = vec![None; pipeline.sinks.len()];
+    while caught_up.iter().any(Option::is_none) && Instant::now() < deadline {
+        for (sink, done) in pipeline.sinks.iter().zip(&mut caught_up) {
             let view = sink.view();
-            if view.written_readings >= readings as u64 && view.lag_anomalies == 0 {
-                break Some(started.elapsed());
+            if done.is_none() && view.written_readings >= readings as u64 && view.lag_anomalies == 0 {
+                *done = Some(started.elapsed());
             }
-            if Instant::now() > deadline {
-                break None;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for (sink, done) in pipeline.sinks.iter().zip(caught_up) {
         let view = sink.view();
-        match caught_up {
+        match done {
             Some(elapsed) => println!(
                 "sink {}: {} readings and {} anomalies written {:.2} s after the start: {:.0} readings/s",
                 view.sink,
