@@ -24,6 +24,7 @@ use teleguard_pipeline::auth::Tokens;
 use teleguard_pipeline::ingest::Ingest;
 use teleguard_pipeline::live::LiveView;
 use teleguard_pipeline::metrics::Metrics;
+use teleguard_pipeline::sinks::SinkStatus;
 use teleguard_pipeline::store::Reader;
 use teleguard_pipeline::store::writer::StoreWriter;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub store: StoreWriter,
     pub live: Arc<LiveView>,
     pub metrics: Arc<Metrics>,
+    /// The external sinks' status.
+    pub sinks: Arc<[Arc<SinkStatus>]>,
     pub max_body_bytes: usize,
     /// The bearer tokens ingest accepts; none configured means ingest needs none.
     pub tokens: Arc<Tokens>,
@@ -56,6 +59,7 @@ impl AppState {
             store: pipeline.store(),
             live: pipeline.live.clone(),
             metrics: pipeline.metrics.clone(),
+            sinks: pipeline.sinks.clone(),
             max_body_bytes: pipeline.config.max_body_bytes.get(),
             tokens: pipeline.config.tokens.clone(),
             busy_wait: pipeline.config.busy_wait,

@@ -2,6 +2,8 @@
 
 use crate::auth::{RawToken, Tokens};
 use crate::notify::{RawSlackRoute, RawWebhookRoute, Route};
+use crate::sinks::clickhouse::{ClickHouseSinkConfig, RawClickHouseSink};
+use crate::sinks::postgres::{PostgresSinkConfig, RawPostgresSink};
 use crate::sources::mqtt::{MqttSourceConfig, RawMqttSource};
 use crate::store::Durability;
 use serde::Deserialize;
@@ -34,6 +36,8 @@ pub struct RawConfig {
     pub sources: RawSources,
     #[serde(default)]
     pub alerts: RawAlerts,
+    #[serde(default)]
+    pub sinks: RawSinks,
     #[serde(default)]
     pub profiles: BTreeMap<String, RawProfile>,
 }
@@ -117,6 +121,21 @@ pub struct RawSources {
     pub mqtt: Vec<RawMqttSource>,
 }
 
+/// External stores that follow the embedded one (see `crate::sinks`); none by default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSinks {
+    pub postgres: Option<RawPostgresSink>,
+    pub clickhouse: Option<RawClickHouseSink>,
+}
+
+/// The configured sinks, validated.
+#[derive(Debug, Clone, Default)]
+pub struct SinksConfig {
+    pub postgres: Option<PostgresSinkConfig>,
+    pub clickhouse: Option<ClickHouseSinkConfig>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawReference {
@@ -157,6 +176,8 @@ pub struct Config {
     pub simulator: SimulatorConfig,
     /// MQTT brokers to subscribe to; none by default.
     pub mqtt: Vec<MqttSourceConfig>,
+    /// External stores that follow the embedded one; none by default.
+    pub sinks: SinksConfig,
     pub drivers_json: String,
     pub geofences_geojson: String,
     pub profiles: Arc<ProfileRegistry>,
@@ -261,6 +282,10 @@ impl Config {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         };
+        let sinks = SinksConfig {
+            postgres: raw.sinks.postgres.and_then(|raw| PostgresSinkConfig::validate(raw, &mut errors)),
+            clickhouse: raw.sinks.clickhouse.and_then(|raw| ClickHouseSinkConfig::validate(raw, &mut errors)),
+        };
         match profiles {
             Some(profiles) if errors.is_empty() => Ok(Config {
                 data_dir: overrides.data_dir.or(raw.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
@@ -277,6 +302,7 @@ impl Config {
                 notification_routes,
                 simulator,
                 mqtt,
+                sinks,
                 drivers_json,
                 geofences_geojson,
                 profiles: Arc::new(profiles),
@@ -388,6 +414,30 @@ mod tests {
         let config = Config::load(Some(&path), Overrides::default()).unwrap();
         assert!(config.profiles.by_name("pump").is_some());
         assert!(config.mqtt.is_empty(), "the example's MQTT source is commented out, so `run` needs no broker");
+    }
+
+    #[test]
+    fn the_example_documents_the_sinks_it_knows() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        // The commented-out sink tables from `# [sinks.postgres]` to the next blank line, uncommented.
+        let block: Vec<&str> = text
+            .lines()
+            .skip_while(|line| *line != "# [sinks.postgres]")
+            .take_while(|line| !line.is_empty())
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| line.starts_with('[') || line.contains(" = "))
+            .collect();
+        assert!(block.len() > 3, "the example documents [sinks.postgres]");
+        let raw: RawConfig = toml::from_str(&block.join("\n")).unwrap();
+        let config = Config::validate(raw, Overrides::default()).unwrap();
+        let postgres = config.sinks.postgres.expect("a postgres sink");
+        assert_eq!(postgres.describe, "127.0.0.1:5432/teleguard");
+        assert_eq!(postgres.batching.rows.get(), 5000);
+        assert_eq!(postgres.batching.max_wait, Duration::from_millis(500));
+        let clickhouse = config.sinks.clickhouse.expect("a clickhouse sink, documented after postgres");
+        assert_eq!(clickhouse.describe(), "127.0.0.1:8123/teleguard");
+        assert_eq!(clickhouse.kafka.expect("kafka ingest").topic, "vehicle_telemetry_raw");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`sources`]: the simulator and MQTT sources (HTTP ingest is served by the API crate).
 //! - [`notify`]: alert notifications to Slack and webhooks, and alert escalation.
+//! - [`sinks`]: external stores (PostgreSQL, ClickHouse) that follow the embedded store.
 //! - [`Pipeline`]: starts all of the above and stops it in order.
 
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod ingest;
 pub mod live;
 pub mod metrics;
 pub mod notify;
+pub mod sinks;
 pub mod sources;
 pub mod store;
 pub mod worker;
@@ -26,7 +28,10 @@ use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::live::LiveView;
 use crate::metrics::Metrics;
+use crate::sinks::runner::SinkContext;
+use crate::sinks::{SinkHandle, SinkStatus};
 use crate::store::Reader;
+use crate::store::watermark::SilverWatermark;
 use crate::store::writer::{StoreWriter, WriterContext};
 use anyhow::Context as _;
 use std::sync::Arc;
@@ -62,6 +67,9 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub live: Arc<LiveView>,
     pub reader: Arc<Reader>,
+    /// The status of each running sink, for `/api/stats`.
+    pub sinks: Arc<[Arc<SinkStatus>]>,
+    sink_handles: Vec<SinkHandle>,
     ingest: Ingest,
     store: StoreWriter,
     writer_thread: JoinHandle<()>,
@@ -96,14 +104,37 @@ impl Pipeline {
             };
             models.install(ModelKey { profile: Arc::from(profile), entity }, model);
         }
+        let silver_watermark = SilverWatermark::new(next_bronze_id);
         let writer_context = WriterContext {
+            silver_watermark: silver_watermark.clone(),
             alert_cooldown_ms: config.alert_cooldown.as_millis() as i64,
             metrics: metrics.clone(),
             inflight: inflight.clone(),
             inflight_capacity: capacity,
         };
         let checkpointer = store::start_checkpointer(&data_dir, config.durability)?;
-        let (store, writer_thread) = store::writer::spawn(connection, checkpointer, next_bronze_id, writer_context)?;
+        let replayed: Vec<i64> = unprocessed.iter().map(|m| m.id).collect();
+        let (store, writer_thread) =
+            store::writer::spawn(connection, checkpointer, next_bronze_id, &replayed, writer_context)?;
+        let mut sink_handles = Vec::new();
+        let sink_context = |batching| SinkContext {
+            data_dir: data_dir.clone(),
+            store: store.clone(),
+            watermark: silver_watermark.clone(),
+            metrics: metrics.clone(),
+            batching,
+        };
+        if let Some(postgres) = &config.sinks.postgres {
+            tracing::info!("sink postgres: following the store into {}", postgres.describe);
+            let target = sinks::postgres::PostgresTarget::new(postgres.clone());
+            sink_handles.push(sinks::runner::spawn(target, sink_context(postgres.batching))?);
+        }
+        if let Some(clickhouse) = &config.sinks.clickhouse {
+            tracing::info!("sink clickhouse: following the store into {}", clickhouse.describe());
+            let target = sinks::clickhouse::ClickHouseTarget::new(clickhouse.clone());
+            sink_handles.push(sinks::runner::spawn(target, sink_context(clickhouse.batching))?);
+        }
+        let sinks: Arc<[Arc<SinkStatus>]> = sink_handles.iter().map(|h| h.status.clone()).collect();
         let worker_context = worker::WorkerContext {
             profiles: config.profiles.clone(),
             enricher,
@@ -141,7 +172,18 @@ impl Pipeline {
                 ),
             }
         }
-        Ok(Pipeline { config, metrics, live, reader, ingest, store, writer_thread, worker_threads })
+        Ok(Pipeline {
+            config,
+            metrics,
+            live,
+            reader,
+            sinks,
+            sink_handles,
+            ingest,
+            store,
+            writer_thread,
+            worker_threads,
+        })
     }
 
     /// The store writer, for operator actions (alerts).
@@ -163,13 +205,21 @@ impl Pipeline {
     /// Drains and stops. Every other [`Ingest`] handle must have been dropped (sources
     /// stopped) first, or this waits for them.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let Pipeline { ingest, store, writer_thread, worker_threads, .. } = self;
+        let Pipeline { ingest, store, writer_thread, worker_threads, sink_handles, .. } = self;
         drop(ingest);
-        drop(store);
         tokio::task::spawn_blocking(move || {
             for thread in worker_threads {
                 thread.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
             }
+            // Every reading is analysed and queued: the sinks write what they can of it, then
+            // let go of the writer.
+            for sink in &sink_handles {
+                sink.stop();
+            }
+            for sink in sink_handles {
+                sink.join()?;
+            }
+            drop(store);
             writer_thread.join().map_err(|_| anyhow::anyhow!("the store writer thread panicked"))
         })
         .await??;

@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProfileSourceLabels {
@@ -50,6 +51,17 @@ pub struct LayerLabels {
     pub layer: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLayerLabels {
+    pub sink: String,
+    pub layer: String,
+}
+
 /// Every metric the pipeline exports. Counters are exposed with the `_total` suffix.
 #[derive(Debug)]
 pub struct Metrics {
@@ -87,6 +99,14 @@ pub struct Metrics {
     pub mqtt_connections: Counter,
     pub mqtt_disconnects: Counter,
     pub mqtt_reconnects: Counter,
+    /// External sinks (see `crate::sinks`): rows of each layer in the store their target has
+    /// not confirmed, how long it has been behind, rows confirmed, whether it is reachable,
+    /// and failed attempts.
+    pub sink_lag_rows: Family<SinkLayerLabels, Gauge>,
+    pub sink_lag_seconds: Family<SinkLabels, Gauge<f64, AtomicU64>>,
+    pub sink_rows_written: Family<SinkLayerLabels, Counter>,
+    pub sink_up: Family<SinkLabels, Gauge>,
+    pub sink_errors: Family<SinkLabels, Counter>,
     /// Exact end-to-end latencies in seconds, kept only while a benchmark asks for them.
     latency_samples: std::sync::Mutex<Option<Vec<f32>>>,
 }
@@ -144,6 +164,11 @@ impl Metrics {
             mqtt_connections: Counter::default(),
             mqtt_disconnects: Counter::default(),
             mqtt_reconnects: Counter::default(),
+            sink_lag_rows: Family::default(),
+            sink_lag_seconds: Family::default(),
+            sink_rows_written: Family::default(),
+            sink_up: Family::default(),
+            sink_errors: Family::default(),
             latency_samples: std::sync::Mutex::new(None),
             registry: Registry::default(),
         };
@@ -262,6 +287,31 @@ impl Metrics {
             "gateway_mqtt_reconnects",
             "Successful MQTT connections after a lost one",
             metrics.mqtt_reconnects.clone(),
+        );
+        registry.register(
+            "teleguard_sink_lag_rows",
+            "Rows of a layer in the embedded store that a sink's target has not confirmed, by sink and layer",
+            metrics.sink_lag_rows.clone(),
+        );
+        registry.register(
+            "teleguard_sink_lag_seconds",
+            "How long a sink's target has been behind the embedded store (0 when caught up)",
+            metrics.sink_lag_seconds.clone(),
+        );
+        registry.register(
+            "teleguard_sink_rows_written",
+            "Rows a sink's target confirmed, by sink and layer",
+            metrics.sink_rows_written.clone(),
+        );
+        registry.register(
+            "teleguard_sink_up",
+            "1 while a sink's target answers, 0 while it is down",
+            metrics.sink_up.clone(),
+        );
+        registry.register(
+            "teleguard_sink_errors",
+            "Failed attempts of a sink to reach or write to its target",
+            metrics.sink_errors.clone(),
         );
         Metrics { registry, ..metrics }
     }

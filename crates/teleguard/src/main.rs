@@ -38,6 +38,9 @@ enum Command {
     Certs(commands::certs::CertsArgs),
     /// Make a bearer token for HTTP ingest and its config entry (`token new`), or hash one.
     Token(commands::token::TokenArgs),
+    /// ClickHouse: `clickhouse init --config FILE` applies reference 000's schema.
+    #[command(name = "clickhouse")]
+    ClickHouse(commands::clickhouse::ClickHouseArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
             Command::Schema(args) => commands::schema::schema(args),
             Command::Certs(args) => commands::certs::certs(args),
             Command::Token(args) => commands::token::token(args),
+            Command::ClickHouse(args) => commands::clickhouse::clickhouse(args).await,
         }
     });
     match result {

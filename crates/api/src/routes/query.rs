@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use teleguard_core::time::format_millis;
+use teleguard_pipeline::sinks::runner::SinkView;
 use teleguard_pipeline::store::SilverRow;
 use teleguard_pipeline::store::query::{self, AnomalyFilter, AnomalyOrder, AnomalyRecord, ProfileCounts};
 
@@ -120,6 +121,8 @@ pub struct Stats {
     profiles: Vec<ProfileCounts>,
     totals: Totals,
     uptime_secs: f64,
+    /// Each external sink: reachable or not, and how far behind the store (rows, seconds).
+    sinks: Vec<SinkView>,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -155,7 +158,8 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiErro
         totals.analysed += p.analysed;
         totals.anomalies += p.anomalies;
     }
-    Ok(Json(Stats { profiles, totals, uptime_secs: state.started.elapsed().as_secs_f64() }))
+    let sinks = state.sinks.iter().map(|sink| sink.view()).collect();
+    Ok(Json(Stats { profiles, totals, uptime_secs: state.started.elapsed().as_secs_f64(), sinks }))
 }
 
 /// `GET /api/profiles`: what each profile expects.

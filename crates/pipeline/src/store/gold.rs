@@ -25,6 +25,8 @@ pub struct Gold {
     /// Keys whose alert has updates not yet written, in the order they were first updated.
     pending: Vec<AlertKey>,
     leaders: Leaderboard,
+    /// The `change_seq` the next insert or close of an anomaly takes; read at first use.
+    next_change_seq: Option<i64>,
 }
 
 type AlertKey = (Arc<str>, Arc<str>, &'static str);
@@ -52,6 +54,18 @@ impl Gold {
         self.live.clear();
         self.pending.clear();
         self.leaders = Leaderboard::default();
+        self.next_change_seq = None;
+    }
+
+    /// The next `change_seq` (see schema migration 5), read from the store the first time.
+    fn next_change_seq(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<i64> {
+        if let Some(next) = self.next_change_seq {
+            return Ok(next);
+        }
+        let last: i64 =
+            tx.query_row("SELECT COALESCE(MAX(change_seq), 0) FROM telemetry_anomalies", [], |row| row.get(0))?;
+        self.next_change_seq = Some(last + 1);
+        Ok(last + 1)
     }
 
     /// Writes anomalies: a new one is inserted and opens or updates its alert; one that closes
@@ -69,14 +83,14 @@ impl Gold {
         let mut insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO telemetry_anomalies (id, reading_id, profile, entity_id, timestamp_ms, detector,
                  metric, value, anomaly_score, threshold, model_label, model_is_anomaly, severity, reason, features,
-                 detected_at_ms, episode_start_ms, episode_end_ms, leader)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, -1, 1, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                 detected_at_ms, episode_start_ms, episode_end_ms, leader, change_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, -1, 1, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         )?;
         // An episode's score only grows when it closes (a stop's minutes), so a leader stays
         // one; a closing that enters the ranks becomes one.
         let mut close = tx.prepare_cached(
             "UPDATE telemetry_anomalies SET anomaly_score = ?2, value = ?3, severity = ?4, reason = ?5, features = ?6,
-                 episode_end_ms = ?7, leader = MAX(leader, ?8)
+                 episode_end_ms = ?7, leader = MAX(leader, ?8), change_seq = ?9
              WHERE id = ?1 AND episode_end_ms IS NULL",
         )?;
         let mut written = 0;
@@ -85,6 +99,7 @@ impl Gold {
             let features = &row.features_json;
             let episode_end = a.episode.and_then(|e| e.end_ms);
             let excess = excess(a.score, a.threshold);
+            let change_seq = self.next_change_seq(tx)?;
             if episode_end.is_some() {
                 let leader = self.leaders.would_admit(excess);
                 let closed = close.execute(params![
@@ -95,9 +110,11 @@ impl Gold {
                     a.reason,
                     features,
                     episode_end,
-                    leader
+                    leader,
+                    change_seq
                 ])?;
                 if closed > 0 {
+                    self.next_change_seq = Some(change_seq + 1);
                     if leader {
                         self.leaders.admit(excess);
                     }
@@ -123,9 +140,11 @@ impl Gold {
                 row.detected_at_ms,
                 a.episode.map(|e| e.start_ms),
                 episode_end,
-                leader
+                leader,
+                change_seq
             ])?;
             if inserted > 0 {
+                self.next_change_seq = Some(change_seq + 1);
                 if leader {
                     self.leaders.admit(excess);
                 }

@@ -11,6 +11,7 @@ pub mod gold;
 pub mod quarantine;
 pub mod query;
 pub mod schema;
+pub mod watermark;
 pub mod writer;
 
 pub use query::Reader;

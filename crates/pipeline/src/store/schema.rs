@@ -206,6 +206,26 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE alerts ADD COLUMN escalated_at_ms INTEGER;
     "#,
+    // 6: what external sinks need to follow the store. Each sink keeps a cursor per layer it
+    // follows: the last silver id, and the last gold change it has written and its target has
+    // confirmed. An anomaly changes after its insert when its episode closes (an end and a
+    // final score), so every insert and every close takes the next `change_seq`, in commit
+    // order; a sink follows gold by it and sees each change of a row once.
+    r#"
+    CREATE TABLE sink_cursors (
+        sink TEXT NOT NULL,
+        layer TEXT NOT NULL CHECK (layer IN ('silver', 'gold')),
+        position INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (sink, layer)
+    ) WITHOUT ROWID;
+    ALTER TABLE telemetry_anomalies ADD COLUMN change_seq INTEGER;
+    UPDATE telemetry_anomalies SET change_seq = rowid;
+    CREATE INDEX telemetry_anomalies_by_change ON telemetry_anomalies (change_seq);
+    -- Names this store to the targets it fills: reading ids start at 1 in every new store, so a
+    -- target that already holds another store's ids would take new readings for copies.
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('store_uid', abs(random()));
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -7,6 +7,7 @@
 
 use super::checkpoint::{self, Checkpointer};
 use super::gold::{AlertAction, AlertTransition, Gold};
+use super::watermark::{PendingReadings, SilverWatermark};
 use super::{
     BronzeContent, BronzeRow, GoldRow, OnceOutcome, OnceSubmission, SilverRow, StoreError, accepted_payload,
     duplicate_reason,
@@ -43,6 +44,8 @@ pub enum WriteCommand {
     Escalate { now_ms: i64, after_ms: i64 },
     /// A notification route delivered everything through `event_id`; answered after the commit.
     NotificationCursor { route: String, event_id: i64, reply: oneshot::Sender<Result<(), String>> },
+    /// Record how far a sink's target has confirmed a layer (see `crate::sinks`).
+    SinkCursor { sink: Arc<str>, layer: &'static str, position: i64 },
 }
 
 impl WriteCommand {
@@ -59,7 +62,8 @@ impl WriteCommand {
             | WriteCommand::Alert { .. }
             | WriteCommand::Flush { .. }
             | WriteCommand::Escalate { .. }
-            | WriteCommand::NotificationCursor { .. } => 1,
+            | WriteCommand::NotificationCursor { .. }
+            | WriteCommand::SinkCursor { .. } => 1,
         }
     }
 }
@@ -128,6 +132,20 @@ impl StoreWriter {
         answer.await.map_err(|_| StoreError::WriterStopped)?.map_err(StoreError::Schema)
     }
 
+    /// Records that `sink`'s target confirmed `layer` up to `position` (committed with the
+    /// next transaction; not waited for).
+    pub async fn record_sink_cursor(
+        &self,
+        sink: Arc<str>,
+        layer: &'static str,
+        position: i64,
+    ) -> Result<(), StoreError> {
+        self.commands
+            .send(WriteCommand::SinkCursor { sink, layer, position })
+            .await
+            .map_err(|_| StoreError::WriterStopped)
+    }
+
     /// Waits until everything queued so far is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
@@ -144,19 +162,36 @@ pub struct WriterContext {
     pub inflight_capacity: usize,
     /// Anomalies this close (in event time) to an alert's last one update it.
     pub alert_cooldown_ms: i64,
+    /// Published after every commit, for sinks that follow silver.
+    pub silver_watermark: SilverWatermark,
 }
 
 /// Starts the writer thread on `connection`; `checkpointer` copies its commits into the
-/// database file, so the connection's own automatic checkpoints are turned off.
+/// database file, so the connection's own automatic checkpoints are turned off. `replayed`
+/// are the ids of bronze readings about to be analysed again (they hold the watermark back).
 pub fn spawn(
     connection: Connection,
     checkpointer: Checkpointer,
     next_bronze_id: i64,
+    replayed: &[i64],
     context: WriterContext,
 ) -> Result<(StoreWriter, std::thread::JoinHandle<()>), StoreError> {
     connection.pragma_update(None, "wal_autocheckpoint", 0)?;
     let (commands, receiver) = mpsc::channel(256);
-    let writer = Writer { connection, checkpointer, next_bronze_id, context, gold: Gold::default() };
+    let mut pending = PendingReadings::default();
+    for id in replayed {
+        pending.accepted(*id, 1);
+    }
+    pending.publish(&context.silver_watermark, next_bronze_id, false);
+    let writer = Writer {
+        connection,
+        checkpointer,
+        next_bronze_id,
+        context,
+        gold: Gold::default(),
+        pending,
+        accepted: Vec::new(),
+    };
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(receiver))
@@ -170,6 +205,10 @@ struct Writer {
     next_bronze_id: i64,
     context: WriterContext,
     gold: Gold,
+    /// Readings in bronze without their silver row yet, for the silver watermark.
+    pending: PendingReadings,
+    /// The accepted bronze ranges (first id, readings) of the transaction being written.
+    accepted: Vec<(i64, i64)>,
 }
 
 /// First and last event time of each entity seen in a transaction, per profile.
@@ -223,11 +262,15 @@ impl Writer {
                     batch.len()
                 );
                 self.next_bronze_id = first_id;
+                self.accepted.clear();
                 // The gold state may describe changes that were rolled back.
                 self.gold.forget();
                 (false, Vec::new().into_iter(), Vec::new().into_iter())
             }
         };
+        for (first, count) in self.accepted.drain(..) {
+            self.pending.accepted(first, count);
+        }
         let mut next_id = first_id;
         let mut released = 0;
         for command in batch {
@@ -253,6 +296,9 @@ impl Writer {
                 WriteCommand::Derived { silver, gold: _, permits } => {
                     released += permits;
                     if committed {
+                        for row in &silver {
+                            self.pending.stored(row.id);
+                        }
                         let now = Instant::now();
                         metrics
                             .observe_latencies(silver.iter().map(|row| now.duration_since(row.received).as_secs_f64()));
@@ -265,7 +311,7 @@ impl Writer {
                     };
                     let _ = reply.send(answer);
                 }
-                WriteCommand::Model { .. } | WriteCommand::Escalate { .. } => {}
+                WriteCommand::Model { .. } | WriteCommand::Escalate { .. } | WriteCommand::SinkCursor { .. } => {}
                 WriteCommand::Flush { reply } => {
                     let _ = reply.send(());
                 }
@@ -281,6 +327,8 @@ impl Writer {
             metrics.inflight_readings.set(inflight as i64);
         }
         if committed {
+            let idle = self.context.inflight.available_permits() == self.context.inflight_capacity;
+            self.pending.publish(&self.context.silver_watermark, self.next_bronze_id, idle);
             self.mark_processed_if_idle();
             self.checkpointer.nudge();
             if self.checkpointer.wants_rewind() {
@@ -328,12 +376,25 @@ impl Writer {
             match command {
                 WriteCommand::Bronze { rows, .. } => {
                     bronze_rows += rows.len();
-                    write_bronze(&tx, &mut self.next_bronze_id, rows, &mut profiles, &mut findings)?;
+                    write_bronze(
+                        &tx,
+                        &mut self.next_bronze_id,
+                        rows,
+                        &mut profiles,
+                        &mut findings,
+                        &mut self.accepted,
+                    )?;
                 }
                 WriteCommand::BronzeOnce { submission, .. } => {
                     bronze_rows += submission.accepted.len().min(1) + submission.rejected.len();
-                    let outcome =
-                        write_bronze_once(&tx, &mut self.next_bronze_id, submission, &mut profiles, &mut findings)?;
+                    let outcome = write_bronze_once(
+                        &tx,
+                        &mut self.next_bronze_id,
+                        submission,
+                        &mut profiles,
+                        &mut findings,
+                        &mut self.accepted,
+                    )?;
                     outcomes.push(outcome);
                 }
                 WriteCommand::Derived { silver, gold, .. } => {
@@ -356,6 +417,14 @@ impl Writer {
                 }
                 WriteCommand::Alert { id, action, .. } => {
                     transitions.push(self.gold.transition_alert(&tx, *id, *action, now_millis())?);
+                }
+                WriteCommand::SinkCursor { sink, layer, position } => {
+                    tx.prepare_cached(
+                        "INSERT INTO sink_cursors (sink, layer, position, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (sink, layer) DO UPDATE SET position = excluded.position,
+                             updated_at_ms = excluded.updated_at_ms",
+                    )?
+                    .execute(params![&**sink, layer, position, now_millis()])?;
                 }
                 WriteCommand::Flush { .. } => {}
                 WriteCommand::Escalate { now_ms, after_ms } => {
@@ -398,6 +467,7 @@ fn write_bronze(
     rows: &[BronzeRow],
     profiles: &mut HashMap<Arc<str>, ProfileDelta>,
     findings: &mut Vec<GoldRow>,
+    accepted: &mut Vec<(i64, i64)>,
 ) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(
         "INSERT INTO bronze (id, received_at_ms, source, profile, verdict, reason_code, reason, messages, payload)
@@ -410,6 +480,7 @@ fn write_bronze(
         let (verdict, code, reason, payload) = match &row.content {
             BronzeContent::Accepted { payload, .. } => {
                 delta.valid += count;
+                accepted.push((*next_id, count));
                 ("valid", None, None, payload.as_slice())
             }
             BronzeContent::Rejected { code, reason, payload, replay_of, finding } => {
@@ -455,6 +526,7 @@ fn write_bronze_once(
     submission: &OnceSubmission,
     profiles: &mut HashMap<Arc<str>, ProfileDelta>,
     findings: &mut Vec<GoldRow>,
+    accepted: &mut Vec<(i64, i64)>,
 ) -> rusqlite::Result<OnceOutcome> {
     let mut find = tx.prepare_cached("SELECT reading_id FROM message_keys WHERE event_time_ms = ?1 AND hash = ?2")?;
     let mut remember =
@@ -502,7 +574,7 @@ fn write_bronze_once(
         }
     }
     rows.extend(submission.rejected.iter().cloned());
-    write_bronze(tx, next_id, &rows, profiles, findings)?;
+    write_bronze(tx, next_id, &rows, profiles, findings, accepted)?;
     Ok(OnceOutcome { first_id, duplicate_of, ids: *next_id - first_id })
 }
 

@@ -152,11 +152,42 @@ async fn run_once(args: &BenchArgs, batches: Batches, run: usize) -> anyhow::Res
         quantile(0.5),
         quantile(0.99)
     );
+    report_sinks(&pipeline, args.readings, started).await;
     pipeline.shutdown().await?;
     if let Some(dir) = temporary {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
     }
     Ok(rate)
+}
+
+/// With sinks configured: waits (10 minutes at most) until each has written every reading and
+/// anomaly, and reports its rate from the start of the run.
+async fn report_sinks(pipeline: &Pipeline, readings: usize, started: Instant) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    let mut caught_up: Vec<Option<std::time::Duration>> = vec![None; pipeline.sinks.len()];
+    while caught_up.iter().any(Option::is_none) && Instant::now() < deadline {
+        for (sink, done) in pipeline.sinks.iter().zip(&mut caught_up) {
+            let view = sink.view();
+            if done.is_none() && view.written_readings >= readings as u64 && view.lag_anomalies == 0 {
+                *done = Some(started.elapsed());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for (sink, done) in pipeline.sinks.iter().zip(caught_up) {
+        let view = sink.view();
+        match done {
+            Some(elapsed) => println!(
+                "sink {}: {} readings and {} anomalies written {:.2} s after the start: {:.0} readings/s",
+                view.sink,
+                view.written_readings,
+                view.written_anomalies,
+                elapsed.as_secs_f64(),
+                view.written_readings as f64 / elapsed.as_secs_f64()
+            ),
+            None => println!("sink {}: still behind after 10 minutes: {view:?}", view.sink),
+        }
+    }
 }
 
 /// Pre-generated messages: per profile, submission-sized chunks.

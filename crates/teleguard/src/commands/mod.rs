@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod certs;
+pub mod clickhouse;
 pub mod eval;
 pub mod mqtt_publish;
 pub mod replay;

@@ -17,13 +17,18 @@ pub struct Server {
 impl Server {
     /// Starts `teleguard run --simulate none` on 127.0.0.1:0 with `data_dir`.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Server {
+        Server::start_with_stderr(data_dir, extra_args, Stdio::inherit())
+    }
+
+    /// [`Server::start`] with its log (stderr) sent to `stderr`, e.g. a file to read.
+    pub fn start_with_stderr(data_dir: &Path, extra_args: &[&str], stderr: impl Into<Stdio>) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_teleguard"))
             .args(["run", "--simulate", "none", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start teleguard");
         let stdout = child.stdout.take().expect("stdout");

@@ -1,0 +1,353 @@
+//! The PostgreSQL sink against a real PostgreSQL on a loopback port, through the real binary:
+//! a simulated fleet arrives exactly once although the server is stopped mid-stream while
+//! ingest goes on; a server that is not there at start is waited for; a bad URL stops the start.
+//!
+//! Skipped (with a message) only when PostgreSQL is not installed and `CI` is unset;
+//! `scripts/test` installs Debian's postgresql.
+
+mod common;
+
+use common::{HISTORICAL, Server, client, get_json, metric, wait_for};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The folder with Debian's `initdb` and `pg_ctl`, newest version first.
+fn postgres_binaries() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").is_file() && bin.join("pg_ctl").is_file())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+/// The binaries, or `None` (test skipped) when PostgreSQL is not installed outside CI.
+fn postgres_or_skip(test: &str) -> Option<PathBuf> {
+    match postgres_binaries() {
+        Some(bin) => Some(bin),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("PostgreSQL is not installed but CI is set: scripts/test installs Debian's postgresql")
+        }
+        None => {
+            eprintln!("skipping {test}: PostgreSQL is not installed (scripts/test installs Debian's postgresql)");
+            None
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A PostgreSQL server with its data in a temporary folder. initdb refuses root, so as root
+/// the folder belongs to `postgres` and the server runs as that user.
+struct Postgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    _folder: tempfile::TempDir,
+}
+
+impl Postgres {
+    /// A new cluster in a temporary folder of its own (the server user must own the folder).
+    fn new(bin: PathBuf, port: u16) -> Postgres {
+        let folder = tempfile::tempdir().unwrap();
+        let postgres = Postgres { bin, dir: folder.path().to_path_buf(), port, _folder: folder };
+        if is_root() {
+            run(Command::new("chown").args(["-R", "postgres"]).arg(&postgres.dir));
+        }
+        let data = postgres.dir.join("data");
+        run(postgres.as_server_user("initdb").arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres"]));
+        postgres
+    }
+
+    fn as_server_user(&self, tool: &str) -> Command {
+        let path = self.bin.join(tool);
+        match is_root() {
+            true => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", "postgres", "--"]).arg(path);
+                command
+            }
+            false => Command::new(path),
+        }
+    }
+
+    fn start(&self) {
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.display());
+        run(self
+            .as_server_user("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-o", &options, "-l"])
+            .arg(self.dir.join("log"))
+            .args(["-w", "start"]));
+    }
+
+    fn stop(&self) {
+        run(self.as_server_user("pg_ctl").arg("-D").arg(self.dir.join("data")).args(["-m", "fast", "-w", "stop"]));
+    }
+
+    fn url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/teleguard", self.port)
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        self.client().await.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    }
+
+    /// [`Postgres::count`], or `None` while the database or table does not exist yet.
+    async fn count_if_there(&self, sql: &str) -> Option<i64> {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.ok()?;
+        tokio::spawn(connection);
+        client.query_one(sql, &[]).await.ok().map(|row| row.get(0))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .as_server_user("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn write_config(dir: &Path, url: &str) -> PathBuf {
+    let path = dir.join("teleguard.toml");
+    let config = format!("{HISTORICAL}[sinks.postgres]\nurl = \"{url}\"\nbatch_rows = 2000\nbatch_ms = 100\n");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// `teleguard simulate` posting a fleet's `duration` from `start` to the server.
+fn simulate(server: &Server, start: &str, duration: &str, speed: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["simulate", "--seed", "5", "--anomaly-rate", "4", "--start", start, "--duration", duration])
+        .args(["--speed", speed, "--to", &server.base])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start teleguard simulate")
+}
+
+fn wait_success(mut child: Child, what: &str) {
+    let status = child.wait().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(status.success(), "{what} failed: {status}");
+}
+
+/// The postgres entry of `/api/stats`.
+async fn sink_stats(client: &reqwest::Client, server: &Server) -> serde_json::Value {
+    let stats = get_json(client, &server.url("/api/stats")).await;
+    stats["sinks"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["sink"] == "postgres"))
+        .cloned()
+        .expect("a postgres sink")
+}
+
+/// (id, change_seq, episode end) of every anomaly in the embedded store.
+fn store_anomalies(data_dir: &Path) -> Vec<(String, i64, Option<i64>)> {
+    let connection = rusqlite::Connection::open_with_flags(
+        data_dir.join("teleguard.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut statement =
+        connection.prepare("SELECT id, change_seq, episode_end_ms FROM telemetry_anomalies ORDER BY id").unwrap();
+    statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+fn store_count(data_dir: &Path, sql: &str) -> i64 {
+    let connection = rusqlite::Connection::open_with_flags(
+        data_dir.join("teleguard.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    connection.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// Waits until every valid message of the store has its silver row (ingest has settled).
+async fn wait_until_analysed(client: &reqwest::Client, server: &Server) {
+    wait_for("every accepted reading to be analysed", || async {
+        let totals = get_json(client, &server.url("/api/stats")).await["totals"].clone();
+        (totals["valid"] == totals["analysed"]).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reading_and_anomaly_arrives_once_although_postgres_stops_mid_stream() {
+    let Some(bin) = postgres_or_skip("every_reading_and_anomaly_arrives_once_although_postgres_stops_mid_stream")
+    else {
+        return;
+    };
+    let folder = tempfile::tempdir().unwrap();
+    let postgres = Postgres::new(bin, free_port());
+    postgres.start();
+    let config = write_config(folder.path(), &postgres.url());
+    let data_dir = folder.path().join("data");
+    let server = Server::start(&data_dir, &["--config", config.to_str().unwrap()]);
+    let http = client();
+
+    // An hour of the fleet at 360x real time; PostgreSQL stops while it streams in.
+    let first_hour = simulate(&server, "2024-09-04T08:00:00Z", "1h", "360");
+    wait_for("the first readings in PostgreSQL", || async {
+        (postgres.count_if_there("SELECT count(*) FROM readings").await? > 1000).then_some(())
+    })
+    .await;
+    postgres.stop();
+    let stopped_at = Instant::now();
+    wait_success(first_hour, "the first hour");
+    // Ingest goes on while the target is down: another 30 minutes, as fast as it goes.
+    wait_success(simulate(&server, "2024-09-04T09:00:00Z", "30m", "max"), "the next half hour");
+    let analysed = store_count(&data_dir, "SELECT count(*) FROM silver");
+    assert!(analysed > 50_000, "a fleet's 90 minutes are stored: {analysed}");
+    let down = sink_stats(&http, &server).await;
+    assert_eq!(down["up"], false, "{down}");
+    assert!(down["lag_readings"].as_i64().unwrap() > 0, "{down}");
+    let lag_text = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metric(&lag_text, r#"teleguard_sink_lag_rows{sink="postgres",layer="silver"}"#) > 0.0);
+    assert_eq!(metric(&lag_text, r#"teleguard_sink_up{sink="postgres"}"#), 0.0);
+    eprintln!("ingest went on for {:.1} s with PostgreSQL down: {down}", stopped_at.elapsed().as_secs_f64());
+
+    postgres.start();
+    wait_until_analysed(&http, &server).await;
+    let caught_up = wait_for("the sink to catch up", || async {
+        let sink = sink_stats(&http, &server).await;
+        (sink["up"] == true && sink["lag_readings"] == 0 && sink["lag_anomalies"] == 0).then_some(sink)
+    })
+    .await;
+    assert_eq!(caught_up["lag_seconds"], 0.0, "{caught_up}");
+    let text = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text, r#"teleguard_sink_lag_rows{sink="postgres",layer="silver"}"#), 0.0);
+    assert_eq!(metric(&text, r#"teleguard_sink_lag_rows{sink="postgres",layer="gold"}"#), 0.0);
+    assert_eq!(metric(&text, r#"teleguard_sink_up{sink="postgres"}"#), 1.0);
+
+    // Every reading exactly once (ids are the primary key, and the same ids as silver).
+    let silver = store_count(&data_dir, "SELECT count(*) FROM silver");
+    let silver_id_sum = store_count(&data_dir, "SELECT sum(id) FROM silver");
+    assert_eq!(postgres.count("SELECT count(*) FROM readings").await, silver);
+    assert_eq!(postgres.count("SELECT sum(id)::bigint FROM readings").await, silver_id_sum);
+    // Every anomaly once, each in its latest state (closed episodes with their end).
+    let stored = store_anomalies(&data_dir);
+    assert!(!stored.is_empty(), "the injected faults were detected");
+    let client = postgres.client().await;
+    let rows = client
+        .query(
+            "SELECT id, change_seq, (extract(epoch FROM episode_end) * 1000)::bigint FROM anomalies ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let copied: Vec<(String, i64, Option<i64>)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(copied.len(), stored.len());
+    assert!(copied == stored, "PostgreSQL holds every anomaly of the store in its latest state");
+    let closed = stored.iter().filter(|a| a.2.is_some()).count();
+    eprintln!("{silver} readings and {} anomalies ({closed} closed episodes) arrived exactly once", stored.len());
+
+    // The cursors survive a restart: nothing is written again.
+    assert!(server.terminate().success());
+    let server = Server::start(&data_dir, &["--config", config.to_str().unwrap()]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after_restart = sink_stats(&http, &server).await;
+    assert_eq!(after_restart["written_readings"], 0, "{after_restart}");
+    assert_eq!(after_restart["lag_readings"], 0, "{after_restart}");
+    assert_eq!(postgres.count("SELECT count(*) FROM readings").await, silver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_not_there_at_start_is_waited_for_and_then_caught_up() {
+    let Some(bin) = postgres_or_skip("a_server_that_is_not_there_at_start_is_waited_for_and_then_caught_up") else {
+        return;
+    };
+    let folder = tempfile::tempdir().unwrap();
+    let postgres = Postgres::new(bin, free_port());
+    let config = write_config(folder.path(), &postgres.url());
+    let log_path = folder.path().join("teleguard.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let data_dir = folder.path().join("data");
+    let server = Server::start_with_stderr(&data_dir, &["--config", config.to_str().unwrap()], log);
+    let http = client();
+    wait_success(simulate(&server, "2024-09-04T08:00:00Z", "10m", "max"), "ten minutes of the fleet");
+    wait_until_analysed(&http, &server).await;
+    let stored = store_count(&data_dir, "SELECT count(*) FROM silver");
+    assert!(stored > 1000, "ingest works with the target down: {stored}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log_text = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(log_text.matches("sink postgres: target down").count(), 1, "logged once:\n{log_text}");
+    assert!(log_text.contains(&format!("127.0.0.1:{}", postgres.port)), "names the server:\n{log_text}");
+
+    postgres.start();
+    wait_until_analysed(&http, &server).await;
+    let stored = store_count(&data_dir, "SELECT count(*) FROM silver");
+    wait_for("the sink to catch up", || async {
+        let sink = sink_stats(&http, &server).await;
+        (sink["up"] == true && sink["lag_readings"] == 0 && sink["written_readings"] == stored).then_some(())
+    })
+    .await;
+    // The database did not exist: the sink made it, and its tables.
+    assert_eq!(postgres.count("SELECT count(*) FROM readings").await, stored);
+    drop(server);
+    let log_text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!log_text.contains("panicked"), "{log_text}");
+
+    // Another data folder's readings are numbered from 1 again: the database refuses them
+    // instead of taking them for copies of what it holds.
+    let other_log_path = folder.path().join("other.log");
+    let other_log = std::fs::File::create(&other_log_path).unwrap();
+    let other =
+        Server::start_with_stderr(&folder.path().join("other"), &["--config", config.to_str().unwrap()], other_log);
+    wait_success(simulate(&other, "2024-09-05T08:00:00Z", "2m", "max"), "another store's readings");
+    wait_for("the refusal in the log", || async {
+        let text = std::fs::read_to_string(&other_log_path).unwrap();
+        text.contains("holds the rows of another teleguard store").then_some(())
+    })
+    .await;
+    assert_eq!(sink_stats(&http, &other).await["up"], false);
+    assert_eq!(postgres.count("SELECT count(*) FROM readings").await, stored);
+}
+
+#[test]
+fn a_bad_url_stops_the_start_and_names_the_key() {
+    let folder = tempfile::tempdir().unwrap();
+    let config = write_config(folder.path(), "postgresql://postgres:hunter2@127.0.0.1:notaport/teleguard");
+    let output = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["run", "--simulate", "none", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(folder.path().join("data"))
+        .output()
+        .expect("run teleguard");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("sinks.postgres.url"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "the password is not printed: {stderr}");
+}
