@@ -6,6 +6,7 @@
 //! - [`routes::query`]: anomalies, readings, stats, profiles.
 //! - [`routes::quarantine`]: dead letters listed, counted and replayed.
 //! - [`routes::alerts`]: alerts and their lifecycle.
+//! - [`routes::fleet`]: the fleet map's data, the geofences, and the live event stream.
 //! - [`error`]: the one [`error::ApiError`] every handler returns.
 
 pub mod error;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub reader: Arc<Reader>,
     pub store: StoreWriter,
     pub live: Arc<LiveView>,
+    /// The geofences in the store, a GeoJSON FeatureCollection.
+    pub geofences: Arc<str>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     pub busy_wait: Duration,
@@ -50,6 +53,7 @@ impl AppState {
             reader: pipeline.reader.clone(),
             store: pipeline.store(),
             live: pipeline.live.clone(),
+            geofences: pipeline.geofences.clone(),
             metrics: pipeline.metrics.clone(),
             max_body_bytes: pipeline.config.max_body_bytes.get(),
             busy_wait: pipeline.config.busy_wait,
@@ -77,6 +81,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/alerts", get(routes::alerts::list))
         .route("/api/alerts/{id}/ack", post(routes::alerts::acknowledge))
         .route("/api/alerts/{id}/resolve", post(routes::alerts::resolve))
+        .route("/api/fleet", get(routes::fleet::fleet))
+        .route("/api/geofences", get(routes::fleet::geofences))
+        .route("/api/events", get(routes::fleet::events))
         .with_state(state)
 }
 

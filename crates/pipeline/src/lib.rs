@@ -59,6 +59,8 @@ pub struct Pipeline {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub live: Arc<LiveView>,
+    /// The geofences in the store, a GeoJSON FeatureCollection.
+    pub geofences: Arc<str>,
     pub reader: Arc<Reader>,
     ingest: Ingest,
     store: StoreWriter,
@@ -99,6 +101,7 @@ impl Pipeline {
             metrics: metrics.clone(),
             inflight: inflight.clone(),
             inflight_capacity: capacity,
+            live: live.clone(),
         };
         let checkpointer = store::start_checkpointer(&data_dir, config.durability)?;
         let (store, writer_thread) = store::writer::spawn(connection, checkpointer, next_bronze_id, writer_context)?;
@@ -139,7 +142,17 @@ impl Pipeline {
                 ),
             }
         }
-        Ok(Pipeline { config, metrics, live, reader, ingest, store, writer_thread, worker_threads })
+        Ok(Pipeline {
+            config,
+            metrics,
+            live,
+            geofences: Arc::from(reference.geofences),
+            reader,
+            ingest,
+            store,
+            writer_thread,
+            worker_threads,
+        })
     }
 
     /// The store writer, for operator actions (alerts).
