@@ -7,6 +7,7 @@
 //! - [`routes::quarantine`]: dead letters listed, counted and replayed.
 //! - [`routes::alerts`]: alerts and their lifecycle.
 //! - [`auth`]: the bearer token of an ingest request, checked against the configured ones.
+//! - [`routes::fleet`]: the fleet map's data, the geofences, and the live event stream.
 //! - [`error`]: the one [`error::ApiError`] every handler returns.
 
 pub mod auth;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub reader: Arc<Reader>,
     pub store: StoreWriter,
     pub live: Arc<LiveView>,
+    /// The geofences in the store, a GeoJSON FeatureCollection.
+    pub geofences: Arc<str>,
     pub metrics: Arc<Metrics>,
     /// The external sinks' status.
     pub sinks: Arc<[Arc<SinkStatus>]>,
@@ -58,6 +61,7 @@ impl AppState {
             reader: pipeline.reader.clone(),
             store: pipeline.store(),
             live: pipeline.live.clone(),
+            geofences: pipeline.geofences.clone(),
             metrics: pipeline.metrics.clone(),
             sinks: pipeline.sinks.clone(),
             max_body_bytes: pipeline.config.max_body_bytes.get(),
@@ -87,6 +91,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/alerts", get(routes::alerts::list))
         .route("/api/alerts/{id}/ack", post(routes::alerts::acknowledge))
         .route("/api/alerts/{id}/resolve", post(routes::alerts::resolve))
+        .route("/api/fleet", get(routes::fleet::fleet))
+        .route("/api/geofences", get(routes::fleet::geofences))
+        .route("/api/events", get(routes::fleet::events))
         .with_state(state)
 }
 

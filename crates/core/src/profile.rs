@@ -55,7 +55,15 @@ pub struct RawProfile {
     /// The text of `json_schema_file`, read by the config loader.
     #[serde(skip)]
     pub json_schema_text: Option<String>,
+    /// An entity of this profile is offline once silent this long; by default
+    /// [`SILENCE_MULTIPLE`] times its usual interval, at least [`SILENCE_FLOOR`].
+    pub offline_after_secs: Option<std::num::NonZeroU64>,
 }
+
+/// An entity silent for this many of its usual intervals is offline (by default).
+pub const SILENCE_MULTIPLE: u32 = 5;
+/// The shortest default silence threshold, so a fast reporter is not offline after one hiccup.
+pub const SILENCE_FLOOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn default_timestamp_field() -> String {
     "timestamp".into()
@@ -109,6 +117,19 @@ pub struct Profile {
     pub avro: Option<Arc<AvroDecoder>>,
     /// The user's JSON Schema its messages must also pass, if the profile names one.
     pub json_schema: Option<crate::schema::JsonSchemaCheck>,
+    /// The configured silence threshold, if any (see [`Profile::silence_threshold`]).
+    pub offline_after: Option<std::time::Duration>,
+}
+
+impl Profile {
+    /// How long an entity of this profile that usually reports every `usual_interval` may be
+    /// silent before it counts as offline.
+    pub fn silence_threshold(&self, usual_interval: Option<std::time::Duration>) -> std::time::Duration {
+        if let Some(configured) = self.offline_after {
+            return configured;
+        }
+        usual_interval.map_or(SILENCE_FLOOR, |usual| (usual * SILENCE_MULTIPLE).max(SILENCE_FLOOR))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -268,6 +289,7 @@ impl Profile {
             layout: Default::default(),
             avro: None,
             json_schema,
+            offline_after: raw.offline_after_secs.map(|secs| std::time::Duration::from_secs(secs.get())),
         };
         profile.layout = crate::validate::Layout::of(&profile);
         let avro = configured_avro.unwrap_or_else(|| AvroDecoder::for_profile(&profile));
@@ -419,6 +441,22 @@ mod tests {
         let err = ProfileRegistry::with_builtins(extra.profiles).unwrap_err();
         assert_eq!(err.0.len(), 3, "{err}");
         assert!(err.to_string().contains("profile `broken`: entity_field must not be empty"));
+    }
+
+    #[test]
+    fn silence_threshold_is_five_usual_intervals_above_a_floor_unless_configured() {
+        use std::time::Duration;
+        let extra: ProfileFile = toml::from_str(
+            "[profiles.pump]\nentity_field = \"pump_id\"\nmetrics = [{ field = \"flow\" }]\noffline_after_secs = 600\n",
+        )
+        .unwrap();
+        let registry = ProfileRegistry::with_builtins(extra.profiles).unwrap();
+        let vehicle = registry.by_name("vehicle").unwrap();
+        assert_eq!(vehicle.silence_threshold(Some(Duration::from_secs(10))), Duration::from_secs(50));
+        assert_eq!(vehicle.silence_threshold(Some(Duration::from_secs(1))), SILENCE_FLOOR);
+        assert_eq!(vehicle.silence_threshold(None), SILENCE_FLOOR);
+        let pump = registry.by_name("pump").unwrap();
+        assert_eq!(pump.silence_threshold(Some(Duration::from_secs(10))), Duration::from_secs(600));
     }
 
     #[test]

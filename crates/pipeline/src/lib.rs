@@ -66,6 +66,8 @@ pub struct Pipeline {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub live: Arc<LiveView>,
+    /// The geofences in the store, a GeoJSON FeatureCollection.
+    pub geofences: Arc<str>,
     pub reader: Arc<Reader>,
     /// The status of each running sink, for `/api/stats`.
     pub sinks: Arc<[Arc<SinkStatus>]>,
@@ -111,6 +113,7 @@ impl Pipeline {
             metrics: metrics.clone(),
             inflight: inflight.clone(),
             inflight_capacity: capacity,
+            live: live.clone(),
         };
         let checkpointer = store::start_checkpointer(&data_dir, config.durability)?;
         let replayed: Vec<i64> = unprocessed.iter().map(|m| m.id).collect();
@@ -176,6 +179,7 @@ impl Pipeline {
             config,
             metrics,
             live,
+            geofences: Arc::from(reference.geofences),
             reader,
             sinks,
             sink_handles,

@@ -1,6 +1,7 @@
 //! The API's handlers, by concern.
 
 pub mod alerts;
+pub mod fleet;
 pub mod ingest;
 pub mod quarantine;
 pub mod query;

@@ -454,6 +454,16 @@ pub enum AlertAction {
     Resolve,
 }
 
+impl AlertAction {
+    /// How the API and the live stream name the action.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertAction::Acknowledge => "acknowledge",
+            AlertAction::Resolve => "resolve",
+        }
+    }
+}
+
 /// The outcome of an operator's action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AlertTransition {

@@ -203,6 +203,14 @@ pub fn alerts(connection: &Connection, state: Option<&str>, limit: usize) -> Res
     Ok(rows)
 }
 
+/// The (profile, entity) of every alert not yet resolved.
+pub fn entities_with_open_alerts(connection: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+    let mut statement =
+        connection.prepare_cached("SELECT DISTINCT profile, entity_id FROM alerts WHERE state != 'resolved'")?;
+    let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 /// One alert by id.
 pub fn alert(connection: &Connection, id: i64) -> Result<Option<AlertRecord>, StoreError> {
     use rusqlite::OptionalExtension;

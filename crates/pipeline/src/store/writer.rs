@@ -13,6 +13,7 @@ use super::{
     duplicate_reason,
 };
 use crate::by_name;
+use crate::live::LiveEvent;
 use crate::metrics::{LayerLabels, Metrics};
 use rusqlite::{Connection, Transaction, params};
 use std::collections::HashMap;
@@ -164,6 +165,8 @@ pub struct WriterContext {
     pub alert_cooldown_ms: i64,
     /// Published after every commit, for sinks that follow silver.
     pub silver_watermark: SilverWatermark,
+    /// Told of each committed anomaly and operator action on an alert.
+    pub live: Arc<crate::live::LiveView>,
 }
 
 /// Starts the writer thread on `connection`; `checkpointer` copies its commits into the
@@ -293,7 +296,7 @@ impl Writer {
                     };
                     let _ = reply.send(answer);
                 }
-                WriteCommand::Derived { silver, gold: _, permits } => {
+                WriteCommand::Derived { silver, gold, permits } => {
                     released += permits;
                     if committed {
                         for row in &silver {
@@ -302,11 +305,19 @@ impl Writer {
                         let now = Instant::now();
                         metrics
                             .observe_latencies(silver.iter().map(|row| now.duration_since(row.received).as_secs_f64()));
+                        for row in gold {
+                            self.context.live.announce(anomaly_event(row));
+                        }
                     }
                 }
-                WriteCommand::Alert { reply, .. } => {
+                WriteCommand::Alert { id, action, reply } => {
                     let answer = match transitions.next() {
-                        Some(transition) => Ok(transition),
+                        Some(transition) => {
+                            if transition == AlertTransition::Done {
+                                self.context.live.announce(LiveEvent::Alert { id, action: action.as_str() });
+                            }
+                            Ok(transition)
+                        }
                         None => Err("the store could not commit; retry".to_string()),
                     };
                     let _ = reply.send(answer);
@@ -458,6 +469,21 @@ impl Writer {
             }
         }
         Ok((transitions, outcomes))
+    }
+}
+
+fn anomaly_event(row: GoldRow) -> LiveEvent {
+    LiveEvent::Anomaly {
+        id: row.anomaly.id,
+        profile: row.profile,
+        entity: row.entity,
+        timestamp_ms: row.timestamp_ms,
+        detector: row.anomaly.detector,
+        metric: row.anomaly.metric,
+        value: row.anomaly.value,
+        score: row.anomaly.score,
+        severity: row.anomaly.severity.as_str(),
+        reason: row.anomaly.reason,
     }
 }
 
