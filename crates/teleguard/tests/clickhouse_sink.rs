@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{HISTORICAL, Server, client, get_json, metric, wait_for};
+use common::{HISTORICAL, Server, client, get_json, metric, simulate_to, sink_stats, wait_for, wait_success};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -132,30 +132,6 @@ fn write_config(dir: &Path, url: &str) -> PathBuf {
     path
 }
 
-fn simulate(server: &Server, start: &str, duration: &str, speed: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_teleguard"))
-        .args(["simulate", "--seed", "9", "--anomaly-rate", "4", "--start", start, "--duration", duration])
-        .args(["--speed", speed, "--to", &server.base])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start teleguard simulate")
-}
-
-fn wait_success(mut child: Child, what: &str) {
-    let status = child.wait().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(status.success(), "{what} failed: {status}");
-}
-
-async fn sink_stats(client: &reqwest::Client, server: &Server) -> serde_json::Value {
-    let stats = get_json(client, &server.url("/api/stats")).await;
-    stats["sinks"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["sink"] == "clickhouse"))
-        .cloned()
-        .expect("a clickhouse sink")
-}
-
 fn store(data_dir: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open_with_flags(data_dir.join("teleguard.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .unwrap()
@@ -234,15 +210,15 @@ async fn every_reading_and_anomaly_arrives_once_by_id_although_clickhouse_stops_
     let data_dir = folder.path().join("data");
     let server = Server::start(&data_dir, &["--config", config.to_str().unwrap()]);
     let http = client();
-    let first_hour = simulate(&server, "2024-09-04T08:00:00Z", "1h", "360");
+    let first_hour = simulate_to(&server, 9, "2024-09-04T08:00:00Z", "1h", "360");
     wait_for("the first readings in ClickHouse", || async {
         (clickhouse.number("SELECT count() FROM teleguard.telemetry_history").await > 1000).then_some(())
     })
     .await;
     clickhouse.stop();
     wait_success(first_hour, "the first hour");
-    wait_success(simulate(&server, "2024-09-04T09:00:00Z", "30m", "max"), "the next half hour");
-    let down = sink_stats(&http, &server).await;
+    wait_success(simulate_to(&server, 9, "2024-09-04T09:00:00Z", "30m", "max"), "the next half hour");
+    let down = sink_stats(&http, &server, "clickhouse").await;
     assert_eq!(down["up"], false, "{down}");
     assert!(down["lag_readings"].as_i64().unwrap() > 0, "{down}");
     let text = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -251,7 +227,7 @@ async fn every_reading_and_anomaly_arrives_once_by_id_although_clickhouse_stops_
     clickhouse.start().await;
     wait_until_analysed(&http, &server).await;
     wait_for("the sink to catch up", || async {
-        let sink = sink_stats(&http, &server).await;
+        let sink = sink_stats(&http, &server, "clickhouse").await;
         (sink["up"] == true && sink["lag_readings"] == 0 && sink["lag_anomalies"] == 0).then_some(sink)
     })
     .await;
@@ -296,7 +272,7 @@ async fn a_clickhouse_that_is_not_there_at_start_is_waited_for() {
     let data_dir = folder.path().join("data");
     let server = Server::start_with_stderr(&data_dir, &["--config", config.to_str().unwrap()], log);
     let http = client();
-    wait_success(simulate(&server, "2024-09-04T08:00:00Z", "10m", "max"), "ten minutes of the fleet");
+    wait_success(simulate_to(&server, 9, "2024-09-04T08:00:00Z", "10m", "max"), "ten minutes of the fleet");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log_text = std::fs::read_to_string(&log_path).unwrap();
     assert_eq!(log_text.matches("sink clickhouse: target down").count(), 1, "logged once:\n{log_text}");
@@ -306,7 +282,7 @@ async fn a_clickhouse_that_is_not_there_at_start_is_waited_for() {
     wait_until_analysed(&http, &server).await;
     let stored = store_count(&data_dir, "SELECT count(*) FROM silver");
     wait_for("the sink to catch up", || async {
-        let sink = sink_stats(&http, &server).await;
+        let sink = sink_stats(&http, &server, "clickhouse").await;
         (sink["up"] == true && sink["written_readings"] == stored).then_some(())
     })
     .await;

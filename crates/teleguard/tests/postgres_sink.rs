@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{HISTORICAL, Server, client, get_json, metric, wait_for};
+use common::{HISTORICAL, Server, client, get_json, metric, simulate_to, sink_stats, wait_for, wait_success};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -147,32 +147,6 @@ fn write_config(dir: &Path, url: &str) -> PathBuf {
     path
 }
 
-/// `teleguard simulate` posting a fleet's `duration` from `start` to the server.
-fn simulate(server: &Server, start: &str, duration: &str, speed: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_teleguard"))
-        .args(["simulate", "--seed", "5", "--anomaly-rate", "4", "--start", start, "--duration", duration])
-        .args(["--speed", speed, "--to", &server.base])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start teleguard simulate")
-}
-
-fn wait_success(mut child: Child, what: &str) {
-    let status = child.wait().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(status.success(), "{what} failed: {status}");
-}
-
-/// The postgres entry of `/api/stats`.
-async fn sink_stats(client: &reqwest::Client, server: &Server) -> serde_json::Value {
-    let stats = get_json(client, &server.url("/api/stats")).await;
-    stats["sinks"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["sink"] == "postgres"))
-        .cloned()
-        .expect("a postgres sink")
-}
-
 /// (id, change_seq, episode end) of every anomaly in the embedded store.
 fn store_anomalies(data_dir: &Path) -> Vec<(String, i64, Option<i64>)> {
     let connection = rusqlite::Connection::open_with_flags(
@@ -218,7 +192,7 @@ async fn every_reading_and_anomaly_arrives_once_although_postgres_stops_mid_stre
     let http = client();
 
     // An hour of the fleet at 360x real time; PostgreSQL stops while it streams in.
-    let first_hour = simulate(&server, "2024-09-04T08:00:00Z", "1h", "360");
+    let first_hour = simulate_to(&server, 5, "2024-09-04T08:00:00Z", "1h", "360");
     wait_for("the first readings in PostgreSQL", || async {
         (postgres.count_if_there("SELECT count(*) FROM readings").await? > 1000).then_some(())
     })
@@ -227,10 +201,10 @@ async fn every_reading_and_anomaly_arrives_once_although_postgres_stops_mid_stre
     let stopped_at = Instant::now();
     wait_success(first_hour, "the first hour");
     // Ingest goes on while the target is down: another 30 minutes, as fast as it goes.
-    wait_success(simulate(&server, "2024-09-04T09:00:00Z", "30m", "max"), "the next half hour");
+    wait_success(simulate_to(&server, 5, "2024-09-04T09:00:00Z", "30m", "max"), "the next half hour");
     let analysed = store_count(&data_dir, "SELECT count(*) FROM silver");
     assert!(analysed > 50_000, "a fleet's 90 minutes are stored: {analysed}");
-    let down = sink_stats(&http, &server).await;
+    let down = sink_stats(&http, &server, "postgres").await;
     assert_eq!(down["up"], false, "{down}");
     assert!(down["lag_readings"].as_i64().unwrap() > 0, "{down}");
     let lag_text = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -241,7 +215,7 @@ async fn every_reading_and_anomaly_arrives_once_although_postgres_stops_mid_stre
     postgres.start();
     wait_until_analysed(&http, &server).await;
     let caught_up = wait_for("the sink to catch up", || async {
-        let sink = sink_stats(&http, &server).await;
+        let sink = sink_stats(&http, &server, "postgres").await;
         (sink["up"] == true && sink["lag_readings"] == 0 && sink["lag_anomalies"] == 0).then_some(sink)
     })
     .await;
@@ -277,7 +251,7 @@ async fn every_reading_and_anomaly_arrives_once_although_postgres_stops_mid_stre
     assert!(server.terminate().success());
     let server = Server::start(&data_dir, &["--config", config.to_str().unwrap()]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after_restart = sink_stats(&http, &server).await;
+    let after_restart = sink_stats(&http, &server, "postgres").await;
     assert_eq!(after_restart["written_readings"], 0, "{after_restart}");
     assert_eq!(after_restart["lag_readings"], 0, "{after_restart}");
     assert_eq!(postgres.count("SELECT count(*) FROM readings").await, silver);
@@ -296,7 +270,7 @@ async fn a_server_that_is_not_there_at_start_is_waited_for_and_then_caught_up() 
     let data_dir = folder.path().join("data");
     let server = Server::start_with_stderr(&data_dir, &["--config", config.to_str().unwrap()], log);
     let http = client();
-    wait_success(simulate(&server, "2024-09-04T08:00:00Z", "10m", "max"), "ten minutes of the fleet");
+    wait_success(simulate_to(&server, 5, "2024-09-04T08:00:00Z", "10m", "max"), "ten minutes of the fleet");
     wait_until_analysed(&http, &server).await;
     let stored = store_count(&data_dir, "SELECT count(*) FROM silver");
     assert!(stored > 1000, "ingest works with the target down: {stored}");
@@ -309,7 +283,7 @@ async fn a_server_that_is_not_there_at_start_is_waited_for_and_then_caught_up() 
     wait_until_analysed(&http, &server).await;
     let stored = store_count(&data_dir, "SELECT count(*) FROM silver");
     wait_for("the sink to catch up", || async {
-        let sink = sink_stats(&http, &server).await;
+        let sink = sink_stats(&http, &server, "postgres").await;
         (sink["up"] == true && sink["lag_readings"] == 0 && sink["written_readings"] == stored).then_some(())
     })
     .await;
@@ -325,13 +299,13 @@ async fn a_server_that_is_not_there_at_start_is_waited_for_and_then_caught_up() 
     let other_log = std::fs::File::create(&other_log_path).unwrap();
     let other =
         Server::start_with_stderr(&folder.path().join("other"), &["--config", config.to_str().unwrap()], other_log);
-    wait_success(simulate(&other, "2024-09-05T08:00:00Z", "2m", "max"), "another store's readings");
+    wait_success(simulate_to(&other, 5, "2024-09-05T08:00:00Z", "2m", "max"), "another store's readings");
     wait_for("the refusal in the log", || async {
         let text = std::fs::read_to_string(&other_log_path).unwrap();
         text.contains("holds the rows of another teleguard store").then_some(())
     })
     .await;
-    assert_eq!(sink_stats(&http, &other).await["up"], false);
+    assert_eq!(sink_stats(&http, &other, "postgres").await["up"], false);
     assert_eq!(postgres.count("SELECT count(*) FROM readings").await, stored);
 }
 

@@ -181,3 +181,31 @@ pub fn historical_config(dir: &Path, extra: &str) -> String {
     std::fs::write(&path, format!("{HISTORICAL}{extra}")).expect("write config");
     path.to_str().expect("a UTF-8 path").to_string()
 }
+
+/// `teleguard simulate` posting a fleet's `duration` from `start` (RFC 3339) to `server`, at
+/// `speed`, in the background.
+pub fn simulate_to(server: &Server, seed: u64, start: &str, duration: &str, speed: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["simulate", "--seed", &seed.to_string(), "--anomaly-rate", "4", "--start", start])
+        .args(["--duration", duration, "--speed", speed, "--to", &server.base])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start teleguard simulate")
+}
+
+/// Waits for `child` and fails the test, naming `what`, unless it succeeded.
+pub fn wait_success(mut child: std::process::Child, what: &str) {
+    let status = child.wait().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(status.success(), "{what} failed: {status}");
+}
+
+/// The entry of sink `name` in `/api/stats`.
+pub async fn sink_stats(client: &reqwest::Client, server: &Server, name: &str) -> serde_json::Value {
+    let stats = get_json(client, &server.url("/api/stats")).await;
+    stats["sinks"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["sink"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} sink in /api/stats: {stats}"))
+}
