@@ -58,6 +58,14 @@ pub struct RawProfile {
     /// An entity of this profile is offline once silent this long; by default
     /// [`SILENCE_MULTIPLE`] times its usual interval, at least [`SILENCE_FLOOR`].
     pub offline_after_secs: Option<std::num::NonZeroU64>,
+    /// Whether going offline raises an `offline` alert (resolved when the entity is back);
+    /// true by default. Off for entities that end, such as flights.
+    #[serde(default = "default_offline_alert")]
+    pub offline_alert: bool,
+}
+
+fn default_offline_alert() -> bool {
+    true
 }
 
 /// An entity silent for this many of its usual intervals is offline (by default).
@@ -119,6 +127,8 @@ pub struct Profile {
     pub json_schema: Option<crate::schema::JsonSchemaCheck>,
     /// The configured silence threshold, if any (see [`Profile::silence_threshold`]).
     pub offline_after: Option<std::time::Duration>,
+    /// Whether going offline raises an `offline` alert.
+    pub offline_alert: bool,
 }
 
 impl Profile {
@@ -290,6 +300,7 @@ impl Profile {
             avro: None,
             json_schema,
             offline_after: raw.offline_after_secs.map(|secs| std::time::Duration::from_secs(secs.get())),
+            offline_alert: raw.offline_alert,
         };
         profile.layout = crate::validate::Layout::of(&profile);
         let avro = configured_avro.unwrap_or_else(|| AvroDecoder::for_profile(&profile));

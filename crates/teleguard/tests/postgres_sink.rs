@@ -10,7 +10,7 @@ mod common;
 use common::{HISTORICAL, Server, client, get_json, metric, simulate_to, sink_stats, wait_for, wait_success};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The folder with Debian's `initdb` and `pg_ctl`, newest version first.

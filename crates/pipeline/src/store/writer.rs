@@ -43,6 +43,9 @@ pub enum WriteCommand {
     Flush { reply: oneshot::Sender<()> },
     /// Raise the severity of alerts left open and unacknowledged too long.
     Escalate { now_ms: i64, after_ms: i64 },
+    /// Entities that went silent (their `offline` anomalies) and entities back whose open
+    /// `offline` alerts are to be resolved.
+    Offline { went: Vec<GoldRow>, came_back: Vec<(Arc<str>, Arc<str>)> },
     /// A notification route delivered everything through `event_id`; answered after the commit.
     NotificationCursor { route: String, event_id: i64, reply: oneshot::Sender<Result<(), String>> },
     /// Record how far a sink's target has confirmed a layer (see `crate::sinks`).
@@ -63,6 +66,7 @@ impl WriteCommand {
             | WriteCommand::Alert { .. }
             | WriteCommand::Flush { .. }
             | WriteCommand::Escalate { .. }
+            | WriteCommand::Offline { .. }
             | WriteCommand::NotificationCursor { .. }
             | WriteCommand::SinkCursor { .. } => 1,
         }
@@ -115,6 +119,16 @@ impl StoreWriter {
         let (reply, answer) = oneshot::channel();
         self.commands.send(WriteCommand::Alert { id, action, reply }).await.map_err(|_| StoreError::WriterStopped)?;
         answer.await.map_err(|_| StoreError::WriterStopped)?.map_err(StoreError::Schema)
+    }
+
+    /// Raises the `offline` anomalies of entities that went silent and resolves the `offline`
+    /// alerts of entities that are back (queued, not waited for).
+    pub async fn offline_changes(
+        &self,
+        went: Vec<GoldRow>,
+        came_back: Vec<(Arc<str>, Arc<str>)>,
+    ) -> Result<(), StoreError> {
+        self.commands.send(WriteCommand::Offline { went, came_back }).await.map_err(|_| StoreError::WriterStopped)
     }
 
     /// Escalates alerts open and unacknowledged for `after_ms` (queued, not waited for).
@@ -322,7 +336,10 @@ impl Writer {
                     };
                     let _ = reply.send(answer);
                 }
-                WriteCommand::Model { .. } | WriteCommand::Escalate { .. } | WriteCommand::SinkCursor { .. } => {}
+                WriteCommand::Model { .. }
+                | WriteCommand::Escalate { .. }
+                | WriteCommand::Offline { .. }
+                | WriteCommand::SinkCursor { .. } => {}
                 WriteCommand::Flush { reply } => {
                     let _ = reply.send(());
                 }
@@ -438,6 +455,23 @@ impl Writer {
                     .execute(params![&**sink, layer, position, now_millis()])?;
                 }
                 WriteCommand::Flush { .. } => {}
+                WriteCommand::Offline { went, came_back } => {
+                    gold_rows += self.gold.write(&tx, went, self.context.alert_cooldown_ms, &mut |profile| {
+                        by_name(&mut profiles, profile, ProfileDelta::default).anomalies += 1;
+                    })?;
+                    for (profile, entity) in came_back {
+                        let open: Vec<i64> = tx
+                            .prepare_cached(
+                                "SELECT id FROM alerts WHERE profile = ?1 AND entity_id = ?2 AND detector = ?3
+                                 AND state != 'resolved'",
+                            )?
+                            .query_map(params![&**profile, &**entity, crate::fleet_watch::OFFLINE], |r| r.get(0))?
+                            .collect::<Result<_, _>>()?;
+                        for id in open {
+                            self.gold.transition_alert(&tx, id, AlertAction::Resolve, now_millis())?;
+                        }
+                    }
+                }
                 WriteCommand::Escalate { now_ms, after_ms } => {
                     let escalated = self.gold.escalate(&tx, *now_ms, *after_ms)?;
                     if escalated > 0 {

@@ -61,6 +61,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|route| tokio::spawn(notify::deliver::run(route.clone(), notify_context.clone(), shutdown.clone())))
         .collect();
+    let fleet_watch = teleguard_pipeline::fleet_watch::FleetWatch {
+        live: pipeline.live.clone(),
+        profiles: pipeline.config.profiles.clone(),
+        reader: pipeline.reader.clone(),
+        store: pipeline.store(),
+    };
+    notify_tasks.push(tokio::spawn(fleet_watch.run(shutdown.clone())));
     if let Some(after) = pipeline.config.escalate_after {
         notify_tasks.push(tokio::spawn(notify::deliver::escalate(pipeline.store(), after, shutdown.clone())));
     }
