@@ -8,8 +8,10 @@
 
 mod common;
 
-use common::{HISTORICAL, Server, client, get_json, metric, simulate_to, sink_stats, wait_for, wait_success};
-use std::net::TcpListener;
+use common::{
+    HISTORICAL, Server, client, free_port, get_json, installed_or_skip, metric, simulate_to, sink_stats, wait_for,
+    wait_success,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,20 +25,7 @@ fn clickhouse_binary() -> Option<PathBuf> {
 
 /// The server binary, or `None` (test skipped) when it is not installed outside CI.
 fn clickhouse_or_skip(test: &str) -> Option<PathBuf> {
-    match clickhouse_binary() {
-        Some(path) => Some(path),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("clickhouse-server is not installed but CI is set: scripts/test installs Debian's clickhouse-server")
-        }
-        None => {
-            eprintln!("skipping {test}: clickhouse-server is not installed (scripts/test installs clickhouse-server)");
-            None
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+    installed_or_skip(clickhouse_binary(), test, "clickhouse-server", "clickhouse-server")
 }
 
 /// A ClickHouse server with a minimal config and its data in a temporary folder.

@@ -7,9 +7,8 @@
 
 mod common;
 
-use common::{HISTORICAL, Server, client, get_json, metric, wait_for};
+use common::{HISTORICAL, Server, client, free_port, get_json, installed_or_skip, metric, wait_for};
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,24 +43,7 @@ fn mosquitto_binary() -> Option<PathBuf> {
 
 /// The broker, or `None` (test skipped) when it is not installed outside CI.
 fn mosquitto_or_skip(test: &str) -> Option<PathBuf> {
-    match mosquitto_binary() {
-        Some(path) => Some(path),
-        None if std::env::var_os("CI").is_some() => {
-            panic!(
-                "mosquitto is not installed but CI is set: scripts/test installs Debian's mosquitto and mosquitto-clients"
-            )
-        }
-        None => {
-            eprintln!(
-                "skipping {test}: mosquitto is not installed (scripts/test installs mosquitto and mosquitto-clients)"
-            );
-            None
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+    installed_or_skip(mosquitto_binary(), test, "mosquitto", "mosquitto and mosquitto-clients")
 }
 
 fn run(command: &mut Command) {

@@ -7,8 +7,10 @@
 
 mod common;
 
-use common::{HISTORICAL, Server, client, get_json, metric, simulate_to, sink_stats, wait_for, wait_success};
-use std::net::TcpListener;
+use common::{
+    HISTORICAL, Server, client, free_port, get_json, installed_or_skip, metric, simulate_to, sink_stats, wait_for,
+    wait_success,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,20 +28,7 @@ fn postgres_binaries() -> Option<PathBuf> {
 
 /// The binaries, or `None` (test skipped) when PostgreSQL is not installed outside CI.
 fn postgres_or_skip(test: &str) -> Option<PathBuf> {
-    match postgres_binaries() {
-        Some(bin) => Some(bin),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("PostgreSQL is not installed but CI is set: scripts/test installs Debian's postgresql")
-        }
-        None => {
-            eprintln!("skipping {test}: PostgreSQL is not installed (scripts/test installs Debian's postgresql)");
-            None
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+    installed_or_skip(postgres_binaries(), test, "PostgreSQL", "postgresql")
 }
 
 fn is_root() -> bool {

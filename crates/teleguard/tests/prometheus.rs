@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Server, client, post, wait_for};
+use common::{Server, client, free_port, installed_or_skip, post, wait_for};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,16 +18,7 @@ fn repo_file(path: &str) -> PathBuf {
 fn prometheus_or_skip() -> Option<PathBuf> {
     let found =
         ["/usr/bin/prometheus", "/usr/local/bin/prometheus"].map(PathBuf::from).into_iter().find(|p| p.exists());
-    match found {
-        Some(path) => Some(path),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("prometheus is not installed but CI is set: scripts/test installs Debian's prometheus")
-        }
-        None => {
-            eprintln!("skipping the Prometheus test: prometheus is not installed (scripts/test installs it)");
-            None
-        }
-    }
+    installed_or_skip(found, "the Prometheus test", "prometheus", "prometheus")
 }
 
 struct Prometheus {
@@ -49,7 +40,7 @@ impl Prometheus {
         assert!(shipped.contains("127.0.0.1:8080") && shipped.contains("scrape_interval: 5s"), "{shipped}");
         let config = shipped.replace("127.0.0.1:8080", target).replace("scrape_interval: 5s", "scrape_interval: 1s");
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let child = Command::new(binary)
             .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))

@@ -80,3 +80,16 @@ pub fn batching(section: &str, rows: Option<usize>, ms: Option<u64>, errors: &mu
     }
     Batching { rows, max_wait: Duration::from_millis(ms.max(1)) }
 }
+
+/// An error with every cause under it, `: `-separated (a client's top error alone often says
+/// only "error sending request").
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

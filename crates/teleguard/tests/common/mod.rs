@@ -209,3 +209,24 @@ pub async fn sink_stats(client: &reqwest::Client, server: &Server, name: &str) -
         .cloned()
         .unwrap_or_else(|| panic!("no {name} sink in /api/stats: {stats}"))
 }
+
+/// A loopback port free right now, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+/// `found` (a server binary), or `None` with a loud message so that `test` is skipped, when
+/// `program` is not installed outside CI; under CI a missing server fails the test, since
+/// scripts/test installs Debian's `package`.
+pub fn installed_or_skip<T>(found: Option<T>, test: &str, program: &str, package: &str) -> Option<T> {
+    match found {
+        Some(found) => Some(found),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{program} is not installed but CI is set: scripts/test installs Debian's {package}")
+        }
+        None => {
+            eprintln!("skipping {test}: {program} is not installed (scripts/test installs Debian's {package})");
+            None
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 use super::ClickHouseSinkConfig;
 use super::schema::{Applied, Schema};
+use crate::sinks::error_chain;
 use crate::sinks::{AnomalyRecord, ReadingRecord, Target, TargetError};
 use serde::Serialize;
 
@@ -301,17 +302,6 @@ impl<'a> From<&'a AnomalyRecord> for AnomalyRow<'a> {
             episode_end_ms: a.episode_end_ms,
         }
     }
-}
-
-fn error_chain(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

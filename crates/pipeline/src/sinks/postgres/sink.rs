@@ -2,6 +2,7 @@
 //! table and one `INSERT ... ON CONFLICT` from it, so a batch written twice changes nothing.
 
 use super::PostgresSinkConfig;
+use crate::sinks::error_chain;
 use crate::sinks::{AnomalyRecord, ReadingRecord, Target, TargetError};
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -352,15 +353,6 @@ impl Target for PostgresTarget {
 fn error_text(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => {
-            let mut text = error.to_string();
-            let mut source = std::error::Error::source(error);
-            while let Some(cause) = source {
-                text.push_str(": ");
-                text.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            text
-        }
+        None => error_chain(error),
     }
 }
