@@ -200,6 +200,15 @@ pub fn wait_success(mut child: std::process::Child, what: &str) {
     assert!(status.success(), "{what} failed: {status}");
 }
 
+/// Waits until every valid message of the store has its silver row (ingest has settled).
+pub async fn wait_until_analysed(client: &reqwest::Client, server: &Server) {
+    wait_for("every accepted reading to be analysed", || async {
+        let totals = get_json(client, &server.url("/api/stats")).await["totals"].clone();
+        (totals["valid"] == totals["analysed"]).then_some(())
+    })
+    .await;
+}
+
 /// The entry of sink `name` in `/api/stats`.
 pub async fn sink_stats(client: &reqwest::Client, server: &Server, name: &str) -> serde_json::Value {
     let stats = get_json(client, &server.url("/api/stats")).await;
