@@ -1,6 +1,7 @@
 //! Configuration: the raw TOML file, command-line overrides, and the validated [`Config`].
 
 use crate::auth::{RawToken, Tokens};
+use crate::kafka::{KafkaConfig, RawKafka, Role, RolePlan};
 use crate::notify::{RawSlackRoute, RawWebhookRoute, Route};
 use crate::sinks::clickhouse::{ClickHouseSinkConfig, RawClickHouseSink};
 use crate::sinks::postgres::{PostgresSinkConfig, RawPostgresSink};
@@ -38,6 +39,8 @@ pub struct RawConfig {
     pub alerts: RawAlerts,
     #[serde(default)]
     pub sinks: RawSinks,
+    /// The brokers of the distributed shape; none by default.
+    pub kafka: Option<RawKafka>,
     #[serde(default)]
     pub profiles: BTreeMap<String, RawProfile>,
 }
@@ -151,6 +154,8 @@ pub struct Overrides {
     /// `none`, `all`, or a comma-separated list of profiles.
     pub simulate: Option<String>,
     pub speed: Option<f64>,
+    /// `--role`: `all` (default) or a comma-separated list of roles.
+    pub role: Option<String>,
 }
 
 /// Validated configuration; its field types rule out bad values.
@@ -178,6 +183,10 @@ pub struct Config {
     pub mqtt: Vec<MqttSourceConfig>,
     /// External stores that follow the embedded one; none by default.
     pub sinks: SinksConfig,
+    /// `[kafka]`, when configured.
+    pub kafka: Option<Arc<KafkaConfig>>,
+    /// What this process runs (`--role`).
+    pub plan: RolePlan,
     pub drivers_json: String,
     pub geofences_geojson: String,
     pub profiles: Arc<ProfileRegistry>,
@@ -286,6 +295,13 @@ impl Config {
             postgres: raw.sinks.postgres.and_then(|raw| PostgresSinkConfig::validate(raw, &mut errors)),
             clickhouse: raw.sinks.clickhouse.and_then(|raw| ClickHouseSinkConfig::validate(raw, &mut errors)),
         };
+        let kafka = raw.kafka.and_then(|raw| KafkaConfig::validate(raw, profiles.as_ref(), &mut errors));
+        let plan = Role::parse_list(overrides.role.as_deref().unwrap_or("all"))
+            .and_then(|roles| RolePlan::of(&roles, kafka.as_ref()))
+            .unwrap_or_else(|e| {
+                errors.push(e);
+                RolePlan::of(&[Role::All], None).expect("`all` needs nothing")
+            });
         match profiles {
             Some(profiles) if errors.is_empty() => Ok(Config {
                 data_dir: overrides.data_dir.or(raw.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
@@ -303,6 +319,8 @@ impl Config {
                 simulator,
                 mqtt,
                 sinks,
+                kafka: kafka.map(Arc::new),
+                plan,
                 drivers_json,
                 geofences_geojson,
                 profiles: Arc::new(profiles),

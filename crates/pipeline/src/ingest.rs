@@ -294,7 +294,7 @@ impl Ingest {
             .filter_map(Result::ok)
             .enumerate()
             .map(|(offset, reading)| (first_id + offset as i64, reading));
-        self.dispatch(readings, received).await;
+        self.dispatch(readings, received, false).await;
         Ok(report)
     }
 
@@ -436,7 +436,7 @@ impl Ingest {
         };
         self.admit(1, Admission::Wait).await?;
         self.shared.metrics.recovered_readings.inc();
-        self.dispatch(std::iter::once((id, reading)), Instant::now()).await;
+        self.dispatch(std::iter::once((id, reading)), Instant::now(), false).await;
         Ok(())
     }
 
@@ -515,13 +515,26 @@ impl Ingest {
         report
     }
 
+    /// Feeds readings to the detectors of the workers that own their entities without storing
+    /// or judging them (no bronze, no silver, no anomalies): the state rebuild of a Kafka
+    /// partition taken over from another process. Messages that do not validate are skipped.
+    /// Returns how many readings were fed.
+    pub async fn warm_up(&self, profile_name: &str, payloads: Vec<Vec<u8>>) -> usize {
+        let Some(profile) = self.shared.profiles.by_name(profile_name).cloned() else { return 0 };
+        let readings: Vec<Reading> =
+            payloads.into_iter().filter_map(|payload| decode_and_validate(&profile, payload).1.ok()).collect();
+        let count = readings.len();
+        self.dispatch(readings.into_iter().map(|r| (0, r)), Instant::now(), true).await;
+        count
+    }
+
     /// Sends readings to the workers that own their entities, keeping each entity's order.
-    async fn dispatch(&self, readings: impl Iterator<Item = (i64, Reading)>, received: Instant) {
+    async fn dispatch(&self, readings: impl Iterator<Item = (i64, Reading)>, received: Instant, warm_up: bool) {
         let shards = &self.shared.shards;
         let mut batches: Vec<Vec<WorkItem>> = vec![Vec::new(); shards.len()];
         for (bronze_id, reading) in readings {
             let shard = shard_of(&reading, shards.len());
-            batches[shard].push(WorkItem { bronze_id, reading, received });
+            batches[shard].push(WorkItem { bronze_id, reading, received, warm_up });
         }
         for (shard, items) in batches.into_iter().enumerate() {
             if items.is_empty() {

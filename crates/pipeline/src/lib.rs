@@ -11,13 +11,15 @@
 //! - [`sources`]: the simulator and MQTT sources (HTTP ingest is served by the API crate).
 //! - [`notify`]: alert notifications to Slack and webhooks, and alert escalation.
 //! - [`fleet_watch`]: `offline` alerts for entities gone silent, resolved when they are back.
-//! - [`sinks`]: external stores (PostgreSQL, ClickHouse) that follow the embedded store.
+//! - [`sinks`]: external stores (PostgreSQL, ClickHouse, Kafka topics) that follow the embedded store.
+//! - [`kafka`]: `[kafka]`, the roles of the distributed shape, and the topics' message shapes.
 //! - [`Pipeline`]: starts all of the above and stops it in order.
 
 pub mod auth;
 pub mod config;
 pub mod fleet_watch;
 pub mod ingest;
+pub mod kafka;
 pub mod live;
 pub mod metrics;
 pub mod notify;
@@ -129,15 +131,33 @@ impl Pipeline {
             metrics: metrics.clone(),
             batching,
         };
-        if let Some(postgres) = &config.sinks.postgres {
+        let external_sinks = config.plan.external_sinks;
+        if let Some(postgres) = config.sinks.postgres.as_ref().filter(|_| external_sinks) {
             tracing::info!("sink postgres: following the store into {}", postgres.describe);
             let target = sinks::postgres::PostgresTarget::new(postgres.clone());
             sink_handles.push(sinks::runner::spawn(target, sink_context(postgres.batching))?);
         }
-        if let Some(clickhouse) = &config.sinks.clickhouse {
+        if let Some(clickhouse) = config.sinks.clickhouse.as_ref().filter(|_| external_sinks) {
             tracing::info!("sink clickhouse: following the store into {}", clickhouse.describe());
             let target = sinks::clickhouse::ClickHouseTarget::new(clickhouse.clone());
             sink_handles.push(sinks::runner::spawn(target, sink_context(clickhouse.batching))?);
+        }
+        if let Some(kafka) = &config.kafka {
+            let plan = &config.plan;
+            if !plan.produce_readings.is_empty() || plan.produce_anomalies.is_some() {
+                let readings = plan
+                    .produce_readings
+                    .iter()
+                    .map(|(profile, topic)| {
+                        let enriched = kafka.topics.enriched.get(profile) == Some(topic);
+                        (profile.clone(), (topic.clone(), enriched))
+                    })
+                    .collect();
+                let outputs = sinks::kafka::KafkaOutputs { readings, anomalies: plan.produce_anomalies.clone() };
+                let target = sinks::kafka::KafkaTarget::new(kafka.clone(), outputs, config.profiles.clone());
+                tracing::info!("sink kafka: following the store into {}", target.describe());
+                sink_handles.push(sinks::runner::spawn(target, sink_context(kafka.batching))?);
+            }
         }
         let sinks: Arc<[Arc<SinkStatus>]> = sink_handles.iter().map(|h| h.status.clone()).collect();
         let worker_context = worker::WorkerContext {
@@ -147,6 +167,7 @@ impl Pipeline {
             metrics: metrics.clone(),
             live: live.clone(),
             models,
+            detect: config.plan.detect,
         };
         let mut shards = Vec::new();
         let mut worker_threads = Vec::new();

@@ -23,6 +23,8 @@ pub struct WorkItem {
     pub bronze_id: i64,
     pub reading: Reading,
     pub received: Instant,
+    /// Only for the detectors' state: observed, then forgotten (no rows, no anomalies, no permit).
+    pub warm_up: bool,
 }
 
 /// Readings of one submission that belong to one worker, in arrival order.
@@ -40,6 +42,8 @@ pub struct WorkerContext {
     pub metrics: Arc<Metrics>,
     pub live: Arc<crate::live::LiveView>,
     pub models: Arc<ModelRegistry>,
+    /// Whether detectors run; off in a process that only enriches (`--role enrich`).
+    pub detect: bool,
 }
 
 /// Starts worker `index` on its own thread; it stops when every sender of `batches` is gone.
@@ -102,7 +106,7 @@ impl Worker {
 
     /// Enriches and analyses `items` in order and queues their rows for the store.
     pub fn process(&mut self, items: Vec<WorkItem>) -> Result<(), crate::store::StoreError> {
-        let permits = items.len();
+        let permits = items.iter().filter(|item| !item.warm_up).count();
         let mut silver = Vec::with_capacity(items.len());
         let mut gold = Vec::new();
         let processed_at_ms = now_millis();
@@ -110,8 +114,13 @@ impl Worker {
             let profile = self.context.profiles.get(item.reading.profile).clone();
             let enrichment = self.context.enricher.enrich(&profile, &item.reading);
             self.findings.clear();
-            let observation = Observation { profile: &profile, reading: &item.reading, enrichment: &enrichment };
-            self.detectors.observe(observation, &mut self.findings);
+            if self.context.detect {
+                let observation = Observation { profile: &profile, reading: &item.reading, enrichment: &enrichment };
+                self.detectors.observe(observation, &mut self.findings);
+            }
+            if item.warm_up {
+                continue;
+            }
             let (metric_names, attribute_names) = &self.quoted_names[usize::from(item.reading.profile)];
             let reading = &item.reading;
             let row = SilverRow {
@@ -159,6 +168,10 @@ impl Worker {
         for (key, model) in self.context.models.take_trained() {
             let json = serde_json::to_string(&*model).expect("a model serialises");
             self.context.store.append_model_blocking(key.label(), json)?;
+        }
+        if permits == 0 {
+            // Only state rebuilt: nothing to store.
+            return Ok(());
         }
         self.context.store.append_derived_blocking(silver, gold, permits)
     }

@@ -22,9 +22,11 @@
 //! - [`runner`]: the loop every sink runs around its [`Target`].
 //! - [`postgres`]: the PostgreSQL target (reference 003's `readings` and `anomalies`).
 //! - [`clickhouse`]: the ClickHouse target (reference 000's schema) and `clickhouse init`.
+//! - [`kafka`]: the Kafka target (readings and anomalies topics, acks=all).
 
 pub mod clickhouse;
 pub mod follow;
+pub mod kafka;
 pub mod postgres;
 pub mod runner;
 

@@ -7,7 +7,8 @@ use teleguard_api::AppState;
 use teleguard_pipeline::Pipeline;
 use teleguard_pipeline::config::{Config, Overrides};
 use teleguard_pipeline::notify;
-use teleguard_pipeline::sources::{mqtt, simulator};
+use teleguard_pipeline::sources::kafka::KafkaSourceConfig;
+use teleguard_pipeline::sources::{self, mqtt, simulator};
 use tokio::sync::watch;
 
 #[derive(Debug, Args)]
@@ -27,11 +28,22 @@ pub struct RunArgs {
     /// Simulated time runs N times faster than real time [default: 1].
     #[arg(long, value_name = "N")]
     speed: Option<f64>,
+    /// Stages to run: `all` (one process, the default), or over Kafka (`[kafka]` in the
+    /// config) one or more of `gateway` (simulator, MQTT, HTTP → raw topics), `enrich` (raw →
+    /// enriched topics), `detect` (enriched or raw topics → detectors → anomalies topic, local
+    /// store), `history` (enriched topics → ClickHouse / PostgreSQL), e.g. `--role enrich,detect`.
+    #[arg(long, value_name = "ROLE[,ROLE...]")]
+    role: Option<String>,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let overrides =
-        Overrides { data_dir: args.data_dir, listen: args.listen, simulate: args.simulate, speed: args.speed };
+    let overrides = Overrides {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        simulate: args.simulate,
+        speed: args.speed,
+        role: args.role,
+    };
     let config = Config::load(args.config.as_deref(), overrides)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
         format!("cannot listen on {}; is another process using it? pick another with --listen", config.listen)
@@ -39,16 +51,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let pipeline = Pipeline::start(config).await.context("cannot start the pipeline")?;
     let (shutdown_sender, shutdown) = watch::channel(false);
-    let simulator_task = (!pipeline.config.simulator.profiles.is_empty())
+    let edge = pipeline.config.plan.edge_sources;
+    let simulator_task = (edge && !pipeline.config.simulator.profiles.is_empty())
         .then(|| tokio::spawn(simulator::run(pipeline.ingest(), pipeline.config.simulator.clone(), shutdown.clone())));
-    let mqtt_tasks: Vec<_> = pipeline
+    let mut source_tasks: Vec<_> = pipeline
         .config
         .mqtt
         .iter()
+        .filter(|_| edge)
         .map(|source| {
             tokio::spawn(mqtt::run(pipeline.ingest(), pipeline.metrics.clone(), source.clone(), shutdown.clone()))
         })
         .collect();
+    if let Some(kafka) = pipeline.config.kafka.clone().filter(|_| !pipeline.config.plan.consume.is_empty()) {
+        let plan = &pipeline.config.plan;
+        let source = KafkaSourceConfig {
+            kafka,
+            group: plan.group.clone(),
+            topics: plan.consume.clone(),
+            rebuild_state: plan.detect,
+        };
+        source_tasks.push(tokio::spawn(sources::kafka::run(
+            pipeline.ingest(),
+            pipeline.metrics.clone(),
+            source,
+            shutdown.clone(),
+        )));
+    }
     let notify_context = notify::deliver::Context {
         reader: pipeline.reader.clone(),
         store: pipeline.store(),
@@ -72,8 +101,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         notify_tasks.push(tokio::spawn(notify::deliver::escalate(pipeline.store(), after, shutdown.clone())));
     }
     let state = AppState::from_pipeline(&pipeline);
+    let roles: Vec<&str> = pipeline.config.plan.roles.iter().map(|r| r.name()).collect();
     println!(
-        "teleguard listening on http://{address} (dashboard, API, /metrics); data in {}",
+        "teleguard ({}) listening on http://{address} (dashboard, API, /metrics); data in {}",
+        roles.join(","),
         pipeline.config.data_dir.display()
     );
     let mut server_shutdown = shutdown.clone();
@@ -90,7 +121,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(task) = simulator_task {
         task.await?.map_err(anyhow::Error::msg)?;
     }
-    for task in mqtt_tasks {
+    for task in source_tasks {
         task.await?.map_err(anyhow::Error::msg)?;
     }
     for task in notify_tasks {

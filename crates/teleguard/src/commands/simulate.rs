@@ -1,5 +1,5 @@
 //! `teleguard simulate`: realistic fleet telemetry with labeled injected anomalies, written to
-//! standard output, files, a running teleguard's ingest API, or an MQTT broker.
+//! standard output, files, a running teleguard's ingest API, an MQTT broker or Kafka.
 
 use super::mqtt_publish::{Publisher, TlsFiles};
 use anyhow::{Context as _, bail};
@@ -11,8 +11,10 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use teleguard_core::json::Scalar;
+use teleguard_core::profile::ProfileRegistry;
 use teleguard_core::simulate::{SIMULATED_PROFILES, SimSettings, SimSink, Simulator};
 use teleguard_core::time::{TimeFormat, now_millis, parse_timestamp};
+use teleguard_pipeline::kafka::{self, KafkaConfig, RawKafka};
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
@@ -46,7 +48,9 @@ pub struct SimulateArgs {
     /// `stdout`, `file:PATH` (NDJSON; `{profile}` in PATH writes a file per profile),
     /// `http://HOST:PORT` (posts to a running teleguard's /api/ingest/{profile}), or
     /// `mqtt://HOST:PORT/TOPIC` / `mqtts://...` (QoS 1, waiting for the broker's PUBACKs;
-    /// `{profile}` in TOPIC; default topic iot/telemetry).
+    /// `{profile}` in TOPIC; default topic iot/telemetry), or `kafka://HOST:PORT[,HOST:PORT]/TOPIC`
+    /// (keyed by entity id, acks=all; `{profile}` in TOPIC; by default each profile's
+    /// reference topic, e.g. vehicle_telemetry_raw; missing topics are created).
     #[arg(long, value_name = "TARGET", default_value = "stdout")]
     to: String,
     /// mqtts://: the CA that signed the broker's certificate (PEM).
@@ -119,10 +123,84 @@ enum Target {
     Http { base: String, client: reqwest::Client, bodies: BTreeMap<&'static str, (Vec<u8>, usize)> },
     /// An MQTT broker: messages are published at each step, in order.
     Mqtt { publisher: Option<Publisher>, pending: Vec<(&'static str, Vec<u8>)> },
+    /// Kafka brokers: messages are produced at each step, keyed by entity id.
+    Kafka(Box<KafkaTarget>),
+}
+
+/// `--to kafka://...`: a producer and the topic of each profile.
+struct KafkaTarget {
+    config: KafkaConfig,
+    producer: kafka::FutureProducer,
+    /// A topic for every profile (`{profile}` in it), or each profile's reference topic.
+    topic: Option<String>,
+    topics: BTreeMap<&'static str, String>,
+    profiles: ProfileRegistry,
+    pending: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl KafkaTarget {
+    async fn connect(to: &str) -> anyhow::Result<KafkaTarget> {
+        let rest = to.strip_prefix("kafka://").unwrap_or(to);
+        let (brokers, topic) = match rest.split_once('/') {
+            Some((brokers, topic)) if !topic.is_empty() => (brokers, Some(topic.to_string())),
+            Some((brokers, _)) => (brokers, None),
+            None => (rest, None),
+        };
+        let mut errors = Vec::new();
+        let profiles = ProfileRegistry::with_builtins(BTreeMap::new()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let raw = RawKafka { brokers: brokers.to_string(), ..RawKafka::default() };
+        let Some(config) = KafkaConfig::validate(raw, Some(&profiles), &mut errors) else {
+            bail!("--to {to:?}: {}", errors.join("; "));
+        };
+        if let Some(topic) = &topic
+            && !kafka::config::valid_topic_name(&topic.replace("{profile}", "p"))
+        {
+            bail!("--to {to:?}: {topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-')");
+        }
+        let producer = teleguard_pipeline::sinks::kafka::producer(&config)
+            .with_context(|| format!("--to {to:?}: cannot make a Kafka producer"))?;
+        Ok(KafkaTarget { config, producer, topic, topics: BTreeMap::new(), profiles, pending: Vec::new() })
+    }
+
+    async fn topic_of(&mut self, profile: &'static str) -> anyhow::Result<String> {
+        if let Some(topic) = self.topics.get(profile) {
+            return Ok(topic.clone());
+        }
+        let topic = match &self.topic {
+            Some(pattern) => pattern.replace("{profile}", profile),
+            None => self.config.topics.raw.get(profile).cloned().unwrap_or_else(|| format!("{profile}-telemetry")),
+        };
+        kafka::ensure_topics(&self.config, &[&topic]).await.map_err(anyhow::Error::msg)?;
+        self.topics.insert(profile, topic.clone());
+        Ok(topic)
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut keyed = Vec::with_capacity(pending.len());
+        for (profile, payload) in pending {
+            let topic = self.topic_of(profile).await?;
+            let entity = self
+                .profiles
+                .by_name(profile)
+                .and_then(|p| {
+                    let json: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+                    json.get(&p.entity_field).and_then(|v| v.as_str()).map(str::to_string)
+                })
+                .unwrap_or_default();
+            keyed.push((topic, entity, payload));
+        }
+        let messages =
+            keyed.iter().map(|(topic, entity, payload)| (topic.as_str(), entity.as_str(), payload.clone(), None));
+        teleguard_pipeline::sinks::kafka::produce_all(&self.producer, messages)
+            .await
+            .with_context(|| format!("cannot produce to Kafka at {}", self.config.brokers))?;
+        Ok(())
+    }
 }
 
 impl Target {
-    fn open(args: &SimulateArgs) -> anyhow::Result<Target> {
+    async fn open(args: &SimulateArgs) -> anyhow::Result<Target> {
         let to = args.to.as_str();
         if to == "stdout" || to == "-" {
             return Ok(Target::Stream(Box::new(BufWriter::with_capacity(1 << 20, std::io::stdout()))));
@@ -147,9 +225,12 @@ impl Target {
             return Ok(Target::Mqtt { publisher: Some(publisher), pending: Vec::new() });
         }
         if to.starts_with("kafka://") {
-            bail!("--to {to:?}: the Kafka target is not built yet; use stdout, file:PATH, http:// or mqtt://");
+            return Ok(Target::Kafka(Box::new(KafkaTarget::connect(to).await?)));
         }
-        bail!("--to {to:?} is not a target: use stdout, file:PATH, http://HOST:PORT or mqtt://HOST:PORT/TOPIC")
+        bail!(
+            "--to {to:?} is not a target: use stdout, file:PATH, http://HOST:PORT, mqtt://HOST:PORT/TOPIC or \
+             kafka://HOST:PORT/TOPIC"
+        )
     }
 
     /// Posts every full (or, with `all`, every non-empty) HTTP body; writes are unbuffered otherwise.
@@ -191,6 +272,7 @@ impl Target {
                 }
                 Ok(())
             }
+            Target::Kafka(kafka) => kafka.flush().await,
             _ => Ok(()),
         }
     }
@@ -271,6 +353,10 @@ impl SimSink for Sink<'_> {
                 pending.push((profile, payload.to_vec()));
                 Ok(())
             }
+            Target::Kafka(kafka) => {
+                kafka.pending.push((profile, payload.to_vec()));
+                Ok(())
+            }
         };
         if let Err(e) = result
             && self.error.is_none()
@@ -308,7 +394,7 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         entities: args.entities,
     };
     let mut simulator = Simulator::new(&settings).map_err(anyhow::Error::msg)?;
-    let mut target = Target::open(&args)?;
+    let mut target = Target::open(&args).await?;
     let end_ms = start_ms + duration_ms;
 
     let progress = ProgressBar::new((duration_ms / 1000) as u64);

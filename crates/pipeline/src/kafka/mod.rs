@@ -1,0 +1,78 @@
+//! Kafka: the distributed shape's transport (librdkafka through the `rdkafka` crate). The same
+//! binary runs in roles whose stages are connected by topics keyed by entity id.
+//!
+//! # Layout
+//! - [`config`]: `[kafka]`: brokers, client settings, the reference topics per profile.
+//! - [`roles`]: what each `--role` consumes, runs and produces.
+//! - [`wire`]: readings and anomalies as the reference designs put them on a topic.
+//! - [`crate::sources::kafka`]: the consumer (offsets committed after bronze), with the state
+//!   rebuild of a partition taken over.
+//! - [`crate::sinks::kafka`]: the producer that follows the store into topics (acks=all).
+//!
+//! # Delivery
+//! A consumed message's offset is committed only after its bronze row is committed, and what it
+//! causes (its enriched reading, its anomalies) reaches the output topics through the store,
+//! which a sink follows from a durable cursor; so everything is at least once end to end, and
+//! anomaly ids are stable, so a message processed twice raises no second alert downstream.
+
+pub mod config;
+pub mod roles;
+pub mod wire;
+
+pub use config::{KafkaConfig, RawKafka, Topics};
+pub use rdkafka::producer::FutureProducer;
+pub use roles::{Role, RolePlan};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::Duration;
+
+/// The librdkafka settings every client of `config` shares: brokers and the user's `client`
+/// properties (TLS, SASL, timeouts).
+pub fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
+    for (key, value) in &config.client {
+        client.set(key, value);
+    }
+    client
+}
+
+/// Creates each of `topics` that does not exist yet (with `kafka.partitions`), unless
+/// `kafka.create_topics` is off. An error names the topic, the brokers and what to do.
+pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), String> {
+    if !config.create_topics || topics.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(config)
+        .create()
+        .map_err(|e| format!("cannot make a Kafka admin client for {}: {e}", config.brokers))?;
+    let wanted: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|name| NewTopic::new(name, config.partitions, TopicReplication::Fixed(config.replication_factor)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics(&wanted, &options).await.map_err(|e| {
+        format!(
+            "cannot create Kafka topics {topics:?} on {}: {e}; is the broker up? Create them yourself and set \
+             kafka.create_topics = false if this client may not",
+            config.brokers
+        )
+    })?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!("kafka: created topic {name} ({} partitions)", config.partitions),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(format!(
+                    "cannot create Kafka topic {name} on {}: {code}; create it yourself (with the partitions you \
+                     want) and set kafka.create_topics = false",
+                    config.brokers
+                ));
+            }
+        }
+    }
+    Ok(())
+}

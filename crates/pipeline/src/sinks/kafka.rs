@@ -1,0 +1,152 @@
+//! The Kafka target: follows the store into topics, readings to their profile's topic and
+//! anomalies to the anomalies topic, keyed by entity id, each batch confirmed by the brokers
+//! (acks=all) before the sink's cursor moves. A batch produced again after a crash repeats
+//! messages whose ids (reading id, stable anomaly id) let a consumer drop the copies.
+
+use crate::kafka::{KafkaConfig, client_config, ensure_topics, wire};
+use crate::sinks::{AnomalyRecord, ReadingRecord, Target, TargetError};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use teleguard_core::profile::ProfileRegistry;
+
+/// Where the sink puts what it follows.
+#[derive(Debug, Clone)]
+pub struct KafkaOutputs {
+    /// profile → (topic, whether the readings carry their enrichment).
+    pub readings: BTreeMap<String, (String, bool)>,
+    pub anomalies: Option<String>,
+}
+
+pub struct KafkaTarget {
+    config: Arc<KafkaConfig>,
+    outputs: KafkaOutputs,
+    profiles: Arc<ProfileRegistry>,
+    producer: Option<FutureProducer>,
+}
+
+impl KafkaTarget {
+    pub fn new(config: Arc<KafkaConfig>, outputs: KafkaOutputs, profiles: Arc<ProfileRegistry>) -> Self {
+        KafkaTarget { config, outputs, profiles, producer: None }
+    }
+
+    pub fn describe(&self) -> String {
+        let mut topics: Vec<&str> = self.outputs.readings.values().map(|(t, _)| t.as_str()).collect();
+        topics.extend(self.outputs.anomalies.as_deref());
+        topics.sort_unstable();
+        topics.dedup();
+        format!("{} topics {}", self.config.brokers, topics.join(", "))
+    }
+
+    fn producer(&self) -> Result<&FutureProducer, TargetError> {
+        self.producer.as_ref().ok_or_else(|| TargetError("kafka: not connected".into()))
+    }
+}
+
+/// A producer that waits for every in-sync replica, and keeps the order of each key's messages
+/// across retries.
+pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    client_config(config)
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+}
+
+/// Sends `(topic, key, payload, headers)` messages and waits until the brokers have every one.
+pub async fn produce_all<'a>(
+    producer: &FutureProducer,
+    messages: impl Iterator<Item = (&'a str, &'a str, Vec<u8>, Option<OwnedHeaders>)>,
+) -> Result<usize, KafkaError> {
+    let mut pending: Vec<DeliveryFuture> = Vec::new();
+    let mut sent = 0;
+    for (topic, key, payload, headers) in messages {
+        loop {
+            let mut record = FutureRecord::to(topic).key(key).payload(&payload);
+            if let Some(headers) = &headers {
+                record = record.headers(headers.clone());
+            }
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                // librdkafka's queue is full: wait for what is in it, then send again.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    sent += wait_all(&mut pending).await?;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+    sent += wait_all(&mut pending).await?;
+    Ok(sent)
+}
+
+async fn wait_all(pending: &mut Vec<DeliveryFuture>) -> Result<usize, KafkaError> {
+    let count = pending.len();
+    for delivery in pending.drain(..) {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e),
+            Err(_) => return Err(KafkaError::Canceled),
+        }
+    }
+    Ok(count)
+}
+
+/// A header naming why a message was refused, for dead letters.
+pub fn reason_headers(code: &str, error: &str, origin: &str) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header { key: "reason_code", value: Some(code) })
+        .insert(Header { key: "error", value: Some(error) })
+        .insert(Header { key: "origin", value: Some(origin) })
+}
+
+impl Target for KafkaTarget {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn connect(&mut self, _store_uid: i64) -> Result<(), TargetError> {
+        let mut topics: Vec<&str> = self.outputs.readings.values().map(|(t, _)| t.as_str()).collect();
+        topics.extend(self.outputs.anomalies.as_deref());
+        ensure_topics(&self.config, &topics).await.map_err(TargetError)?;
+        let producer = producer(&self.config)
+            .map_err(|e| TargetError(format!("kafka {}: cannot make a producer: {e}", self.config.brokers)))?;
+        self.producer = Some(producer);
+        Ok(())
+    }
+
+    async fn write_readings(&mut self, rows: &[ReadingRecord]) -> Result<(), TargetError> {
+        if self.outputs.readings.is_empty() {
+            return Ok(());
+        }
+        let producer = self.producer()?;
+        let messages = rows.iter().filter_map(|row| {
+            let (topic, enriched) = self.outputs.readings.get(&row.profile)?;
+            let profile = self.profiles.by_name(&row.profile)?;
+            Some((topic.as_str(), row.entity_id.as_str(), wire::reading_payload(profile, row, *enriched), None))
+        });
+        produce_all(producer, messages)
+            .await
+            .map(drop)
+            .map_err(|e| TargetError(format!("kafka {}: producing readings: {e}", self.config.brokers)))
+    }
+
+    async fn write_anomalies(&mut self, rows: &[AnomalyRecord]) -> Result<(), TargetError> {
+        let Some(topic) = &self.outputs.anomalies else { return Ok(()) };
+        let producer = self.producer()?;
+        let messages =
+            rows.iter().map(|row| (topic.as_str(), row.entity_id.as_str(), wire::anomaly_payload(row), None));
+        produce_all(producer, messages)
+            .await
+            .map(drop)
+            .map_err(|e| TargetError(format!("kafka {}: producing anomalies to {topic}: {e}", self.config.brokers)))
+    }
+}
