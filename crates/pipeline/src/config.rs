@@ -459,6 +459,33 @@ mod tests {
     }
 
     #[test]
+    fn the_example_documents_kafka_with_its_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let block: Vec<&str> = text
+            .lines()
+            .skip_while(|line| *line != "# [kafka]")
+            .take_while(|line| !line.is_empty())
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| line.starts_with('[') || line.contains(" = "))
+            .collect();
+        let raw: RawConfig = toml::from_str(&block.join("\n")).unwrap();
+        let overrides = Overrides { role: Some("detect".into()), ..Default::default() };
+        let config = Config::validate(raw, overrides).unwrap();
+        let kafka = config.kafka.expect("[kafka]");
+        let defaults = crate::kafka::KafkaConfig::validate(
+            crate::kafka::RawKafka { brokers: "127.0.0.1:9092".into(), ..Default::default() },
+            Some(&config.profiles),
+            &mut Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(kafka.topics, defaults.topics, "the example shows the default topics");
+        assert_eq!((kafka.partitions, kafka.rebuild_messages), (defaults.partitions, defaults.rebuild_messages));
+        assert!(kafka.client.iter().any(|(k, _)| k == "security.protocol"));
+        assert_eq!(config.plan.group, "teleguard-detect");
+    }
+
+    #[test]
     fn the_example_documents_real_mqtt_options() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
         let text = std::fs::read_to_string(path).unwrap();

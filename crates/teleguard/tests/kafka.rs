@@ -1,0 +1,351 @@
+//! The distributed shape against a real Kafka-protocol broker (tansu, started on a free loopback
+//! port in a temporary folder): reference 000's chain across processes with kafka-python at both
+//! ends, and two detectors sharing a group when one of them is killed.
+
+mod common;
+
+use common::{HISTORICAL, Server, client, free_port, get_json, installed_or_skip, sink_stats, wait_for, wait_success};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A tansu broker of its own.
+struct Tansu {
+    binary: PathBuf,
+    folder: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    fn binary() -> Option<PathBuf> {
+        let path = std::env::var_os("TELEGUARD_TANSU").map(PathBuf::from).or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/tansu-0.6.0/bin/tansu"))
+        })?;
+        path.is_file().then_some(path)
+    }
+
+    fn start(binary: PathBuf, folder: &Path) -> Tansu {
+        std::fs::create_dir_all(folder).unwrap();
+        let mut tansu = Tansu { binary, folder: folder.to_path_buf(), port: free_port(), child: None };
+        tansu.launch();
+        tansu
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn launch(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.folder.join("tansu.log")).unwrap();
+        let child = Command::new(&self.binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .current_dir(&self.folder)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        for _ in 0..100 {
+            let listed = Command::new(&self.binary)
+                .args(["topic", "list", "--broker", &url])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if listed {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("tansu did not answer on {url}; its log: {}", self.folder.join("tansu.log").display());
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn tansu_or_skip(test: &str) -> Option<PathBuf> {
+    installed_or_skip(Tansu::binary(), test, "tansu", "the cargo crate tansu 0.6.0")
+}
+
+/// Python with kafka-python (scripts/test puts it in the tests' venv).
+fn python_or_skip(test: &str) -> Option<PathBuf> {
+    let python = std::env::var_os("TELEGUARD_PYTHON").map(PathBuf::from);
+    let usable = python.filter(|p| {
+        Command::new(p).args(["-c", "import kafka"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    });
+    installed_or_skip(usable, test, "kafka-python", "the PyPI package kafka-python")
+}
+
+/// A config with `[kafka]` on `tansu`, for data of 2024 (no event-time age limit).
+fn write_config(folder: &Path, tansu: &Tansu, extra_client: &str) -> String {
+    let path = folder.join("teleguard.toml");
+    let text = format!(
+        "{HISTORICAL}\n[kafka]\nbrokers = \"{}\"\npartitions = 2\nbatch_ms = 50\n\n[kafka.client]\n\
+         \"fetch.wait.max.ms\" = \"100\"\n{extra_client}\n",
+        tansu.brokers()
+    );
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn role(folder: &Path, name: &str, config: &str) -> Server {
+    Server::start(&folder.join(name), &["--config", config, "--role", name])
+}
+
+/// kafka-python reads `topic` from the beginning until it has `expected` messages or the topic
+/// stays quiet for `idle_secs`; one JSON line `{"key":..,"value":..}` per message.
+fn python_consume(
+    python: &Path,
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    idle_secs: u64,
+) -> Vec<serde_json::Value> {
+    const CONSUMER: &str = r#"
+import json, sys
+from kafka import KafkaConsumer
+brokers, topic, expected, idle = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+consumer = KafkaConsumer(topic, bootstrap_servers=brokers, group_id=None, auto_offset_reset="earliest",
+                         enable_auto_commit=False, consumer_timeout_ms=idle * 1000, fetch_max_wait_ms=100)
+count = 0
+for message in consumer:
+    print(json.dumps({"key": message.key.decode() if message.key else None,
+                      "value": json.loads(message.value)}))
+    count += 1
+    if count >= expected:
+        break
+"#;
+    let output = Command::new(python)
+        .args(["-c", CONSUMER, brokers, topic, &expected.to_string(), &idle_secs.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the kafka-python consumer");
+    assert!(output.status.success(), "kafka-python consumer of {topic} failed");
+    String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// kafka-python produces each line of `file` to `topic`, keyed by its `vehicle_id`, acks=all.
+fn python_produce(python: &Path, brokers: &str, topic: &str, file: &Path) {
+    const PRODUCER: &str = r#"
+import json, sys
+from kafka import KafkaProducer
+brokers, topic, path = sys.argv[1], sys.argv[2], sys.argv[3]
+producer = KafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5)
+with open(path) as lines:
+    for line in lines:
+        producer.send(topic, key=json.loads(line)["vehicle_id"].encode(), value=line.strip().encode())
+producer.flush()
+"#;
+    let status = Command::new(python)
+        .args(["-c", PRODUCER, brokers, topic, file.to_str().unwrap()])
+        .status()
+        .expect("run the kafka-python producer");
+    assert!(status.success(), "kafka-python producer failed");
+}
+
+fn store_rows(data_dir: &Path, sql: &str) -> Vec<String> {
+    let connection = rusqlite::Connection::open_with_flags(
+        data_dir.join("teleguard.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut statement = connection.prepare(sql).unwrap();
+    statement.query_map([], |row| row.get::<_, String>(0)).unwrap().map(Result::unwrap).collect()
+}
+
+async fn analysed(http: &reqwest::Client, server: &Server) -> i64 {
+    get_json(http, &server.url("/api/stats")).await["totals"]["analysed"].as_i64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_000_runs_as_processes_with_kafka_python_at_both_ends() {
+    let test = "reference_000_runs_as_processes_with_kafka_python_at_both_ends";
+    let (Some(binary), Some(python)) = (tansu_or_skip(test), python_or_skip(test)) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(binary, &folder.path().join("tansu"));
+    let config = write_config(folder.path(), &tansu, "");
+    let enrich = role(folder.path(), "enrich", &config);
+    let detect = role(folder.path(), "detect", &config);
+
+    // Reference 000's producer: kafka-python sends a simulated night of vehicles to the raw topic.
+    let night = folder.path().join("night.ndjson");
+    let labels_path = folder.path().join("labels.json");
+    wait_success(
+        Command::new(env!("CARGO_BIN_EXE_teleguard"))
+            .args(["simulate", "--profile", "vehicle", "--seed", "5", "--anomaly-rate", "3"])
+            .args(["--start", "2024-09-04T00:00:00Z", "--duration", "1h", "--to"])
+            .arg(format!("file:{}", night.display()))
+            .arg("--labels")
+            .arg(&labels_path)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+        "simulate a night",
+    );
+    let sent: Vec<serde_json::Value> =
+        std::fs::read_to_string(&night).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    python_produce(&python, &tansu.brokers(), "vehicle_telemetry_raw", &night);
+
+    // Every raw message comes out enriched, keyed by its vehicle.
+    let enriched = python_consume(&python, &tansu.brokers(), "vehicle_events_enriched", sent.len(), 60);
+    let key =
+        |v: &serde_json::Value| format!("{}@{}", v["vehicle_id"].as_str().unwrap(), v["timestamp"].as_str().unwrap());
+    let sent_keys: BTreeSet<String> = sent.iter().map(key).collect();
+    let enriched_keys: BTreeSet<String> = enriched.iter().map(|m| key(&m["value"])).collect();
+    assert_eq!(enriched_keys, sent_keys, "every raw reading comes out enriched");
+    for message in &enriched {
+        let value = &message["value"];
+        assert_eq!(message["key"], value["vehicle_id"], "keyed by entity: {message}");
+        assert!(value["driver_name"].is_string(), "a driver for every known vehicle: {value}");
+        assert!(value.get("current_zone").is_some(), "{value}");
+    }
+    assert!(enriched.iter().any(|m| m["value"]["current_zone"].is_string()), "some readings are in a zone");
+
+    // The detector finds the injected teleports of the night, and says so on the anomalies topic.
+    let http = client();
+    wait_for("the detector to analyse the night", || async {
+        (analysed(&http, &detect).await >= sent.len() as i64).then_some(())
+    })
+    .await;
+    wait_for("the anomalies to be produced", || async {
+        let sink = sink_stats(&http, &detect, "kafka").await;
+        (sink["up"] == true && sink["lag_anomalies"] == 0).then_some(())
+    })
+    .await;
+    let anomalies = python_consume(&python, &tansu.brokers(), "telemetry-anomalies", usize::MAX, 5);
+    let labels: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&labels_path).unwrap()).unwrap();
+    let teleports: Vec<&serde_json::Value> =
+        labels["labels"].as_array().unwrap().iter().filter(|l| l["type"] == "teleport").collect();
+    assert!(!teleports.is_empty(), "the night has teleports to find");
+    for label in teleports {
+        let found = anomalies.iter().any(|a| {
+            let value = &a["value"];
+            value["detector"] == "teleport"
+                && value["entity_id"] == label["entity"]
+                && value["timestamp"].as_str() >= label["start"].as_str()
+                && value["timestamp"].as_str() <= label["end"].as_str()
+        });
+        assert!(found, "teleport {label} is on the anomalies topic");
+    }
+    let ids: BTreeSet<&str> = anomalies.iter().map(|a| a["value"]["id"].as_str().unwrap()).collect();
+    let stored = store_rows(&folder.path().join("detect"), "SELECT id FROM telemetry_anomalies");
+    assert_eq!(ids, stored.iter().map(String::as_str).collect(), "the topic holds the detector's anomalies");
+    drop(enrich);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_detectors_share_a_group_and_the_survivor_of_a_kill_finds_the_teleport_across_it() {
+    let test = "two_detectors_share_a_group_and_the_survivor_of_a_kill_finds_the_teleport_across_it";
+    let (Some(binary), Some(python)) = (tansu_or_skip(test), python_or_skip(test)) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(binary, &folder.path().join("tansu"));
+    // A member that stops heartbeating loses its partitions after 6 s.
+    let config =
+        write_config(folder.path(), &tansu, "\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"");
+    let first = Server::start(&folder.path().join("first"), &["--config", &config, "--role", "detect"]);
+    let second = Server::start(&folder.path().join("second"), &["--config", &config, "--role", "detect"]);
+    let http = client();
+
+    // Ten clean minutes of eight vehicles on the detectors' input topic.
+    let topic = format!("kafka://{}/vehicle_events_enriched", tansu.brokers());
+    let produce = |start: &str, duration: &str| {
+        Command::new(env!("CARGO_BIN_EXE_teleguard"))
+            .args(["simulate", "--profile", "vehicle", "--entities", "8", "--seed", "9", "--anomaly-rate", "0"])
+            .args(["--start", start, "--duration", duration, "--to", &topic])
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    };
+    wait_success(produce("2024-09-04T10:00:00Z", "10m"), "the first ten minutes");
+    let first_part = 8 * 120;
+    wait_for("both detectors to analyse the first part", || async {
+        (analysed(&http, &first).await + analysed(&http, &second).await >= first_part).then_some(())
+    })
+    .await;
+    let (first_dir, second_dir) = (folder.path().join("first"), folder.path().join("second"));
+    let entities = |dir: &Path| store_rows(dir, "SELECT DISTINCT entity_id FROM silver");
+    let in_first: BTreeSet<String> = entities(&first_dir).into_iter().collect();
+    let in_second: BTreeSet<String> = entities(&second_dir).into_iter().collect();
+    eprintln!("first detector has {in_first:?}, second {in_second:?}");
+
+    // The owner of V001 is killed right after its last reading; the next one is 300 km away.
+    let vehicle = "V001";
+    let (owner, survivor, survivor_dir) = if in_first.contains(vehicle) && !in_second.contains(vehicle) {
+        (first, second, second_dir.clone())
+    } else {
+        (second, first, first_dir.clone())
+    };
+    let last: Vec<String> = store_rows(
+        &if survivor_dir == first_dir { second_dir.clone() } else { first_dir.clone() },
+        &format!(
+            "SELECT latitude || ',' || longitude || ',' || timestamp_ms FROM silver WHERE entity_id = '{vehicle}' \
+             ORDER BY timestamp_ms DESC LIMIT 1"
+        ),
+    );
+    let fields: Vec<f64> = last[0].split(',').map(|f| f.parse().unwrap()).collect();
+    owner.kill_hard();
+    let jump_ms = fields[2] as i64 + 5000;
+    let jump = serde_json::json!({
+        "vehicle_id": vehicle,
+        "timestamp": jump_ms, // epoch milliseconds, which the vehicle profile accepts too
+        "latitude": fields[0] + 2.7,
+        "longitude": fields[1],
+        "speed": 50.0,
+        "engine_status": "on",
+    });
+    let jump_file = folder.path().join("jump.ndjson");
+    std::fs::write(&jump_file, format!("{jump}\n")).unwrap();
+    python_produce(&python, &tansu.brokers(), "vehicle_events_enriched", &jump_file);
+    wait_success(produce("2024-09-04T10:10:00Z", "5m"), "five more minutes");
+
+    // The survivor takes every partition over, rebuilds V001's state from the topic, and finds
+    // the teleport once; every reading is analysed by one of the two.
+    let teleport_sql = format!(
+        "SELECT id FROM telemetry_anomalies WHERE detector = 'teleport' AND entity_id = '{vehicle}' \
+         AND timestamp_ms = {jump_ms}"
+    );
+    wait_for("the survivor to find the teleport across the takeover", || async {
+        (store_rows(&survivor_dir, &teleport_sql).len() == 1).then_some(())
+    })
+    .await;
+    let readings = |dir: &Path| -> BTreeSet<String> {
+        store_rows(dir, "SELECT entity_id || '@' || timestamp_ms FROM silver").into_iter().collect()
+    };
+    let expected = 8 * 120 + 8 * 60 + 1;
+    let all = wait_for("every reading to be analysed by one of the two", || async {
+        let all: BTreeSet<String> = readings(&first_dir).union(&readings(&second_dir)).cloned().collect();
+        (all.len() >= expected).then_some(all)
+    })
+    .await;
+    assert_eq!(all.len(), expected);
+    wait_for("the survivor's anomalies to be produced", || async {
+        let sink = sink_stats(&http, &survivor, "kafka").await;
+        (sink["lag_anomalies"] == 0).then_some(())
+    })
+    .await;
+    let anomalies = python_consume(&python, &tansu.brokers(), "telemetry-anomalies", usize::MAX, 5);
+    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
+    for anomaly in &anomalies {
+        let value = &anomaly["value"];
+        if value["detector"] == "teleport" && value["entity_id"] == vehicle && value["timestamp_ms"] == jump_ms {
+            *per_id.entry(value["id"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(per_id.len(), 1, "one teleport anomaly (by id) for the jump: {per_id:?}");
+    let alerts = store_rows(
+        &survivor_dir,
+        &format!("SELECT CAST(id AS TEXT) FROM alerts WHERE entity_id = '{vehicle}' AND detector = 'teleport'"),
+    );
+    assert_eq!(alerts.len(), 1, "one alert for it");
+}
