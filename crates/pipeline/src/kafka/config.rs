@@ -44,6 +44,12 @@ pub struct RawKafka {
     /// `"ssl.ca.location"`, `"sasl.mechanism"`, `"sasl.username"`.
     #[serde(default)]
     pub client: BTreeMap<String, String>,
+    /// librdkafka properties of consumers only (e.g. `"fetch.wait.max.ms"`).
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties of producers only (e.g. `"compression.type"`, `"linger.ms"`).
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
     #[serde(default)]
     pub topics: RawTopics,
 }
@@ -89,6 +95,8 @@ pub struct KafkaConfig {
     pub consume_batch: usize,
     pub batching: Batching,
     pub client: Vec<(String, String)>,
+    pub consumer: Vec<(String, String)>,
+    pub producer: Vec<(String, String)>,
     pub topics: Topics,
 }
 
@@ -121,10 +129,10 @@ impl KafkaConfig {
         if consume_batch == 0 {
             errors.push("kafka.consume_batch must be at least 1".into());
         }
-        for key in raw.client.keys() {
-            if OWN_CLIENT_KEYS.contains(&key.as_str()) {
+        for (section, map) in [("client", &raw.client), ("consumer", &raw.consumer), ("producer", &raw.producer)] {
+            for key in map.keys().filter(|key| OWN_CLIENT_KEYS.contains(&key.as_str())) {
                 errors.push(format!(
-                    "kafka.client.\"{key}\": teleguard sets this itself (it decides when offsets are committed and what is acknowledged)"
+                    "kafka.{section}.\"{key}\": teleguard sets this itself (it decides when offsets are committed and what is acknowledged)"
                 ));
             }
         }
@@ -167,6 +175,8 @@ impl KafkaConfig {
             consume_batch,
             batching,
             client: raw.client.into_iter().collect(),
+            consumer: raw.consumer.into_iter().collect(),
+            producer: raw.producer.into_iter().collect(),
             topics,
         })
     }

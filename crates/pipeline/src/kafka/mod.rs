@@ -40,6 +40,24 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
+/// [`client_config`] with the user's `consumer` properties.
+pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = client_config(config);
+    for (key, value) in &config.consumer {
+        client.set(key, value);
+    }
+    client
+}
+
+/// [`client_config`] with the user's `producer` properties.
+pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = client_config(config);
+    for (key, value) in &config.producer {
+        client.set(key, value);
+    }
+    client
+}
+
 /// Creates each of `topics` that does not exist yet (with `kafka.partitions`), unless
 /// `kafka.create_topics` is off. An error names the topic, the brokers and what to do.
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), String> {

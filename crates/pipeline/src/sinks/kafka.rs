@@ -3,7 +3,7 @@
 //! (acks=all) before the sink's cursor moves. A batch produced again after a crash repeats
 //! messages whose ids (reading id, stable anomaly id) let a consumer drop the copies.
 
-use crate::kafka::{KafkaConfig, client_config, ensure_topics, wire};
+use crate::kafka::{KafkaConfig, ensure_topics, producer_config, wire};
 use crate::sinks::{AnomalyRecord, ReadingRecord, Target, TargetError};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -49,12 +49,13 @@ impl KafkaTarget {
 /// A producer that waits for every in-sync replica, and keeps the order of each key's messages
 /// across retries.
 pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-    client_config(config)
-        .set("acks", "all")
-        .set("max.in.flight.requests.per.connection", "5")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .create()
+    let mut client = producer_config(config);
+    for (key, default) in [("linger.ms", "5"), ("message.timeout.ms", "30000")] {
+        if !config.producer.iter().chain(&config.client).any(|(k, _)| k == key) {
+            client.set(key, default);
+        }
+    }
+    client.set("acks", "all").create()
 }
 
 /// Sends `(topic, key, payload, headers)` messages and waits until the brokers have every one.

@@ -13,7 +13,7 @@
 //! handover is found by the new owner, and the new owner does not take a departure for a spike.
 
 use crate::ingest::{Admission, Delivery, Ingest};
-use crate::kafka::{KafkaConfig, client_config, ensure_topics};
+use crate::kafka::{KafkaConfig, consumer_config, ensure_topics};
 use crate::metrics::Metrics;
 use crate::sinks::kafka::{produce_all, producer, reason_headers};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
@@ -61,7 +61,7 @@ pub async fn run(
     let mut wanted: Vec<&str> = source.topics.iter().map(|(t, _)| t.as_str()).collect();
     wanted.push(&kafka.topics.dead_letters);
     ensure_topics(kafka, &wanted).await?;
-    let consumer: StreamConsumer = client_config(kafka)
+    let consumer: StreamConsumer = consumer_config(kafka)
         .set("group.id", &source.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -247,7 +247,7 @@ fn read_range(
     start: i64,
     end: i64,
 ) -> Result<Vec<Vec<u8>>, KafkaError> {
-    let consumer: BaseConsumer = client_config(config)
+    let consumer: BaseConsumer = consumer_config(config)
         .set("group.id", format!("{}-rebuild", config.group_prefix))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")

@@ -26,7 +26,7 @@ impl Server {
             .args(["run", "--simulate", "none", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra_args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("TELEGUARD_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
