@@ -119,7 +119,8 @@ fn role(folder: &Path, name: &str, config: &str) -> Server {
 }
 
 /// kafka-python reads `topic` from the beginning until it has `expected` messages or the topic
-/// stays quiet for `idle_secs`; one JSON line `{"key":..,"value":..}` per message.
+/// stays quiet for `idle_secs`; one JSON line `{"key":..,"value":..,"headers":{..}}` per message
+/// (`value` parsed when it is JSON, else the text).
 fn python_consume(
     python: &Path,
     brokers: &str,
@@ -135,8 +136,13 @@ consumer = KafkaConsumer(topic, bootstrap_servers=brokers, group_id=None, auto_o
                          enable_auto_commit=False, consumer_timeout_ms=idle * 1000, fetch_max_wait_ms=100)
 count = 0
 for message in consumer:
-    print(json.dumps({"key": message.key.decode() if message.key else None,
-                      "value": json.loads(message.value)}))
+    try:
+        value = json.loads(message.value)
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        value = message.value.decode(errors="replace")
+    print(json.dumps({"key": message.key.decode() if message.key else None, "value": value,
+                      "headers": {k: v.decode() for k, v in message.headers or []}}))
     count += 1
     if count >= expected:
         break
@@ -150,16 +156,22 @@ for message in consumer:
     String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-/// kafka-python produces each line of `file` to `topic`, keyed by its `vehicle_id`, acks=all.
+/// kafka-python produces each line of `file` to `topic` as it is, keyed by its `vehicle_id` when
+/// it has one, acks=all.
 fn python_produce(python: &Path, brokers: &str, topic: &str, file: &Path) {
     const PRODUCER: &str = r#"
 import json, sys
 from kafka import KafkaProducer
 brokers, topic, path = sys.argv[1], sys.argv[2], sys.argv[3]
 producer = KafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5)
-with open(path) as lines:
+def key(line):
+    try:
+        return json.loads(line)["vehicle_id"].encode()
+    except Exception:
+        return None
+with open(path, "rb") as lines:
     for line in lines:
-        producer.send(topic, key=json.loads(line)["vehicle_id"].encode(), value=line.strip().encode())
+        producer.send(topic, key=key(line), value=line.rstrip(b"\n"))
 producer.flush()
 "#;
     let status = Command::new(python)
@@ -427,4 +439,69 @@ async fn a_broker_killed_and_restarted_mid_stream_loses_nothing() {
     assert_eq!(keys.len(), total, "every reading reaches the enriched topic");
     let duplicates = store_rows(&folder.path().join("enrich"), "SELECT CAST(count(*) AS TEXT) FROM dead_letters");
     eprintln!("{} enriched messages for {total} readings; dead letters (redeliveries): {duplicates:?}", enriched.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_messages_on_a_topic_become_dead_letters_with_their_reason_and_the_rest_goes_on() {
+    let test = "hostile_messages_on_a_topic_become_dead_letters_with_their_reason_and_the_rest_goes_on";
+    let (Some(binary), Some(python)) = (tansu_or_skip(test), python_or_skip(test)) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(binary, &folder.path().join("tansu"));
+    let config = write_config(folder.path(), &tansu, "");
+    // Messages over 4 KiB are refused (the default is 1 MiB).
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("partitions = 2", "partitions = 2\nmax_payload_bytes = 4096");
+    std::fs::write(&config, text).unwrap();
+    let enrich = role(folder.path(), "enrich", &config);
+    let valid = |vehicle: &str, second: u32| {
+        format!(
+            r#"{{"vehicle_id":"{vehicle}","timestamp":"2024-09-04T08:00:{second:02}Z","latitude":40.7,"longitude":-74.0,"speed":30,"engine_status":"on"}}"#
+        )
+    };
+    let hostile = [
+        valid("V001", 0),
+        r#"{"vehicle_id": "V001", "timestamp": "#.to_string(),
+        r#"{"vehicle_id":"V002","timestamp":"2024-09-04T08:00:05Z","latitude":40.7,"longitude":-74.0,"speed":"fast"}"#
+            .to_string(),
+        // Infinity: JSON has no such number, so it is malformed (the parser says "out of range").
+        r#"{"vehicle_id":"V003","timestamp":"2024-09-04T08:00:05Z","latitude":40.7,"longitude":-74.0,"speed":1e999}"#
+            .to_string(),
+        r#"{"vehicle_id":"V004","timestamp":"2024-09-04T08:00:05Z","latitude":95.0,"longitude":-74.0,"speed":3}"#
+            .to_string(),
+        format!(r#"{{"vehicle_id":"V005","padding":"{}"}}"#, "x".repeat(6000)),
+        "\u{1}\u{2} not json at all".to_string(),
+        valid("UNKNOWN-DEVICE", 10),
+        valid("V001", 0),
+        valid("V001", 20),
+        valid("V001", 15),
+    ];
+    let file = folder.path().join("hostile.ndjson");
+    std::fs::write(&file, hostile.join("\n") + "\n").unwrap();
+    python_produce(&python, &tansu.brokers(), "vehicle_telemetry_raw", &file);
+
+    let letters = python_consume(&python, &tansu.brokers(), "telemetry-dead-letters", 6, 30);
+    let codes: BTreeSet<String> =
+        letters.iter().map(|l| l["headers"]["reason_code"].as_str().unwrap().to_string()).collect();
+    let expected: BTreeSet<String> =
+        ["malformed_json", "schema", "out_of_range", "payload_too_large"].map(String::from).into();
+    assert_eq!(codes, expected, "each hostile message is a dead letter with its reason: {letters:?}");
+    assert_eq!(letters.len(), 6, "{letters:?}");
+    assert!(letters.iter().any(|l| l["headers"]["error"].as_str().unwrap().contains("number out of range")));
+    for letter in &letters {
+        assert!(letter["headers"]["origin"].as_str().unwrap().starts_with("vehicle_telemetry_raw/"), "{letter}");
+        assert!(!letter["headers"]["error"].as_str().unwrap().is_empty(), "{letter}");
+    }
+    // Valid messages go on, the repeated one once; the store keeps every rejected one.
+    let enriched = python_consume(&python, &tansu.brokers(), "vehicle_events_enriched", 4, 30);
+    let keys: BTreeSet<String> =
+        enriched.iter().map(|m| format!("{}@{}", m["value"]["vehicle_id"], m["value"]["timestamp"])).collect();
+    assert_eq!(keys.len(), 4, "four distinct valid readings: {keys:?}");
+    assert_eq!(enriched.len(), 4, "the repeated message is not enriched twice");
+    let http = client();
+    let counts = get_json(&http, &enrich.url("/api/dead-letters/counts")).await;
+    let text = counts.to_string();
+    for code in expected.iter().chain([&"duplicate".to_string()]) {
+        assert!(text.contains(code.as_str()), "{code} counted in bronze: {text}");
+    }
+    assert_eq!(get_json(&http, &enrich.url("/healthz")).await["status"], "ok");
 }

@@ -38,6 +38,8 @@ pub struct RawKafka {
     pub rebuild_messages: Option<i64>,
     /// Messages a consumer submits together, at most (default 5,000).
     pub consume_batch: Option<usize>,
+    /// A consumed message larger than this is a `payload_too_large` dead letter (default 1 MiB).
+    pub max_payload_bytes: Option<usize>,
     pub batch_rows: Option<usize>,
     pub batch_ms: Option<u64>,
     /// Any librdkafka client property, e.g. `"security.protocol" = "ssl"`,
@@ -93,6 +95,7 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     pub rebuild_messages: i64,
     pub consume_batch: usize,
+    pub max_payload_bytes: usize,
     pub batching: Batching,
     pub client: Vec<(String, String)>,
     pub consumer: Vec<(String, String)>,
@@ -173,6 +176,7 @@ impl KafkaConfig {
             create_topics: raw.create_topics.unwrap_or(true),
             rebuild_messages,
             consume_batch,
+            max_payload_bytes: raw.max_payload_bytes.unwrap_or(1 << 20).max(1),
             batching,
             client: raw.client.into_iter().collect(),
             consumer: raw.consumer.into_iter().collect(),

@@ -153,22 +153,45 @@ async fn submit(
             None => per_profile.push((profile, vec![message])),
         }
     }
-    for (profile, messages) in per_profile {
+    for (profile, all) in per_profile {
         let started = Instant::now();
+        let limit = kafka.max_payload_bytes;
+        let (oversize, messages): (Vec<&Consumed>, Vec<&Consumed>) =
+            all.into_iter().partition(|m| m.payload.len() > limit);
+        let mut rejects: Vec<(&Consumed, &'static str, String)> = Vec::new();
+        for message in oversize {
+            let reason = format!(
+                "payload_too_large: {} bytes at {}/{}/{}, more than kafka.max_payload_bytes {limit}",
+                message.payload.len(),
+                message.topic,
+                message.partition,
+                message.offset
+            );
+            ingest
+                .record_rejected(profile, "kafka", message.payload.clone(), "payload_too_large", &reason)
+                .await
+                .map_err(|e| format!("kafka: cannot store a rejected {profile} message: {e}"))?;
+            rejects.push((message, "payload_too_large", reason));
+        }
         let deliveries = messages.iter().map(|m| Delivery::new(m.payload.clone())).collect();
         let report = ingest
             .submit_deliveries(profile, "kafka", deliveries, Admission::Wait)
             .await
             .map_err(|e| format!("kafka: cannot store {} {profile} messages: {e}", messages.len()))?;
         metrics.gateway_process_duration.observe(started.elapsed().as_secs_f64());
-        let rejects: Vec<_> = report.errors.iter().filter(|e| e.reason != "duplicate").collect();
+        rejects.extend(
+            report
+                .errors
+                .into_iter()
+                .filter(|e| e.reason != "duplicate")
+                .map(|e| (messages[e.index], e.reason, e.error)),
+        );
         if rejects.is_empty() {
             continue;
         }
-        let letters = rejects.iter().map(|error| {
-            let message = messages[error.index];
+        let letters = rejects.iter().map(|(message, code, error)| {
             let origin = format!("{}/{}/{}", message.topic, message.partition, message.offset);
-            let headers = reason_headers(error.reason, &error.error, &origin);
+            let headers = reason_headers(code, error, &origin);
             (kafka.topics.dead_letters.as_str(), profile, message.payload.clone(), Some(headers))
         });
         produce_all(dead_letters, letters)
