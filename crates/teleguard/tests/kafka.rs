@@ -505,3 +505,54 @@ async fn hostile_messages_on_a_topic_become_dead_letters_with_their_reason_and_t
     }
     assert_eq!(get_json(&http, &enrich.url("/healthz")).await["status"], "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_001_gateway_forwards_validated_drone_readings_to_the_detector() {
+    let test = "reference_001_gateway_forwards_validated_drone_readings_to_the_detector";
+    let (Some(binary), Some(python)) = (tansu_or_skip(test), python_or_skip(test)) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(binary, &folder.path().join("tansu"));
+    let config = write_config(folder.path(), &tansu, "");
+    let gateway = role(folder.path(), "gateway", &config);
+    let detect = role(folder.path(), "detect", &config);
+
+    // Drones post to the gateway (as they would publish over MQTT); one message is invalid.
+    let drones = folder.path().join("drones.ndjson");
+    wait_success(
+        Command::new(env!("CARGO_BIN_EXE_teleguard"))
+            .args(["simulate", "--profile", "drone", "--seed", "4", "--start", "2024-09-04T10:00:00Z"])
+            .args(["--duration", "2m", "--to"])
+            .arg(format!("file:{}", drones.display()))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+        "simulate drones",
+    );
+    let mut body = std::fs::read_to_string(&drones).unwrap();
+    let sent = body.lines().count();
+    body.push_str("{\"drone_id\": \"D-x\", \"timestamp\": \"yesterday\"}\n");
+    let http = client();
+    let (status, report) = common::post(&http, &gateway, "drone", body).await;
+    assert_eq!(status, 202, "{report}");
+    assert_eq!(report["accepted"], sent as u64, "{report}");
+    assert_eq!(report["errors"][0]["reason"], "invalid_timestamp", "{report}");
+
+    // telemetry-validated carries reference 001's drone messages, epoch-millisecond timestamps.
+    let validated = python_consume(&python, &tansu.brokers(), "telemetry-validated", sent, 30);
+    assert_eq!(validated.len(), sent);
+    for message in &validated {
+        let value = &message["value"];
+        assert!(value["timestamp"].is_i64(), "{value}");
+        assert_eq!(message["key"], value["drone_id"]);
+        for field in ["latitude", "longitude", "altitude", "velocity", "battery_level", "signal_strength"] {
+            assert!(value[field].is_number(), "{field} in {value}");
+        }
+        assert!(value.get("driver_name").is_none(), "drones are not enriched: {value}");
+    }
+    wait_for("the detector to analyse every drone reading", || async {
+        (analysed(&http, &detect).await == sent as i64).then_some(())
+    })
+    .await;
+    let stats = get_json(&http, &gateway.url("/api/stats")).await;
+    assert_eq!(stats["totals"]["rejected"], 1, "the invalid one stays in the gateway's quarantine: {stats}");
+}
