@@ -33,10 +33,15 @@ impl Tansu {
     }
 
     fn start_with(binary: PathBuf, folder: &Path, storage: &'static str) -> Tansu {
-        std::fs::create_dir_all(folder).unwrap();
-        let mut tansu = Tansu { binary, folder: folder.to_path_buf(), port: free_port(), storage, child: None };
+        let mut tansu = Tansu::stopped(binary, folder, storage);
         tansu.launch();
         tansu
+    }
+
+    /// A broker on a port of its own, not started yet.
+    fn stopped(binary: PathBuf, folder: &Path, storage: &'static str) -> Tansu {
+        std::fs::create_dir_all(folder).unwrap();
+        Tansu { binary, folder: folder.to_path_buf(), port: free_port(), storage, child: None }
     }
 
     /// kill -9, then the same broker again on the same port and storage.
@@ -555,4 +560,47 @@ async fn reference_001_gateway_forwards_validated_drone_readings_to_the_detector
     .await;
     let stats = get_json(&http, &gateway.url("/api/stats")).await;
     assert_eq!(stats["totals"]["rejected"], 1, "the invalid one stays in the gateway's quarantine: {stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_started_before_its_broker_says_so_and_waits_for_it() {
+    let test = "a_role_started_before_its_broker_says_so_and_waits_for_it";
+    let (Some(binary), Some(python)) = (tansu_or_skip(test), python_or_skip(test)) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    let mut tansu = Tansu::stopped(binary, &folder.path().join("tansu"), "memory://tansu/");
+    let config = write_config(folder.path(), &tansu, "");
+    let log_path = folder.path().join("enrich.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let enrich =
+        Server::start_with_stderr(&folder.path().join("enrich"), &["--config", &config, "--role", "enrich"], log);
+    let said = wait_for_log(&log_path, "is the broker up?").await;
+    assert!(said.contains(&tansu.brokers()), "the warning names the brokers: {said}");
+
+    tansu.launch();
+    let night = folder.path().join("night.ndjson");
+    wait_success(
+        Command::new(env!("CARGO_BIN_EXE_teleguard"))
+            .args(["simulate", "--profile", "vehicle", "--seed", "8", "--start", "2024-09-04T01:00:00Z"])
+            .args(["--duration", "5m", "--to"])
+            .arg(format!("file:{}", night.display()))
+            .spawn()
+            .unwrap(),
+        "simulate",
+    );
+    python_produce(&python, &tansu.brokers(), "vehicle_telemetry_raw", &night);
+    let sent = std::fs::read_to_string(&night).unwrap().lines().count();
+    let enriched = python_consume(&python, &tansu.brokers(), "vehicle_events_enriched", sent, 60);
+    assert_eq!(enriched.len(), sent, "once the broker is up, everything flows");
+    drop(enrich);
+}
+
+/// Waits (up to 30 s) for a line containing `needle` in the log at `path`; the line.
+async fn wait_for_log(path: &Path, needle: &str) -> String {
+    for _ in 0..300 {
+        if let Some(line) = std::fs::read_to_string(path).unwrap_or_default().lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no {needle:?} in {}: {}", path.display(), std::fs::read_to_string(path).unwrap_or_default());
 }

@@ -71,7 +71,9 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), 
         .iter()
         .map(|name| NewTopic::new(name, config.partitions, TopicReplication::Fixed(config.replication_factor)))
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(5)));
     let results = admin.create_topics(&wanted, &options).await.map_err(|e| {
         format!(
             "cannot create Kafka topics {topics:?} on {}: {e}; is the broker up? Create them yourself and set \

@@ -28,6 +28,8 @@ use tokio::sync::watch;
 
 /// How long a batch waits for more messages once it has one.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
+/// How often the start waits for brokers that do not answer.
+const START_RETRY: Duration = Duration::from_secs(2);
 /// How long a state rebuild reads a partition at most.
 const REBUILD_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -60,7 +62,25 @@ pub async fn run(
     let kafka = &source.kafka;
     let mut wanted: Vec<&str> = source.topics.iter().map(|(t, _)| t.as_str()).collect();
     wanted.push(&kafka.topics.dead_letters);
-    ensure_topics(kafka, &wanted).await?;
+    // Brokers that are not up yet are waited for, saying so once.
+    let mut waiting = false;
+    loop {
+        match ensure_topics(kafka, &wanted).await {
+            Ok(()) => break,
+            Err(e) if !waiting => {
+                tracing::warn!("{e}; retrying every {} s", START_RETRY.as_secs());
+                waiting = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(START_RETRY) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        }
+    }
+    if waiting {
+        tracing::info!("kafka: brokers {} answered; topics ready", kafka.brokers);
+    }
     let consumer: StreamConsumer = consumer_config(kafka)
         .set("group.id", &source.group)
         .set("enable.auto.commit", "false")

@@ -63,6 +63,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tokio::spawn(mqtt::run(pipeline.ingest(), pipeline.metrics.clone(), source.clone(), shutdown.clone()))
         })
         .collect();
+    // A source that cannot go on (its store failed, its config was refused) stops the process
+    // with its error instead of leaving a server that takes nothing in.
+    let (failed_sender, mut failed) = tokio::sync::mpsc::channel::<String>(4);
     if let Some(kafka) = pipeline.config.kafka.clone().filter(|_| !pipeline.config.plan.consume.is_empty()) {
         let plan = &pipeline.config.plan;
         let source = KafkaSourceConfig {
@@ -71,12 +74,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             topics: plan.consume.clone(),
             rebuild_state: plan.detect,
         };
-        source_tasks.push(tokio::spawn(sources::kafka::run(
-            pipeline.ingest(),
-            pipeline.metrics.clone(),
-            source,
-            shutdown.clone(),
-        )));
+        let (ingest, metrics, stop, failed_sender) =
+            (pipeline.ingest(), pipeline.metrics.clone(), shutdown.clone(), failed_sender.clone());
+        source_tasks.push(tokio::spawn(async move {
+            let result = sources::kafka::run(ingest, metrics, source, stop).await;
+            if let Err(e) = &result {
+                let _ = failed_sender.send(e.clone()).await;
+            }
+            result
+        }));
     }
     let notify_context = notify::deliver::Context {
         reader: pipeline.reader.clone(),
@@ -114,7 +120,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .await
     });
-    wait_for_signal().await;
+    let failure = tokio::select! {
+        () = wait_for_signal() => None,
+        Some(error) = failed.recv() => Some(error),
+    };
+    if let Some(error) = &failure {
+        tracing::error!("{error}; stopping");
+    }
     tracing::info!("stopping: sources first, then draining the pipeline");
     let _ = shutdown_sender.send(true);
     server.await?.context("HTTP server")?;
@@ -122,15 +134,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         task.await?.map_err(anyhow::Error::msg)?;
     }
     for task in source_tasks {
-        task.await?.map_err(anyhow::Error::msg)?;
+        if let Err(e) = task.await? {
+            // Reported above when it stopped the process.
+            if failure.is_none() {
+                return Err(anyhow::Error::msg(e));
+            }
+        }
     }
     for task in notify_tasks {
         task.await?;
     }
     drop(notify_context);
     pipeline.shutdown().await?;
-    tracing::info!("stopped cleanly");
-    Ok(())
+    match failure {
+        Some(error) => Err(anyhow::anyhow!("a source stopped: {error}")),
+        None => {
+            tracing::info!("stopped cleanly");
+            Ok(())
+        }
+    }
 }
 
 async fn wait_for_signal() {
