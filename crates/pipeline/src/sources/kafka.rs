@@ -127,7 +127,8 @@ pub async fn run(
             consumer_state.followed.insert((message.topic.clone(), message.partition), message.offset);
         }
         for ((topic, partition), offset) in &consumer_state.followed {
-            if batch.iter().any(|m| &m.topic == topic && m.partition == *partition) {
+            if let Some(first) = batch.iter().find(|m| &m.topic == topic && m.partition == *partition) {
+                tracing::debug!("kafka: submitted {topic}/{partition} offsets {}..={offset}", first.offset);
                 offsets
                     .add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
                     .map_err(|e| format!("kafka offset of {topic}/{partition}: {e}"))?;
