@@ -78,6 +78,8 @@ pub struct Pipeline {
     store: StoreWriter,
     writer_thread: JoinHandle<()>,
     worker_threads: Vec<JoinHandle<()>>,
+    /// The task that asks the writer to trim expired rows, if any layer expires.
+    retention: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Pipeline {
@@ -116,6 +118,7 @@ impl Pipeline {
             inflight: inflight.clone(),
             inflight_capacity: capacity,
             live: live.clone(),
+            retention: config.retention.clone(),
         };
         let checkpointer = store::start_checkpointer(&data_dir, config.durability)?;
         let replayed: Vec<i64> = unprocessed.iter().map(|m| m.id).collect();
@@ -139,6 +142,10 @@ impl Pipeline {
             let target = sinks::clickhouse::ClickHouseTarget::new(clickhouse.clone());
             sink_handles.push(sinks::runner::spawn(target, sink_context(clickhouse.batching))?);
         }
+        let retention = config
+            .retention
+            .trims_anything()
+            .then(|| tokio::spawn(store::retention::run(store.clone(), config.retention.clone())));
         let sinks: Arc<[Arc<SinkStatus>]> = sink_handles.iter().map(|h| h.status.clone()).collect();
         let worker_context = worker::WorkerContext {
             profiles: config.profiles.clone(),
@@ -189,6 +196,7 @@ impl Pipeline {
             store,
             writer_thread,
             worker_threads,
+            retention,
         })
     }
 
@@ -211,8 +219,13 @@ impl Pipeline {
     /// Drains and stops. Every other [`Ingest`] handle must have been dropped (sources
     /// stopped) first, or this waits for them.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let Pipeline { ingest, store, writer_thread, worker_threads, sink_handles, .. } = self;
+        let Pipeline { ingest, store, writer_thread, worker_threads, sink_handles, retention, .. } = self;
         drop(ingest);
+        if let Some(retention) = retention {
+            // Its handle to the writer must go for the writer to stop.
+            retention.abort();
+            let _ = retention.await;
+        }
         tokio::task::spawn_blocking(move || {
             for thread in worker_threads {
                 thread.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
