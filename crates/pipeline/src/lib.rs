@@ -10,6 +10,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`sources`]: the simulator and MQTT sources (HTTP ingest is served by the API crate).
 //! - [`notify`]: alert notifications to Slack and webhooks, and alert escalation.
+//! - [`hunts`]: threat hunts over the embedded store, ClickHouse or PostgreSQL.
 //! - [`fleet_watch`]: `offline` alerts for entities gone silent, resolved when they are back.
 //! - [`sinks`]: external stores (PostgreSQL, ClickHouse) that follow the embedded store.
 //! - [`Pipeline`]: starts all of the above and stops it in order.
@@ -17,6 +18,7 @@
 pub mod auth;
 pub mod config;
 pub mod fleet_watch;
+pub mod hunts;
 pub mod ingest;
 pub mod live;
 pub mod metrics;

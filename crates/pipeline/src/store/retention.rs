@@ -128,11 +128,12 @@ pub fn step(
     if let Some(keep_ms) = policy.bronze_ms {
         let cutoff = now_ms.saturating_sub(keep_ms);
         // A row's readings take ids id .. id + messages - 1; all of them must be in silver.
-        trimmed.bronze = tx.prepare_cached(
-            "DELETE FROM bronze WHERE id IN (SELECT id FROM bronze WHERE id + messages <= ?1 ORDER BY id LIMIT ?2)
+        trimmed.bronze = tx
+            .prepare_cached(
+                "DELETE FROM bronze WHERE id IN (SELECT id FROM bronze WHERE id + messages <= ?1 ORDER BY id LIMIT ?2)
                AND received_at_ms < ?3",
-        )?
-        .execute(params![silver_watermark, batch, cutoff])?;
+            )?
+            .execute(params![silver_watermark, batch, cutoff])?;
         let keys = tx
             .prepare_cached(
                 "DELETE FROM message_keys WHERE (event_time_ms, hash) IN

@@ -6,8 +6,8 @@
 //! in-flight permits once their silver rows are.
 
 use super::checkpoint::{self, Checkpointer};
-use super::retention::{self, RetentionPolicy, Trimmed};
 use super::gold::{AlertAction, AlertTransition, Gold};
+use super::retention::{self, RetentionPolicy, Trimmed};
 use super::watermark::{PendingReadings, SilverWatermark};
 use super::{
     BronzeContent, BronzeRow, GoldRow, OnceOutcome, OnceSubmission, SilverRow, StoreError, accepted_payload,
