@@ -55,6 +55,9 @@ pub struct AppState {
     pub replay_lock: Arc<tokio::sync::Mutex<()>>,
     /// The configured profiles (the hunts take the vehicle rules' settings from them).
     pub profiles: Arc<teleguard_core::profile::ProfileRegistry>,
+    /// The embedded store's folder: a hunt reads it on a connection of its own, so a long
+    /// hunt never holds up the dashboard's queries.
+    pub data_dir: std::path::PathBuf,
 }
 
 impl AppState {
@@ -73,6 +76,7 @@ impl AppState {
             started: Instant::now(),
             replay_lock: Arc::default(),
             profiles: pipeline.config.profiles.clone(),
+            data_dir: pipeline.config.data_dir.clone(),
         }
     }
 }

@@ -292,14 +292,17 @@ pub async fn clickhouse(
     let mut hunter = Hunter::new(query.hunt, profile).map_err(HuntError)?;
     let http = Http::new(config).map_err(|e| HuntError(e.0))?;
     let version = http.query("SELECT version()").await.map_err(|e| HuntError(e.0))?.trim().to_string();
-    let mut filter = format!(
-        "timestamp_ms >= {} AND timestamp_ms < {}",
-        query.from_ms.unwrap_or(i64::MIN),
-        query.to_ms.unwrap_or(i64::MAX)
-    );
-    if let Some(vehicle) = &query.vehicle {
-        filter.push_str(&format!(" AND vehicle_id = {}", clickhouse_string(vehicle)));
+    let mut conditions = Vec::new();
+    if let Some(from) = query.from_ms {
+        conditions.push(format!("timestamp_ms >= {from}"));
     }
+    if let Some(to) = query.to_ms {
+        conditions.push(format!("timestamp_ms < {to}"));
+    }
+    if let Some(vehicle) = &query.vehicle {
+        conditions.push(format!("vehicle_id = {}", clickhouse_string(vehicle)));
+    }
+    let filter = if conditions.is_empty() { "1".to_string() } else { conditions.join(" AND ") };
     let sql = format!(
         "SELECT vehicle_id, timestamp_ms, id, latitude, longitude, speed, current_zone, driver_name
          FROM {}.enriched_telemetry_history WHERE {filter}

@@ -1,7 +1,8 @@
 //! Retention through the real binary: rows older than their layer's window leave the store
-//! (bronze by arrival, dead letters included; silver by event time), a sink that has not
-//! confirmed silver rows holds them back, and under a steady simulated fleet the store file
-//! stops growing once retention keeps pace (freed pages are reused).
+//! (bronze, dead letters included, and silver, each by when it arrived: readings with event
+//! times ten days back stay their window), a sink that has not confirmed silver rows holds them
+//! back, and under a steady simulated fleet the store file stops growing once retention keeps
+//! pace (freed pages are reused).
 
 mod common;
 
@@ -13,8 +14,12 @@ use std::time::{Duration, Instant};
 use teleguard_core::time::{format_millis, now_millis};
 
 const DAY_MS: i64 = 86_400_000;
-const OLD: usize = 500;
-const FRESH: usize = 50;
+const BATCH: usize = 50;
+const FIRST: usize = 500;
+const SECOND: usize = 50;
+/// Bronze keeps rows 2 s, silver 10 s.
+const BRONZE_SECS: f64 = 2.0;
+const SILVER_SECS: f64 = 10.0;
 
 fn count(data_dir: &Path, sql: &str) -> i64 {
     let connection = rusqlite::Connection::open_with_flags(
@@ -26,32 +31,32 @@ fn count(data_dir: &Path, sql: &str) -> i64 {
     connection.query_row(sql, [], |r| r.get(0)).unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
-/// Retention keeps bronze 3 s (by arrival) and silver a day (by event time), stepping 100 rows
-/// at a time.
+/// Retention keeps bronze [`BRONZE_SECS`] and silver [`SILVER_SECS`], 100 rows a step.
 fn config(dir: &Path, extra: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("teleguard.toml");
-    let bronze_days = 3.0 / 86_400.0;
+    let (bronze_days, silver_days) = (BRONZE_SECS / 86_400.0, SILVER_SECS / 86_400.0);
     let text = format!(
-        "{HISTORICAL}[store.retention]\nbronze_days = {bronze_days}\nsilver_days = 1\ninterval_secs = 0.2\nbatch_rows = 100\n{extra}"
+        "{HISTORICAL}[store.retention]\nbronze_days = {bronze_days}\nsilver_days = {silver_days}\n\
+         interval_secs = 0.2\nbatch_rows = 100\n{extra}"
     );
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_string()
 }
 
-/// Ten submissions of 50 readings ten days old, one of 50 fresh ones, one dead letter.
-async fn send_old_and_fresh(http: &reqwest::Client, server: &Server) {
-    let now = now_millis();
-    let reading = |i: usize, at: i64| {
-        json!({"vehicle_id": format!("V{:03}", i % 7), "timestamp": format_millis(at), "latitude": 37.7749,
-               "longitude": -122.4194, "speed": 40.0, "engine_status": "on"})
-    };
-    for batch in 0..OLD / 50 {
-        let body: Vec<_> = (0..50).map(|i| reading(i, now - 10 * DAY_MS + ((batch * 50 + i) as i64) * 5_000)).collect();
+/// `readings` vehicle readings with event times ten days back, in submissions of [`BATCH`].
+async fn send(http: &reqwest::Client, server: &Server, readings: usize) {
+    let ten_days_ago = now_millis() - 10 * DAY_MS;
+    for batch in 0..readings / BATCH {
+        let body: Vec<_> = (0..BATCH)
+            .map(|i| {
+                let at = ten_days_ago + ((batch * BATCH + i) as i64) * 5_000;
+                json!({"vehicle_id": format!("V{:03}", i % 7), "timestamp": format_millis(at), "latitude": 37.7749,
+                       "longitude": -122.4194, "speed": 40.0, "engine_status": "on"})
+            })
+            .collect();
         assert_eq!(post(http, server, "vehicle", serde_json::to_vec(&body).unwrap()).await.0, 202);
     }
-    let body: Vec<_> = (0..FRESH).map(|i| reading(i, now - 60_000 + i as i64 * 100)).collect();
-    assert_eq!(post(http, server, "vehicle", serde_json::to_vec(&body).unwrap()).await.0, 202);
-    assert_eq!(post(http, server, "vehicle", r#"{"vehicle_id": "V1"}"#.to_string()).await.0, 422);
 }
 
 async fn retention_metric(http: &reqwest::Client, server: &Server, layer: &str) -> f64 {
@@ -64,39 +69,44 @@ async fn rows_older_than_their_window_leave_and_a_sink_behind_holds_silver_back(
     let folder = tempfile::tempdir().unwrap();
     let http = client();
 
-    // No sink: ten-day-old readings leave silver, bronze empties 3 s after arrival.
+    // No sink. Bronze (with a dead letter) leaves after 2 s while silver keeps its readings,
+    // ten-day-old event times and all; after 10 s they leave silver too, and the readings
+    // that came later stay.
     let trimmed_dir = folder.path().join("trimmed");
-    let server = Server::start(&trimmed_dir, &["--config", &config(folder.path(), "")]);
-    send_old_and_fresh(&http, &server).await;
-    wait_for("old readings to leave silver", || async {
-        (count(&trimmed_dir, "SELECT count(*) FROM silver") == FRESH as i64).then_some(())
-    })
-    .await;
-    assert!(count(&trimmed_dir, "SELECT count(*) FROM bronze") > 0, "bronze keeps what arrived in the last 3 s");
-    wait_for("bronze rows, the dead letter too, to leave 3 s after arrival", || async {
+    let server = Server::start(&trimmed_dir, &["--config", &config(&folder.path().join("trimmed-config"), "")]);
+    send(&http, &server, FIRST).await;
+    assert_eq!(post(&http, &server, "vehicle", r#"{"vehicle_id": "V1"}"#.to_string()).await.0, 422);
+    let first_sent = Instant::now();
+    wait_for("bronze rows, the dead letter too, to leave 2 s after arrival", || async {
         (count(&trimmed_dir, "SELECT count(*) FROM bronze") == 0).then_some(())
     })
     .await;
-    assert_eq!(retention_metric(&http, &server, "silver").await, OLD as f64);
-    assert_eq!(retention_metric(&http, &server, "bronze").await, (OLD / 50 + 2) as f64, "12 bronze rows");
+    assert!(first_sent.elapsed() < Duration::from_secs_f64(SILVER_SECS), "the test ran too slowly to tell");
+    assert_eq!(count(&trimmed_dir, "SELECT count(*) FROM silver"), FIRST as i64, "silver keeps them for 10 s");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    send(&http, &server, SECOND).await;
+    wait_for("the first readings to leave silver", || async {
+        (count(&trimmed_dir, "SELECT count(*) FROM silver") == SECOND as i64).then_some(())
+    })
+    .await;
+    let first_rows = (FIRST / BATCH + 1) as f64;
+    assert_eq!(retention_metric(&http, &server, "silver").await, FIRST as f64);
+    assert!(retention_metric(&http, &server, "bronze").await >= first_rows, "bronze rows of the first sending");
     assert_eq!(retention_metric(&http, &server, "gold").await, 0.0, "gold is kept by default");
     let stats = get_json(&http, &server.url("/api/stats")).await;
-    assert_eq!(stats["totals"]["valid"], (OLD + FRESH) as i64, "counts survive retention: {stats}");
+    assert_eq!(stats["totals"]["valid"], (FIRST + SECOND) as i64, "counts survive retention: {stats}");
     drop(server);
 
-    // A PostgreSQL sink whose server is not there confirms nothing: silver keeps every row
-    // while bronze, which sinks do not read, is trimmed all the same.
+    // A PostgreSQL sink whose server is not there confirms nothing: past both windows silver
+    // keeps every row, while bronze, which sinks do not read, is trimmed all the same.
     let held_dir = folder.path().join("held");
     let sink = format!("[sinks.postgres]\nurl = \"postgresql://postgres@127.0.0.1:{}/teleguard\"\n", free_port());
-    let held_config = folder.path().join("held-config");
-    std::fs::create_dir_all(&held_config).unwrap();
-    let server = Server::start(&held_dir, &["--config", &config(&held_config, &sink)]);
-    send_old_and_fresh(&http, &server).await;
+    let server = Server::start(&held_dir, &["--config", &config(&folder.path().join("held-config"), &sink)]);
+    send(&http, &server, FIRST).await;
     wait_for("bronze to be trimmed", || async { (count(&held_dir, "SELECT count(*) FROM bronze") == 0).then_some(()) })
         .await;
-    // Several steps have run since; none may have taken a silver row.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(count(&held_dir, "SELECT count(*) FROM silver"), (OLD + FRESH) as i64);
+    tokio::time::sleep(Duration::from_secs_f64(SILVER_SECS + 1.0)).await;
+    assert_eq!(count(&held_dir, "SELECT count(*) FROM silver"), FIRST as i64);
     assert_eq!(retention_metric(&http, &server, "silver").await, 0.0);
 }
 

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use teleguard_core::hunt::Hunt;
 use teleguard_pipeline::hunts::{self, HuntFormat, HuntQuery};
-use teleguard_pipeline::store::StoreError;
+use teleguard_pipeline::store::{self, StoreError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,7 +22,7 @@ pub struct HuntParams {
     format: Option<String>,
 }
 
-/// Runs the hunt `name` over the embedded store's silver layer.
+/// Runs the hunt `name` over the embedded store's silver layer, on a read connection of its own.
 pub async fn hunt(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -44,11 +44,16 @@ pub async fn hunt(
         .by_name(hunts::VEHICLE)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no `vehicle` profile is configured"))?
         .clone();
-    let outcome = state
-        .reader
-        .run(move |connection| Ok(hunts::embedded(connection, profile, &query)))
-        .await
-        .map_err(|e: StoreError| ApiError::from(e))?;
+    let data_dir = state.data_dir.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let connection = store::open_reader(&data_dir)?;
+        Ok::<_, StoreError>(hunts::embedded(&connection, profile, &query))
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!("api: hunt {name}: the hunt's thread failed: {e}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the hunt failed")
+    })??;
     let report = outcome.map_err(|e| {
         tracing::error!("api: hunt {name}: {e}");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the hunt could not read the store; retry shortly")

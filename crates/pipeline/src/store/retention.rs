@@ -11,10 +11,17 @@
 //!   rows whose every reading has its silver row (below the silver watermark), so a restart
 //!   can still re-process what it acknowledged. Quarantined messages are bronze rows too: they
 //!   are kept by the same age rule, so a dead letter is replayable for `bronze_days`.
-//! - silver by event time, `timestamp_ms`, and only ids every configured sink has confirmed.
-//! - gold by event time, only closed episodes and changes every configured sink confirmed.
+//! - silver by the time it was stored, `processed_at_ms`, and only ids every configured sink
+//!   has confirmed.
+//! - gold by the time it was detected, `detected_at_ms`, only closed episodes and changes every
+//!   configured sink confirmed.
 //!
-//! SQLite reuses the pages the deleted rows free, so at steady state the file stops growing.
+//! Every layer ages by when its rows arrived, not by their event time: that time grows with
+//! the id, so the lowest ids are the oldest and a step's id range is exactly what expired; the
+//! store then holds the rows of one window whatever the devices' clocks say; and history
+//! replayed from files (event times months back) stays for a window instead of vanishing on
+//! arrival. SQLite reuses the pages the deleted rows free, so at steady state the file stops
+//! growing.
 
 use crate::sinks::follow;
 use rusqlite::{Transaction, params};
@@ -148,7 +155,7 @@ pub fn step(
         trimmed.silver = tx
             .prepare_cached(
                 "DELETE FROM silver WHERE id IN (SELECT id FROM silver WHERE id <= ?1 ORDER BY id LIMIT ?2)
-                   AND timestamp_ms < ?3",
+                   AND processed_at_ms < ?3",
             )?
             .execute(params![hold, batch, now_ms.saturating_sub(keep_ms)])?;
         trimmed.more |= trimmed.silver as i64 == batch;
@@ -160,7 +167,7 @@ pub fn step(
             .prepare_cached(
                 "DELETE FROM telemetry_anomalies WHERE rowid IN
                    (SELECT rowid FROM telemetry_anomalies ORDER BY rowid LIMIT ?1)
-                   AND timestamp_ms < ?2 AND change_seq <= ?3
+                   AND detected_at_ms < ?2 AND change_seq <= ?3
                    AND (episode_start_ms IS NULL OR episode_end_ms IS NOT NULL)",
             )?
             .execute(params![batch, now_ms.saturating_sub(keep_ms), hold])?;
@@ -186,7 +193,9 @@ pub async fn run(store: super::writer::StoreWriter, policy: RetentionPolicy) {
         match store.retain(teleguard_core::time::now_millis()).await {
             Ok(trimmed) if trimmed.more => tokio::task::yield_now().await,
             Ok(_) => tokio::time::sleep(policy.interval).await,
-            Err(_) => return,
+            Err(super::StoreError::WriterStopped) => return,
+            // The transaction failed (the writer logged why); the next step retries.
+            Err(_) => tokio::time::sleep(policy.interval).await,
         }
     }
 }
