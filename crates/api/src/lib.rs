@@ -7,6 +7,7 @@
 //! - [`routes::quarantine`]: dead letters listed, counted and replayed.
 //! - [`routes::alerts`]: alerts and their lifecycle.
 //! - [`auth`]: the bearer token of an ingest request, checked against the configured ones.
+//! - [`routes::hunts`]: threat hunts (geofence breach, teleport, unusual stops) over the store.
 //! - [`routes::fleet`]: the fleet map's data, the geofences, and the live event stream.
 //! - [`error`]: the one [`error::ApiError`] every handler returns.
 
@@ -52,6 +53,11 @@ pub struct AppState {
     pub started: Instant,
     /// Held while a replay of dead letters runs.
     pub replay_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The configured profiles (the hunts take the vehicle rules' settings from them).
+    pub profiles: Arc<teleguard_core::profile::ProfileRegistry>,
+    /// The embedded store's folder: a hunt reads it on a connection of its own, so a long
+    /// hunt never holds up the dashboard's queries.
+    pub data_dir: std::path::PathBuf,
 }
 
 impl AppState {
@@ -69,6 +75,8 @@ impl AppState {
             busy_wait: pipeline.config.busy_wait,
             started: Instant::now(),
             replay_lock: Arc::default(),
+            profiles: pipeline.config.profiles.clone(),
+            data_dir: pipeline.config.data_dir.clone(),
         }
     }
 }
@@ -91,6 +99,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/alerts", get(routes::alerts::list))
         .route("/api/alerts/{id}/ack", post(routes::alerts::acknowledge))
         .route("/api/alerts/{id}/resolve", post(routes::alerts::resolve))
+        .route("/api/hunts/{name}", get(routes::hunts::hunt))
         .route("/api/fleet", get(routes::fleet::fleet))
         .route("/api/geofences", get(routes::fleet::geofences))
         .route("/api/events", get(routes::fleet::events))

@@ -11,6 +11,7 @@
 //!   the field.
 //! - [`geo`]: geofences in an R-tree, point-in-zone lookup, great-circle distance.
 //! - [`enrich`]: driver and zone enrichment of readings.
+//! - [`hunt`]: threat hunts over stored vehicle tracks, run by the streaming rules themselves.
 //! - [`simulate`]: the built-in fleet simulator, in the reference designs' own JSON.
 //! - [`detect`]: the [`detect::Detector`] trait and the detectors (rolling z-score first).
 //! - [`eval`]: detections scored against labels (our simulator's, or the NAB benchmark's).
@@ -19,6 +20,7 @@ pub mod detect;
 pub mod enrich;
 pub mod eval;
 pub mod geo;
+pub mod hunt;
 pub mod json;
 pub mod model;
 pub mod profile;

@@ -86,6 +86,8 @@ pub const DEFAULT_MAX_AGE_SECS: u64 = 30 * 86_400;
 pub struct RawStore {
     #[serde(default)]
     pub durability: Durability,
+    #[serde(default)]
+    pub retention: crate::store::retention::RawRetention,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +175,8 @@ pub struct Config {
     /// How far from arrival the event time of a device's reading may be (HTTP, MQTT).
     pub time_window: TimeWindow,
     pub durability: Durability,
+    /// How long each layer of the embedded store keeps rows.
+    pub retention: crate::store::retention::RetentionPolicy,
     pub alert_cooldown: Duration,
     /// When an open, unacknowledged alert is escalated; `None` never.
     pub escalate_after: Option<Duration>,
@@ -302,6 +306,15 @@ impl Config {
                 errors.push(e);
                 RolePlan::of(&[Role::All], None).expect("`all` needs nothing")
             });
+        // Retention waits for the sinks this process runs (their cursors), and only those.
+        let kafka_sink = kafka.is_some() && (!plan.produce_readings.is_empty() || plan.produce_anomalies.is_some());
+        let external = plan.external_sinks;
+        let sink_names = [
+            sinks.postgres.as_ref().filter(|_| external).map(|_| "postgres"),
+            sinks.clickhouse.as_ref().filter(|_| external).map(|_| "clickhouse"),
+            kafka_sink.then_some("kafka"),
+        ];
+        let retention = raw.store.retention.validate(sink_names.into_iter().flatten().collect(), &mut errors);
         match profiles {
             Some(profiles) if errors.is_empty() => Ok(Config {
                 data_dir: overrides.data_dir.or(raw.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
@@ -313,6 +326,7 @@ impl Config {
                 busy_wait: Duration::from_millis(raw.pipeline.busy_wait_ms.unwrap_or(1000)),
                 time_window: time_window(&raw.pipeline),
                 durability: raw.store.durability,
+                retention,
                 alert_cooldown: Duration::from_secs(raw.alerts.cooldown_secs.unwrap_or(600)),
                 escalate_after,
                 notification_routes,

@@ -10,6 +10,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`sources`]: the simulator and MQTT sources (HTTP ingest is served by the API crate).
 //! - [`notify`]: alert notifications to Slack and webhooks, and alert escalation.
+//! - [`hunts`]: threat hunts over the embedded store, ClickHouse or PostgreSQL.
 //! - [`fleet_watch`]: `offline` alerts for entities gone silent, resolved when they are back.
 //! - [`sinks`]: external stores (PostgreSQL, ClickHouse, Kafka topics) that follow the embedded store.
 //! - [`kafka`]: `[kafka]`, the roles of the distributed shape, and the topics' message shapes.
@@ -18,6 +19,7 @@
 pub mod auth;
 pub mod config;
 pub mod fleet_watch;
+pub mod hunts;
 pub mod ingest;
 pub mod kafka;
 pub mod live;
@@ -80,6 +82,8 @@ pub struct Pipeline {
     store: StoreWriter,
     writer_thread: JoinHandle<()>,
     worker_threads: Vec<JoinHandle<()>>,
+    /// The task that asks the writer to trim expired rows, if any layer expires.
+    retention: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Pipeline {
@@ -118,6 +122,7 @@ impl Pipeline {
             inflight: inflight.clone(),
             inflight_capacity: capacity,
             live: live.clone(),
+            retention: config.retention.clone(),
         };
         let checkpointer = store::start_checkpointer(&data_dir, config.durability)?;
         let replayed: Vec<i64> = unprocessed.iter().map(|m| m.id).collect();
@@ -159,6 +164,10 @@ impl Pipeline {
                 sink_handles.push(sinks::runner::spawn(target, sink_context(kafka.batching))?);
             }
         }
+        let retention = config
+            .retention
+            .trims_anything()
+            .then(|| tokio::spawn(store::retention::run(store.clone(), config.retention.clone())));
         let sinks: Arc<[Arc<SinkStatus>]> = sink_handles.iter().map(|h| h.status.clone()).collect();
         let worker_context = worker::WorkerContext {
             profiles: config.profiles.clone(),
@@ -210,6 +219,7 @@ impl Pipeline {
             store,
             writer_thread,
             worker_threads,
+            retention,
         })
     }
 
@@ -232,8 +242,13 @@ impl Pipeline {
     /// Drains and stops. Every other [`Ingest`] handle must have been dropped (sources
     /// stopped) first, or this waits for them.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let Pipeline { ingest, store, writer_thread, worker_threads, sink_handles, .. } = self;
+        let Pipeline { ingest, store, writer_thread, worker_threads, sink_handles, retention, .. } = self;
         drop(ingest);
+        if let Some(retention) = retention {
+            // Its handle to the writer must go for the writer to stop.
+            retention.abort();
+            let _ = retention.await;
+        }
         tokio::task::spawn_blocking(move || {
             for thread in worker_threads {
                 thread.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;

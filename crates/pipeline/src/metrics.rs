@@ -73,6 +73,7 @@ pub struct Metrics {
     pub anomalies_detected: Family<DetectorLabels, Counter>,
     pub end_to_end_latency: Histogram,
     pub store_rows_written: Family<LayerLabels, Counter>,
+    pub retention_deleted_rows: Family<LayerLabels, Counter>,
     pub store_commit_seconds: Histogram,
     pub store_errors: Counter,
     pub backpressure_rejections: Counter,
@@ -147,6 +148,7 @@ impl Metrics {
             anomalies_detected: Family::default(),
             end_to_end_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 17)),
             store_rows_written: Family::default(),
+            retention_deleted_rows: Family::default(),
             store_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             store_errors: Counter::default(),
             backpressure_rejections: Counter::default(),
@@ -206,6 +208,11 @@ impl Metrics {
             "teleguard_store_rows_written",
             "Rows committed to the embedded store, by layer",
             metrics.store_rows_written.clone(),
+        );
+        registry.register(
+            "teleguard_store_retention_deleted_rows",
+            "Rows retention deleted from the embedded store, by layer (bronze, silver, gold)",
+            metrics.retention_deleted_rows.clone(),
         );
         registry.register(
             "teleguard_store_commit_seconds",

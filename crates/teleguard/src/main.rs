@@ -38,6 +38,9 @@ enum Command {
     Certs(commands::certs::CertsArgs),
     /// Make a bearer token for HTTP ingest and its config entry (`token new`), or hash one.
     Token(commands::token::TokenArgs),
+    /// Threat hunts over the stored history: `hunt geofence-breach | teleport | unusual-stops
+    /// [--from T] [--to T] [--vehicle ID] [--format table|json|csv]`.
+    Hunt(commands::hunt::HuntArgs),
     /// ClickHouse: `clickhouse init --config FILE` applies reference 000's schema.
     #[command(name = "clickhouse")]
     ClickHouse(commands::clickhouse::ClickHouseArgs),
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             Command::Schema(args) => commands::schema::schema(args),
             Command::Certs(args) => commands::certs::certs(args),
             Command::Token(args) => commands::token::token(args),
+            Command::Hunt(args) => commands::hunt::hunt(args).await,
             Command::ClickHouse(args) => commands::clickhouse::clickhouse(args).await,
         }
     });

@@ -66,7 +66,8 @@ async fn every_route_is_documented_and_answers_as_documented() {
     calls.sort_by_key(|(path, _)| path.ends_with("/resolve"));
     for (path, method) in calls {
         let operation = &document["paths"][&path][&method];
-        let mut url = path.replace("{profile}", "vehicle").replace("{id}", &alert.to_string());
+        let mut url =
+            path.replace("{profile}", "vehicle").replace("{id}", &alert.to_string()).replace("{name}", "teleport");
         let examples: Vec<String> = operation["parameters"]
             .as_array()
             .into_iter()
@@ -122,7 +123,7 @@ async fn every_route_is_documented_and_answers_as_documented() {
         }
         called += 1;
     }
-    assert_eq!(called, 18, "every documented route was called");
+    assert_eq!(called, 19, "every documented route was called");
     // Error bodies have their documented shape too.
     let response = http.get(server.url("/api/anomalies?since=someday")).send().await.unwrap();
     let status = response.status().as_u16();

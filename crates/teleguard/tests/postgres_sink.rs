@@ -7,127 +7,13 @@
 
 mod common;
 
+use common::postgres::{Postgres, postgres_or_skip};
 use common::{
-    HISTORICAL, Server, client, free_port, installed_or_skip, metric, simulate_to, sink_stats, wait_for, wait_success,
-    wait_until_analysed,
+    HISTORICAL, Server, client, free_port, metric, simulate_to, sink_stats, wait_for, wait_success, wait_until_analysed,
 };
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// The folder with Debian's `initdb` and `pg_ctl`, newest version first.
-fn postgres_binaries() -> Option<PathBuf> {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
-        .filter(|bin| bin.join("initdb").is_file() && bin.join("pg_ctl").is_file())
-        .collect();
-    versions.sort();
-    versions.pop()
-}
-
-/// The binaries, or `None` (test skipped) when PostgreSQL is not installed outside CI.
-fn postgres_or_skip(test: &str) -> Option<PathBuf> {
-    installed_or_skip(postgres_binaries(), test, "PostgreSQL", "postgresql")
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// A PostgreSQL server with its data in a temporary folder. initdb refuses root, so as root
-/// the folder belongs to `postgres` and the server runs as that user.
-struct Postgres {
-    bin: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    _folder: tempfile::TempDir,
-}
-
-impl Postgres {
-    /// A new cluster in a temporary folder of its own (the server user must own the folder).
-    fn new(bin: PathBuf, port: u16) -> Postgres {
-        let folder = tempfile::tempdir().unwrap();
-        let postgres = Postgres { bin, dir: folder.path().to_path_buf(), port, _folder: folder };
-        if is_root() {
-            run(Command::new("chown").args(["-R", "postgres"]).arg(&postgres.dir));
-        }
-        let data = postgres.dir.join("data");
-        run(postgres.as_server_user("initdb").arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres"]));
-        postgres
-    }
-
-    fn as_server_user(&self, tool: &str) -> Command {
-        let path = self.bin.join(tool);
-        match is_root() {
-            true => {
-                let mut command = Command::new("runuser");
-                command.args(["-u", "postgres", "--"]).arg(path);
-                command
-            }
-            false => Command::new(path),
-        }
-    }
-
-    fn start(&self) {
-        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.display());
-        run(self
-            .as_server_user("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-o", &options, "-l"])
-            .arg(self.dir.join("log"))
-            .args(["-w", "start"]));
-    }
-
-    fn stop(&self) {
-        run(self.as_server_user("pg_ctl").arg("-D").arg(self.dir.join("data")).args(["-m", "fast", "-w", "stop"]));
-    }
-
-    fn url(&self) -> String {
-        format!("postgresql://postgres@127.0.0.1:{}/teleguard", self.port)
-    }
-
-    async fn client(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.expect("connect");
-        tokio::spawn(connection);
-        client
-    }
-
-    async fn count(&self, sql: &str) -> i64 {
-        self.client().await.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-    }
-
-    /// [`Postgres::count`], or `None` while the database or table does not exist yet.
-    async fn count_if_there(&self, sql: &str) -> Option<i64> {
-        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.ok()?;
-        tokio::spawn(connection);
-        client.query_one(sql, &[]).await.ok().map(|row| row.get(0))
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = self
-            .as_server_user("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn run(command: &mut Command) {
-    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 fn write_config(dir: &Path, url: &str) -> PathBuf {
     let path = dir.join("teleguard.toml");

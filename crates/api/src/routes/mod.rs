@@ -2,6 +2,7 @@
 
 pub mod alerts;
 pub mod fleet;
+pub mod hunts;
 pub mod ingest;
 pub mod quarantine;
 pub mod query;

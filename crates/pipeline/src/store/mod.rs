@@ -3,13 +3,14 @@
 //! Bronze keeps every message as received with its verdict, silver the validated and enriched
 //! readings, gold (`telemetry_anomalies`) the anomalies. One writer thread owns the write
 //! connection and commits batched transactions ([`writer`]); API reads use their own
-//! connection ([`query`]).
+//! connection ([`query`]). [`retention`] trims old rows per layer in small steps.
 
 pub mod alert_events;
 pub mod checkpoint;
 pub mod gold;
 pub mod quarantine;
 pub mod query;
+pub mod retention;
 pub mod schema;
 pub mod watermark;
 pub mod writer;

@@ -7,6 +7,7 @@
 
 use super::checkpoint::{self, Checkpointer};
 use super::gold::{AlertAction, AlertTransition, Gold};
+use super::retention::{self, RetentionPolicy, Trimmed};
 use super::watermark::{PendingReadings, SilverWatermark};
 use super::{
     BronzeContent, BronzeRow, GoldRow, OnceOutcome, OnceSubmission, SilverRow, StoreError, accepted_payload,
@@ -50,6 +51,9 @@ pub enum WriteCommand {
     NotificationCursor { route: String, event_id: i64, reply: oneshot::Sender<Result<(), String>> },
     /// Record how far a sink's target has confirmed a layer (see `crate::sinks`).
     SinkCursor { sink: Arc<str>, layer: &'static str, position: i64 },
+    /// Delete one bounded batch of expired rows per layer (see [`super::retention`]); answered
+    /// with what went once committed.
+    Retain { now_ms: i64, reply: oneshot::Sender<Result<Trimmed, String>> },
 }
 
 impl WriteCommand {
@@ -69,6 +73,7 @@ impl WriteCommand {
             | WriteCommand::Offline { .. }
             | WriteCommand::NotificationCursor { .. }
             | WriteCommand::SinkCursor { .. } => 1,
+            WriteCommand::Retain { .. } => 1,
         }
     }
 }
@@ -161,6 +166,13 @@ impl StoreWriter {
             .map_err(|_| StoreError::WriterStopped)
     }
 
+    /// Deletes one bounded batch of expired rows per layer; returns what went once committed.
+    pub async fn retain(&self, now_ms: i64) -> Result<Trimmed, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(WriteCommand::Retain { now_ms, reply }).await.map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?.map_err(StoreError::Schema)
+    }
+
     /// Waits until everything queued so far is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
@@ -181,6 +193,8 @@ pub struct WriterContext {
     pub silver_watermark: SilverWatermark,
     /// Told of each committed anomaly and operator action on an alert.
     pub live: Arc<crate::live::LiveView>,
+    /// How long each layer keeps its rows.
+    pub retention: RetentionPolicy,
 }
 
 /// Starts the writer thread on `connection`; `checkpointer` copies its commits into the
@@ -208,6 +222,7 @@ pub fn spawn(
         gold: Gold::default(),
         pending,
         accepted: Vec::new(),
+        trimmed: None,
     };
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
@@ -226,6 +241,8 @@ struct Writer {
     pending: PendingReadings,
     /// The accepted bronze ranges (first id, readings) of the transaction being written.
     accepted: Vec<(i64, i64)>,
+    /// What the retention step of the transaction being written deleted.
+    trimmed: Option<Trimmed>,
 }
 
 /// First and last event time of each entity seen in a transaction, per profile.
@@ -347,6 +364,25 @@ impl Writer {
                     let answer = if committed { Ok(()) } else { Err("the store could not commit; retry".to_string()) };
                     let _ = reply.send(answer);
                 }
+                WriteCommand::Retain { reply, .. } => {
+                    let answer = match (committed, self.trimmed.take()) {
+                        (true, Some(trimmed)) => {
+                            for (layer, count) in
+                                [("bronze", trimmed.bronze), ("silver", trimmed.silver), ("gold", trimmed.gold)]
+                            {
+                                if count > 0 {
+                                    metrics
+                                        .retention_deleted_rows
+                                        .get_or_create(&LayerLabels { layer: layer.into() })
+                                        .inc_by(count as u64);
+                                }
+                            }
+                            Ok(trimmed)
+                        }
+                        _ => Err("the store could not commit; retry".to_string()),
+                    };
+                    let _ = reply.send(answer);
+                }
             }
         }
         if released > 0 {
@@ -393,6 +429,7 @@ impl Writer {
     /// Writes a batch in one transaction; answers each alert command's and each once-only
     /// bronze append's outcome, in order.
     fn write(&mut self, batch: &[WriteCommand]) -> rusqlite::Result<(Vec<AlertTransition>, Vec<OnceOutcome>)> {
+        self.trimmed = None;
         let tx = self.connection.transaction()?;
         let mut profiles: HashMap<Arc<str>, ProfileDelta> = HashMap::new();
         let mut entities = EntitySightings::new();
@@ -476,6 +513,14 @@ impl Writer {
                     let escalated = self.gold.escalate(&tx, *now_ms, *after_ms)?;
                     if escalated > 0 {
                         tracing::info!("alerts: {escalated} open and unacknowledged for {after_ms} ms escalated");
+                    }
+                }
+                WriteCommand::Retain { now_ms, .. } => {
+                    // One step per transaction: a second request in the same batch finds the
+                    // same rows gone, so it is answered with the first one's outcome.
+                    if self.trimmed.is_none() {
+                        let watermark = self.context.silver_watermark.get();
+                        self.trimmed = Some(retention::step(&tx, &self.context.retention, *now_ms, watermark)?);
                     }
                 }
                 WriteCommand::NotificationCursor { route, event_id, .. } => {

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod certs;
 pub mod clickhouse;
 pub mod eval;
+pub mod hunt;
 pub mod mqtt_publish;
 pub mod replay;
 pub mod run;

@@ -6,7 +6,7 @@ mod schema;
 mod sink;
 
 pub use schema::{Applied, Schema};
-pub use sink::ClickHouseTarget;
+pub use sink::{ClickHouseTarget, Http};
 
 use super::Batching;
 use serde::Deserialize;

@@ -74,6 +74,32 @@ impl Http {
         self.send(self.request(None).body(sql.to_string()), &what).await
     }
 
+    /// Runs one query and hands each line of its answer to `each`, as the answer streams in.
+    pub async fn query_lines(&self, sql: &str, mut each: impl FnMut(&str)) -> Result<(), TargetError> {
+        let what = sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        let fail = |e: reqwest::Error| TargetError(format!("clickhouse {} {what}: {}", self.describe, error_chain(&e)));
+        let mut response = self.request(None).body(sql.to_string()).send().await.map_err(fail)?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.map_err(fail)?;
+            let message: String = text.trim().chars().take(400).collect();
+            return Err(TargetError(format!("clickhouse {} {what}: {status}: {message}", self.describe)));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(fail)? {
+            pending.extend_from_slice(&chunk);
+            let Some(last_newline) = pending.iter().rposition(|b| *b == b'\n') else { continue };
+            for line in pending[..last_newline].split(|b| *b == b'\n') {
+                each(&String::from_utf8_lossy(line));
+            }
+            pending.drain(..=last_newline);
+        }
+        if !pending.is_empty() {
+            each(&String::from_utf8_lossy(&pending));
+        }
+        Ok(())
+    }
+
     /// Inserts NDJSON rows into `table`.
     async fn insert(&self, table: &str, rows: Vec<u8>) -> Result<(), TargetError> {
         let query = format!("INSERT INTO {table} FORMAT JSONEachRow");
