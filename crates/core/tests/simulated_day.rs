@@ -9,6 +9,7 @@ use teleguard_core::detect::isolation_forest::ModelRegistry;
 use teleguard_core::detect::{DetectorSet, Findings, Observation};
 use teleguard_core::enrich::{Enricher, parse_drivers};
 use teleguard_core::eval::detections::Detection;
+use teleguard_core::eval::labels::LabelSet;
 use teleguard_core::eval::matching::{DEFAULT_GRACE_MS, MatchReport, evaluate};
 use teleguard_core::geo::{BUNDLED_GEOFENCES, GeofenceIndex};
 use teleguard_core::profile::ProfileRegistry;
@@ -21,6 +22,12 @@ const START_MS: i64 = 1_725_408_000_000; // 2024-09-04T00:00:00Z
 /// observed by the standard detectors in event-time order; an anomaly sent again with its
 /// end (same id) is one detection, as `teleguard eval` reads replay output.
 fn replayed_day(seed: u64, hours: i64, anomaly_rate: f64) -> MatchReport {
+    let (labels, detections) = simulated_and_detected(seed, hours, anomaly_rate);
+    evaluate(&labels, &detections, DEFAULT_GRACE_MS)
+}
+
+/// The labels of `hours` of every profile, and what the standard detectors said of it.
+fn simulated_and_detected(seed: u64, hours: i64, anomaly_rate: f64) -> (LabelSet, Vec<Detection>) {
     let registry = ProfileRegistry::with_builtins(Default::default()).unwrap();
     let drivers = parse_drivers(include_str!("../../../data/drivers.json")).unwrap();
     let enricher = Enricher::new(&drivers, GeofenceIndex::from_geojson(BUNDLED_GEOFENCES).unwrap());
@@ -61,7 +68,7 @@ fn replayed_day(seed: u64, hours: i64, anomaly_rate: f64) -> MatchReport {
     }
     simulator.finish();
     let labels = simulator.take_labels();
-    evaluate(&simulator.label_set(&settings, end_ms, labels), &detections, DEFAULT_GRACE_MS)
+    (simulator.label_set(&settings, end_ms, labels), detections)
 }
 
 #[test]
@@ -89,6 +96,28 @@ fn a_simulated_day_of_every_profile_is_found_with_few_false_alarms() {
     assert!(overall.precision.unwrap() >= 0.90, "precision {:?}: {summary:?}", overall.precision);
     let false_alarms = overall.false_alarms_per_entity_hour.unwrap();
     assert!(false_alarms <= 0.05, "{false_alarms} false alarms per entity-hour: {summary:?}");
+}
+
+#[test]
+fn every_drift_that_ends_within_the_stretch_is_found() {
+    // The z-score's window (120 readings, 10 min of a station) follows a drift of 10 to 16 σ
+    // over one to three hours, so the drift is found when the sensor snaps back. The drifts
+    // missed above are the ones still running when the stretch ends: this pins that every
+    // other one is found, and how many run to the end.
+    let (labels, detections) = simulated_and_detected(7, 8, 1.0);
+    let (running, ended): (Vec<_>, Vec<_>) = labels
+        .labels
+        .iter()
+        .filter(|label| label.kind == "drift")
+        .cloned()
+        .partition(|label| label.end_ms + DEFAULT_GRACE_MS >= labels.end_ms);
+    assert_eq!((ended.len(), running.len()), (9, 2), "drifts ended and running at the end");
+    let ended = LabelSet { labels: ended, ..labels.clone() };
+    let report = evaluate(&ended, &detections, DEFAULT_GRACE_MS);
+    let drift = report.by_type.iter().find(|t| t.kind == "drift").unwrap();
+    assert_eq!(drift.recall, Some(1.0), "{drift:?}");
+    // Found at the snap-back: the delay is the drift's length, an hour or more.
+    assert!(drift.median_delay_ms.unwrap() >= 3_600_000.0, "{drift:?}");
 }
 
 #[test]
