@@ -186,6 +186,20 @@ producer.flush()
     assert!(status.success(), "kafka-python producer failed");
 }
 
+/// `teleguard simulate` of `profile` into the NDJSON file `out` (with `extra` flags).
+fn simulate_file(profile: &str, seed: u64, start: &str, duration: &str, extra: &[&str], out: &Path) {
+    let status = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["simulate", "--profile", profile, "--seed", &seed.to_string(), "--start", start])
+        .args(["--duration", duration])
+        .args(extra)
+        .arg("--to")
+        .arg(format!("file:{}", out.display()))
+        .stderr(Stdio::inherit())
+        .status()
+        .expect("run teleguard simulate");
+    assert!(status.success(), "simulate {profile} into {}", out.display());
+}
+
 fn store_rows(data_dir: &Path, sql: &str) -> Vec<String> {
     let connection = rusqlite::Connection::open_with_flags(
         data_dir.join("teleguard.db"),
@@ -213,18 +227,8 @@ async fn reference_000_runs_as_processes_with_kafka_python_at_both_ends() {
     // Reference 000's producer: kafka-python sends a simulated night of vehicles to the raw topic.
     let night = folder.path().join("night.ndjson");
     let labels_path = folder.path().join("labels.json");
-    wait_success(
-        Command::new(env!("CARGO_BIN_EXE_teleguard"))
-            .args(["simulate", "--profile", "vehicle", "--seed", "5", "--anomaly-rate", "3"])
-            .args(["--start", "2024-09-04T00:00:00Z", "--duration", "1h", "--to"])
-            .arg(format!("file:{}", night.display()))
-            .arg("--labels")
-            .arg(&labels_path)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-        "simulate a night",
-    );
+    let labels_arg = labels_path.to_str().unwrap();
+    simulate_file("vehicle", 5, "2024-09-04T00:00:00Z", "1h", &["--anomaly-rate", "3", "--labels", labels_arg], &night);
     let sent: Vec<serde_json::Value> =
         std::fs::read_to_string(&night).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     python_produce(&python, &tansu.brokers(), "vehicle_telemetry_raw", &night);
@@ -523,16 +527,7 @@ async fn reference_001_gateway_forwards_validated_drone_readings_to_the_detector
 
     // Drones post to the gateway (as they would publish over MQTT); one message is invalid.
     let drones = folder.path().join("drones.ndjson");
-    wait_success(
-        Command::new(env!("CARGO_BIN_EXE_teleguard"))
-            .args(["simulate", "--profile", "drone", "--seed", "4", "--start", "2024-09-04T10:00:00Z"])
-            .args(["--duration", "2m", "--to"])
-            .arg(format!("file:{}", drones.display()))
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-        "simulate drones",
-    );
+    simulate_file("drone", 4, "2024-09-04T10:00:00Z", "2m", &[], &drones);
     let mut body = std::fs::read_to_string(&drones).unwrap();
     let sent = body.lines().count();
     body.push_str("{\"drone_id\": \"D-x\", \"timestamp\": \"yesterday\"}\n");
@@ -578,15 +573,7 @@ async fn a_role_started_before_its_broker_says_so_and_waits_for_it() {
 
     tansu.launch();
     let night = folder.path().join("night.ndjson");
-    wait_success(
-        Command::new(env!("CARGO_BIN_EXE_teleguard"))
-            .args(["simulate", "--profile", "vehicle", "--seed", "8", "--start", "2024-09-04T01:00:00Z"])
-            .args(["--duration", "5m", "--to"])
-            .arg(format!("file:{}", night.display()))
-            .spawn()
-            .unwrap(),
-        "simulate",
-    );
+    simulate_file("vehicle", 8, "2024-09-04T01:00:00Z", "5m", &[], &night);
     python_produce(&python, &tansu.brokers(), "vehicle_telemetry_raw", &night);
     let sent = std::fs::read_to_string(&night).unwrap().lines().count();
     let enriched = python_consume(&python, &tansu.brokers(), "vehicle_events_enriched", sent, 60);

@@ -78,22 +78,27 @@ pub struct RolePlan {
 }
 
 impl RolePlan {
+    /// `--role all`: every stage in this process, publishing what it is given to publish.
+    fn all_in_one(produce_readings: BTreeMap<String, String>, produce_anomalies: Option<String>) -> RolePlan {
+        RolePlan {
+            roles: vec![Role::All],
+            edge_sources: true,
+            detect: true,
+            external_sinks: true,
+            consume: Vec::new(),
+            group: String::new(),
+            produce_readings,
+            produce_anomalies,
+        }
+    }
+
     /// The plan of `roles`; every role but `all` needs `[kafka]`.
     pub fn of(roles: &[Role], kafka: Option<&KafkaConfig>) -> Result<RolePlan, String> {
         let has = |role| roles.contains(&role);
         let names: Vec<&str> = roles.iter().map(|r| r.name()).collect();
         let Some(kafka) = kafka else {
             if has(Role::All) {
-                return Ok(RolePlan {
-                    roles: roles.to_vec(),
-                    edge_sources: true,
-                    detect: true,
-                    external_sinks: true,
-                    consume: Vec::new(),
-                    group: String::new(),
-                    produce_readings: BTreeMap::new(),
-                    produce_anomalies: None,
-                });
+                return Ok(RolePlan::all_in_one(BTreeMap::new(), None));
             }
             return Err(format!(
                 "--role {} connects stages over Kafka: add [kafka] brokers = \"HOST:PORT\" to the config",
@@ -105,16 +110,7 @@ impl RolePlan {
             // One process, and its results published for whoever listens.
             let mut readings = topics.raw.clone();
             readings.extend(topics.enriched.clone());
-            return Ok(RolePlan {
-                roles: roles.to_vec(),
-                edge_sources: true,
-                detect: true,
-                external_sinks: true,
-                consume: Vec::new(),
-                group: String::new(),
-                produce_readings: readings,
-                produce_anomalies: Some(topics.anomalies.clone()),
-            });
+            return Ok(RolePlan::all_in_one(readings, Some(topics.anomalies.clone())));
         }
         let (gateway, enrich, detect, history) =
             (has(Role::Gateway), has(Role::Enrich), has(Role::Detect), has(Role::History));
