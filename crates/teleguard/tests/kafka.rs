@@ -591,3 +591,46 @@ async fn wait_for_log(path: &Path, needle: &str) -> String {
     }
     panic!("no {needle:?} in {}: {}", path.display(), std::fs::read_to_string(path).unwrap_or_default());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_role_writes_the_enriched_topic_to_clickhouse() {
+    let test = "the_history_role_writes_the_enriched_topic_to_clickhouse";
+    let Some(binary) = tansu_or_skip(test) else { return };
+    let Some(clickhouse_binary) = common::clickhouse::clickhouse_or_skip(test) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(binary, &folder.path().join("tansu"));
+    let mut clickhouse = common::clickhouse::ClickHouse::new(clickhouse_binary, &folder.path().join("clickhouse"));
+    clickhouse.start().await;
+    let config = write_config(folder.path(), &tansu, "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("\n[sinks.clickhouse]\nurl = \"{}\"\nbatch_ms = 100\n", clickhouse.url()));
+    std::fs::write(&config, text).unwrap();
+    // Reference 000: producer → raw → enrich → enriched → history (sync_to_clickhouse).
+    let _enrich = role(folder.path(), "enrich", &config);
+    let history = role(folder.path(), "history", &config);
+    let raw = format!("kafka://{}/vehicle_telemetry_raw", tansu.brokers());
+    let status = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["simulate", "--profile", "vehicle", "--seed", "6", "--start", "2024-09-04T07:00:00Z"])
+        .args(["--duration", "10m", "--to", &raw])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sent = 15 * 120;
+    let table = "teleguard.enriched_telemetry_history";
+    let mut stored = 0;
+    for _ in 0..600 {
+        stored = clickhouse.number(&format!("SELECT uniqExact(vehicle_id, timestamp_ms) FROM {table}")).await;
+        if stored >= sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, sent, "every enriched reading is in ClickHouse once");
+    let with_driver = clickhouse.number(&format!("SELECT count() FROM {table} FINAL WHERE driver_name != ''")).await;
+    assert_eq!(with_driver, sent, "each with its driver, enriched upstream");
+    let http = client();
+    let sink = sink_stats(&http, &history, "clickhouse").await;
+    assert_eq!(sink["up"], true, "{sink}");
+    let stats = get_json(&http, &history.url("/api/stats")).await;
+    assert_eq!(stats["totals"]["anomalies"], 0, "the history role runs no detectors: {stats}");
+}
