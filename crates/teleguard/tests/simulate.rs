@@ -132,11 +132,12 @@ async fn readings_posted_to_a_running_teleguard_all_arrive() {
 
 #[test]
 fn bad_flags_say_what_to_write() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--duration", "soon"], "e.g. 90s, 30m, 24h or 7d"),
         (&["--speed", "fast"], "use `max` or a positive multiple"),
         (&["--profile", "boat"], "cannot simulate profile \"boat\"; known: vehicle, drone"),
-        (&["--to", "ftp://example"], "use stdout, file:PATH, http://HOST:PORT or mqtt://HOST:PORT/TOPIC"),
+        (&["--to", "ftp://example"], "use stdout, file:PATH, http://HOST:PORT, mqtt://HOST:PORT/TOPIC or kafka://"),
+        (&["--to", "kafka://127.0.0.1:9/bad topic"], "\"bad topic\" is not a Kafka topic name"),
         (&["--start", "yesterday"], "--start"),
         (&["--anomaly-rate=-1"], "must lie in [0, 3600]"),
     ];
