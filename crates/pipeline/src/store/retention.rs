@@ -141,13 +141,18 @@ pub fn step(
                AND received_at_ms < ?3",
             )?
             .execute(params![silver_watermark, batch, cutoff])?;
+        // A dedup key goes only with its bronze row: keys are by event time, which says nothing
+        // about arrival (a device replaying last month's readings), so the bound is the first
+        // bronze id still kept.
+        let first_kept: i64 = tx
+            .prepare_cached("SELECT coalesce(min(id), ?1) FROM bronze")?
+            .query_row(params![silver_watermark], |row| row.get(0))?;
         let keys = tx
             .prepare_cached(
                 "DELETE FROM message_keys WHERE (event_time_ms, hash) IN
-                   (SELECT event_time_ms, hash FROM message_keys WHERE event_time_ms < ?1 ORDER BY event_time_ms LIMIT ?2)
-                   AND reading_id < ?3",
+                   (SELECT event_time_ms, hash FROM message_keys WHERE reading_id < ?1 ORDER BY event_time_ms LIMIT ?2)",
             )?
-            .execute(params![cutoff, batch, silver_watermark])?;
+            .execute(params![first_kept.min(silver_watermark), batch])?;
         trimmed.more |= trimmed.bronze as i64 == batch || keys as i64 == batch;
     }
     if let Some(keep_ms) = policy.silver_ms {
@@ -230,6 +235,43 @@ mod tests {
             .validate(Vec::new(), &mut errors);
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].contains("store.retention.bronze_days = -1"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_dedup_key_of_an_old_event_time_stays_while_its_bronze_row_does() {
+        let folder = tempfile::tempdir().unwrap();
+        let mut connection = store::open(folder.path(), Durability::Normal).unwrap();
+        let day = 86_400_000_i64;
+        let now = 100 * day;
+        // Reading 1 arrived ten days ago, reading 2 just now; both carry event times of a year ago
+        // (a device replaying its history), so only the first one's key may go.
+        for (id, arrived) in [(1_i64, now - 10 * day), (2, now - 1000)] {
+            connection
+                .execute(
+                    "INSERT INTO bronze (id, received_at_ms, source, profile, verdict, messages, payload)
+                     VALUES (?1, ?2, 'mqtt', 'drone', 'valid', 1, x'5b5d')",
+                    params![id, arrived],
+                )
+                .unwrap();
+            connection
+                .execute(
+                    "INSERT INTO message_keys (event_time_ms, hash, reading_id) VALUES (?1, ?2, ?2)",
+                    params![now - 365 * day, id],
+                )
+                .unwrap();
+        }
+        let policy = policy(7.0, 0.0, 0.0, Vec::new());
+        let tx = connection.transaction().unwrap();
+        step(&tx, &policy, now, 3).unwrap();
+        tx.commit().unwrap();
+        let keys: Vec<i64> = connection
+            .prepare("SELECT reading_id FROM message_keys")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(keys, [2], "the fresh message's key is kept, so its redelivery is still a duplicate");
     }
 
     #[test]
