@@ -307,7 +307,7 @@ impl Config {
                 RolePlan::of(&[Role::All], None).expect("`all` needs nothing")
             });
         // Retention waits for the sinks this process runs (their cursors), and only those.
-        let kafka_sink = kafka.is_some() && (!plan.produce_readings.is_empty() || plan.produce_anomalies.is_some());
+        let kafka_sink = kafka.is_some() && plan.produces();
         let external = plan.external_sinks;
         let sink_names = [
             sinks.postgres.as_ref().filter(|_| external).map(|_| "postgres"),

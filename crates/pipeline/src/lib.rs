@@ -149,7 +149,7 @@ impl Pipeline {
         }
         if let Some(kafka) = &config.kafka {
             let plan = &config.plan;
-            if !plan.produce_readings.is_empty() || plan.produce_anomalies.is_some() {
+            if plan.produces() {
                 let readings = plan
                     .produce_readings
                     .iter()

@@ -147,6 +147,11 @@ impl RolePlan {
         })
     }
 
+    /// Whether this process publishes anything (and so runs the Kafka sink).
+    pub fn produces(&self) -> bool {
+        !self.produce_readings.is_empty() || self.produce_anomalies.is_some()
+    }
+
     /// Every topic this process reads or writes, for creation at start.
     pub fn topics(&self, kafka: &KafkaConfig) -> Vec<String> {
         let mut topics: Vec<String> = self.consume.iter().map(|(t, _)| t.clone()).collect();

@@ -34,11 +34,16 @@ impl KafkaTarget {
     }
 
     pub fn describe(&self) -> String {
+        format!("{} topics {}", self.config.brokers, self.topics().join(", "))
+    }
+
+    /// Every topic the sink writes, once each.
+    fn topics(&self) -> Vec<&str> {
         let mut topics: Vec<&str> = self.outputs.readings.values().map(|(t, _)| t.as_str()).collect();
         topics.extend(self.outputs.anomalies.as_deref());
         topics.sort_unstable();
         topics.dedup();
-        format!("{} topics {}", self.config.brokers, topics.join(", "))
+        topics
     }
 
     fn producer(&self) -> Result<&FutureProducer, TargetError> {
@@ -62,9 +67,8 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
 pub async fn produce_all<'a>(
     producer: &FutureProducer,
     messages: impl Iterator<Item = (&'a str, &'a str, Vec<u8>, Option<OwnedHeaders>)>,
-) -> Result<usize, KafkaError> {
+) -> Result<(), KafkaError> {
     let mut pending: Vec<DeliveryFuture> = Vec::new();
-    let mut sent = 0;
     for (topic, key, payload, headers) in messages {
         loop {
             let mut record = FutureRecord::to(topic).key(key).payload(&payload);
@@ -78,19 +82,17 @@ pub async fn produce_all<'a>(
                 }
                 // librdkafka's queue is full: wait for what is in it, then send again.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    sent += wait_all(&mut pending).await?;
+                    wait_all(&mut pending).await?;
                     producer.poll(Duration::from_millis(10));
                 }
                 Err((e, _)) => return Err(e),
             }
         }
     }
-    sent += wait_all(&mut pending).await?;
-    Ok(sent)
+    wait_all(&mut pending).await
 }
 
-async fn wait_all(pending: &mut Vec<DeliveryFuture>) -> Result<usize, KafkaError> {
-    let count = pending.len();
+async fn wait_all(pending: &mut Vec<DeliveryFuture>) -> Result<(), KafkaError> {
     for delivery in pending.drain(..) {
         match delivery.await {
             Ok(Ok(_)) => {}
@@ -98,7 +100,7 @@ async fn wait_all(pending: &mut Vec<DeliveryFuture>) -> Result<usize, KafkaError
             Err(_) => return Err(KafkaError::Canceled),
         }
     }
-    Ok(count)
+    Ok(())
 }
 
 /// A header naming why a message was refused, for dead letters.
@@ -115,9 +117,7 @@ impl Target for KafkaTarget {
     }
 
     async fn connect(&mut self, _store_uid: i64) -> Result<(), TargetError> {
-        let mut topics: Vec<&str> = self.outputs.readings.values().map(|(t, _)| t.as_str()).collect();
-        topics.extend(self.outputs.anomalies.as_deref());
-        ensure_topics(&self.config, &topics).await.map_err(TargetError)?;
+        ensure_topics(&self.config, &self.topics()).await.map_err(TargetError)?;
         let producer = producer(&self.config)
             .map_err(|e| TargetError(format!("kafka {}: cannot make a producer: {e}", self.config.brokers)))?;
         self.producer = Some(producer);
@@ -136,7 +136,6 @@ impl Target for KafkaTarget {
         });
         produce_all(producer, messages)
             .await
-            .map(drop)
             .map_err(|e| TargetError(format!("kafka {}: producing readings: {e}", self.config.brokers)))
     }
 
@@ -147,7 +146,6 @@ impl Target for KafkaTarget {
             rows.iter().map(|row| (topic.as_str(), row.entity_id.as_str(), wire::anomaly_payload(row), None));
         produce_all(producer, messages)
             .await
-            .map(drop)
             .map_err(|e| TargetError(format!("kafka {}: producing anomalies to {topic}: {e}", self.config.brokers)))
     }
 }

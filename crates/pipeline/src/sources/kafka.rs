@@ -122,17 +122,21 @@ pub async fn run(
             consumer_state.rebuild(&ingest, kafka, &profile_of, &batch).await;
         }
         submit(&ingest, &metrics, kafka, &dead_letters, &profile_of, &batch).await?;
-        let mut offsets = TopicPartitionList::new();
+        // Each partition's first and last offset in the batch (a partition's messages come in order).
+        let mut spans: HashMap<(&str, i32), (i64, i64)> = HashMap::new();
         for message in &batch {
-            consumer_state.followed.insert((message.topic.clone(), message.partition), message.offset);
+            spans
+                .entry((message.topic.as_str(), message.partition))
+                .and_modify(|(_, last)| *last = message.offset)
+                .or_insert((message.offset, message.offset));
         }
-        for ((topic, partition), offset) in &consumer_state.followed {
-            if let Some(first) = batch.iter().find(|m| &m.topic == topic && m.partition == *partition) {
-                tracing::debug!("kafka: submitted {topic}/{partition} offsets {}..={offset}", first.offset);
-                offsets
-                    .add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
-                    .map_err(|e| format!("kafka offset of {topic}/{partition}: {e}"))?;
-            }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), (first, last)) in spans {
+            tracing::debug!("kafka: submitted {topic}/{partition} offsets {first}..={last}");
+            consumer_state.followed.insert((topic.to_string(), partition), last);
+            offsets
+                .add_partition_offset(topic, partition, Offset::Offset(last + 1))
+                .map_err(|e| format!("kafka offset of {topic}/{partition}: {e}"))?;
         }
         // Everything before these offsets is in bronze: committing them is the acknowledgement.
         if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
