@@ -361,14 +361,11 @@ async fn two_detectors_share_a_group_and_the_survivor_of_a_kill_finds_the_telepo
     };
     let expected = 8 * 120 + 8 * 60 + 1;
     // A rebalance with tansu takes a few join rounds: up to a minute.
-    let mut all = BTreeSet::new();
-    for _ in 0..600 {
-        all = readings(&first_dir).union(&readings(&second_dir)).cloned().collect();
-        if all.len() >= expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let all = settle(
+        || async { readings(&first_dir).union(&readings(&second_dir)).cloned().collect::<BTreeSet<String>>() },
+        |all| all.len() >= expected,
+    )
+    .await;
     assert_eq!(all.len(), expected);
     let teleport_sql = format!(
         "SELECT id FROM telemetry_anomalies WHERE detector = 'teleport' AND entity_id = '{vehicle}' \
@@ -429,14 +426,7 @@ async fn a_broker_killed_and_restarted_mid_stream_loses_nothing() {
     tansu.restart();
     wait_success(second_part, "the next 20 minutes, across the restart");
     let total = 2 * first_part as usize;
-    let mut analysed_now = 0;
-    for _ in 0..600 {
-        analysed_now = analysed(&http, &enrich).await;
-        if analysed_now >= total as i64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let analysed_now = settle(|| analysed(&http, &enrich), |n| *n >= total as i64).await;
     assert_eq!(analysed_now, total as i64, "every raw message is consumed once");
     let enriched = python_consume(&python, &tansu.brokers(), "vehicle_events_enriched", total, 30);
     let keys: BTreeSet<String> = enriched
@@ -581,6 +571,22 @@ async fn a_role_started_before_its_broker_says_so_and_waits_for_it() {
     drop(enrich);
 }
 
+/// Probes every 100 ms until `done` holds of the probe's value or a minute passes; the last value,
+/// for the caller's assertion to show.
+async fn settle<T, Fut: std::future::Future<Output = T>>(
+    mut probe: impl FnMut() -> Fut,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    for _ in 0..600 {
+        let value = probe().await;
+        if done(&value) {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    probe().await
+}
+
 /// Waits (up to 30 s) for a line containing `needle` in the log at `path`; the line.
 async fn wait_for_log(path: &Path, needle: &str) -> String {
     for _ in 0..300 {
@@ -617,14 +623,8 @@ async fn the_history_role_writes_the_enriched_topic_to_clickhouse() {
     assert!(status.success());
     let sent = 15 * 120;
     let table = "teleguard.enriched_telemetry_history";
-    let mut stored = 0;
-    for _ in 0..600 {
-        stored = clickhouse.number(&format!("SELECT uniqExact(vehicle_id, timestamp_ms) FROM {table}")).await;
-        if stored >= sent {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let count = format!("SELECT uniqExact(vehicle_id, timestamp_ms) FROM {table}");
+    let stored = settle(|| clickhouse.number(&count), |n| *n >= sent).await;
     assert_eq!(stored, sent, "every enriched reading is in ClickHouse once");
     let with_driver = clickhouse.number(&format!("SELECT count() FROM {table} FINAL WHERE driver_name != ''")).await;
     assert_eq!(with_driver, sent, "each with its driver, enriched upstream");
