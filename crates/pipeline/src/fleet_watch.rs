@@ -1,4 +1,4 @@
-//! Offline alerts: an entity silent past its profile's threshold (`offline_after_secs`, else
+//! The fleet watcher. Offline alerts: an entity silent past its profile's threshold (`offline_after_secs`, else
 //! five times its usual interval, at least 30 s) raises an `offline` anomaly and alert; its
 //! next reading resolves the alert.
 //!
@@ -7,6 +7,9 @@
 //! raises a second one (the anomaly id is that of the entity's last reading). Silence is
 //! counted from the later of the last arrival and this process's start: what happened while
 //! teleguard was down is not known, so every entity gets its threshold after a start.
+//!
+//! It also has the writer clear every few seconds the alerts whose episode is over (their
+//! entity reported past the cooldown since their last anomaly): see `Gold::clear_finished`.
 
 use crate::live::LiveView;
 use crate::store::writer::StoreWriter;
@@ -24,6 +27,8 @@ use tokio::sync::watch;
 pub const OFFLINE: &str = "offline";
 /// How often the fleet is looked at.
 const TICK: Duration = Duration::from_secs(1);
+/// Every this many ticks, alerts whose episode is over are cleared.
+const CLEAR_EVERY_TICKS: u32 = 5;
 
 /// What the watcher needs from the pipeline.
 #[derive(Debug, Clone)]
@@ -35,16 +40,20 @@ pub struct FleetWatch {
 }
 
 impl FleetWatch {
-    /// Looks at the fleet every second until `shutdown`.
+    /// Looks at the fleet every second until `shutdown`, and every few seconds has the alerts
+    /// whose episode is over cleared.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let started_ms = now_millis();
-        loop {
+        for tick in 1u32.. {
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             if let Err(e) = self.tick(started_ms, now_millis()).await {
                 tracing::warn!("offline alerts: cannot look at the fleet: {e}");
+            }
+            if tick % CLEAR_EVERY_TICKS == 0 && self.store.clear_finished_alerts(now_millis()).await.is_err() {
+                return;
             }
         }
     }

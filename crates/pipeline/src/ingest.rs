@@ -4,13 +4,13 @@
 //! Valid readings then go to the worker that owns their entity. In-flight readings are
 //! bounded by a semaphore: a source either waits for room or is told the pipeline is busy.
 
-use crate::metrics::{Metrics, ProfileSourceLabels};
+use crate::metrics::{Metrics, ProfileSourceLabels, Stage};
 use crate::store::quarantine::{NOT_REPLAYABLE, Quarantined};
 use crate::store::writer::StoreWriter;
 use crate::store::{
     BronzeContent, BronzeRow, GoldRow, MessageKey, OnceSubmission, StoreError, accepted_payload, duplicate_reason,
 };
-use crate::worker::{WorkBatch, WorkItem};
+use crate::worker::{WorkBatch, WorkItem, WorkerQueue};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use teleguard_core::detect::identity::spoofed_identity;
@@ -18,7 +18,7 @@ use teleguard_core::model::Reading;
 use teleguard_core::profile::{Profile, ProfileRegistry};
 use teleguard_core::time::now_millis;
 use teleguard_core::validate::{Rejection, TimeWindow, decode_and_validate, validate};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
 /// How a source waits when the pipeline is full.
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +113,7 @@ pub(crate) struct Shared {
     pub profiles: Arc<ProfileRegistry>,
     pub store: StoreWriter,
     /// One bounded queue per worker.
-    pub shards: Vec<mpsc::Sender<WorkBatch>>,
+    pub shards: Vec<WorkerQueue>,
     /// In-flight readings: taken at admission, given back once stored in silver.
     pub inflight: Arc<Semaphore>,
     pub capacity: usize,
@@ -194,6 +194,7 @@ impl Ingest {
             return Err(self.unknown_profile(profile_name));
         };
         let window = self.time_window(source);
+        let validating = Instant::now();
         let mut findings: Vec<Option<Box<GoldRow>>> = Vec::new();
         let (deliveries, mut verdicts): (Vec<Delivery>, Vec<Result<Reading, Rejection>>) = deliveries
             .into_iter()
@@ -220,7 +221,9 @@ impl Ingest {
             })
             .unzip();
         let valid = verdicts.iter().filter(|v| v.is_ok()).count();
+        self.shared.metrics.observe_stage(Stage::Validate, validating.elapsed().as_secs_f64());
         self.admit(valid, admission).await?;
+        let storing = Instant::now();
         let rejected_row = |delivery: Delivery, rejection: &Rejection, finding: Option<Box<GoldRow>>| BronzeRow {
             received_at_ms,
             source,
@@ -279,6 +282,7 @@ impl Ingest {
                 })
             }
         };
+        self.shared.metrics.observe_stage(Stage::Bronze, storing.elapsed().as_secs_f64());
         let first_id = match stored {
             Ok(id) => id,
             Err(e) => {

@@ -182,8 +182,9 @@ impl Pipeline {
         let mut worker_threads = Vec::new();
         for index in 0..config.workers.get() {
             let (sender, receiver) = mpsc::channel(WORKER_QUEUE_BATCHES);
-            shards.push(sender);
-            worker_threads.push(worker::spawn(index, receiver, worker_context.clone())?);
+            let queued = metrics.queue(&format!("worker-{index}"));
+            shards.push(worker::WorkerQueue { sender, queued: queued.clone() });
+            worker_threads.push(worker::spawn(index, receiver, queued, worker_context.clone())?);
         }
         let ingest = Ingest::new(ingest::Shared {
             profiles: config.profiles.clone(),

@@ -38,8 +38,9 @@ pub enum LiveEvent {
         severity: &'static str,
         reason: String,
     },
-    /// An alert acknowledged or resolved by an operator.
-    Alert { id: i64, action: &'static str },
+    /// A committed change of an alert: `opened`, `escalated`, `acknowledged` or `resolved`
+    /// (by an operator, or by the pipeline when the entity's episode is over).
+    Alert { id: i64, event: &'static str },
 }
 
 /// One entity as the fleet view shows it.
@@ -182,9 +183,9 @@ mod tests {
         let live = LiveView::default();
         let mut slow = live.subscribe();
         for id in 0..(EVENT_BACKLOG as i64 + 10) {
-            live.announce(LiveEvent::Alert { id, action: "ack" });
+            live.announce(LiveEvent::Alert { id, event: "acknowledged" });
         }
         assert!(matches!(slow.try_recv(), Err(broadcast::error::TryRecvError::Lagged(10))));
-        assert_eq!(slow.try_recv().unwrap(), LiveEvent::Alert { id: 10, action: "ack" });
+        assert_eq!(slow.try_recv().unwrap(), LiveEvent::Alert { id: 10, event: "acknowledged" });
     }
 }

@@ -57,6 +57,40 @@ pub struct SinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: String,
+}
+
+/// A histogram per label set, all with the same buckets.
+pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The pipeline's stages, as `teleguard_stage_seconds` names them.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    /// Decoding and validating one submission's messages.
+    Validate,
+    /// Waiting for a submission's bronze commit, before its source is acknowledged.
+    Bronze,
+    /// Enriching and analysing one worker batch.
+    Analyse,
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::Validate => "validate",
+            Stage::Bronze => "bronze",
+            Stage::Analyse => "analyse",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLayerLabels {
     pub sink: String,
     pub layer: String,
@@ -76,6 +110,11 @@ pub struct Metrics {
     pub retention_deleted_rows: Family<LayerLabels, Counter>,
     pub store_commit_seconds: Histogram,
     pub store_errors: Counter,
+    /// Time one batch spends in each stage (see [`Stage`]).
+    pub stage_seconds: HistogramFamily<StageLabels>,
+    /// Readings waiting for each worker (`worker-N`) and commands waiting for the store writer
+    /// (`store`).
+    pub queue_depth: Family<QueueLabels, Gauge>,
     pub backpressure_rejections: Counter,
     pub inflight_readings: Gauge,
     pub recovered_readings: Counter,
@@ -151,6 +190,8 @@ impl Metrics {
             retention_deleted_rows: Family::default(),
             store_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             store_errors: Counter::default(),
+            stage_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.00001, 2.0, 20))),
+            queue_depth: Family::default(),
             backpressure_rejections: Counter::default(),
             inflight_readings: Gauge::default(),
             recovered_readings: Counter::default(),
@@ -220,6 +261,17 @@ impl Metrics {
             metrics.store_commit_seconds.clone(),
         );
         registry.register("teleguard_store_errors", "Store transactions that failed", metrics.store_errors.clone());
+        registry.register(
+            "teleguard_stage_seconds",
+            "Time one batch spends in a stage: validate (decode and check a submission), bronze (wait for its durable \
+             commit before the source is acknowledged), analyse (enrich and detect a worker batch)",
+            metrics.stage_seconds.clone(),
+        );
+        registry.register(
+            "teleguard_queue_depth",
+            "Readings waiting for each worker (queue worker-N) and commands waiting for the store writer (queue store)",
+            metrics.queue_depth.clone(),
+        );
         registry.register(
             "teleguard_ingest_backpressure_rejections",
             "Ingest requests refused with 503 because the pipeline was full",
@@ -349,6 +401,16 @@ impl Metrics {
                 samples.push(latency as f32);
             }
         }
+    }
+
+    /// Records that one batch spent `seconds` in `stage`.
+    pub fn observe_stage(&self, stage: Stage, seconds: f64) {
+        self.stage_seconds.get_or_create(&StageLabels { stage: stage.as_str().into() }).observe(seconds);
+    }
+
+    /// The depth gauge of `queue`.
+    pub fn queue(&self, queue: &str) -> Gauge {
+        self.queue_depth.get_or_create(&QueueLabels { queue: queue.into() }).clone()
     }
 
     pub fn profile(profile: &str) -> ProfileLabels {

@@ -1,9 +1,10 @@
 //! A pipeline worker: owns a shard of entities, enriches and analyses their readings in order,
 //! and hands silver and gold rows to the store writer.
 
-use crate::metrics::{DetectorLabels, Metrics};
+use crate::metrics::{DetectorLabels, Metrics, Stage};
 use crate::store::writer::StoreWriter;
 use crate::store::{GoldRow, SilverRow};
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use std::time::Instant;
 use teleguard_core::detect::isolation_forest::ModelRegistry;
@@ -33,6 +34,26 @@ pub struct WorkBatch {
     pub items: Vec<WorkItem>,
 }
 
+/// The sending end of a worker's queue, with the gauge of the readings waiting in it.
+#[derive(Debug, Clone)]
+pub struct WorkerQueue {
+    pub sender: mpsc::Sender<WorkBatch>,
+    pub queued: Gauge,
+}
+
+impl WorkerQueue {
+    /// Queues `batch`; an error means the worker has stopped.
+    pub async fn send(&self, batch: WorkBatch) -> Result<(), mpsc::error::SendError<WorkBatch>> {
+        let readings = batch.items.len() as i64;
+        self.queued.inc_by(readings);
+        let sent = self.sender.send(batch).await;
+        if sent.is_err() {
+            self.queued.dec_by(readings);
+        }
+        sent
+    }
+}
+
 /// What every worker shares.
 #[derive(Debug, Clone)]
 pub struct WorkerContext {
@@ -47,9 +68,11 @@ pub struct WorkerContext {
 }
 
 /// Starts worker `index` on its own thread; it stops when every sender of `batches` is gone.
+/// `queued` counts the readings in its queue (see [`WorkerQueue`]).
 pub fn spawn(
     index: usize,
     mut batches: mpsc::Receiver<WorkBatch>,
+    queued: Gauge,
     context: WorkerContext,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
@@ -62,6 +85,7 @@ pub fn spawn(
                     Err(_) => break,
                 }
             }
+            queued.dec_by(items.len() as i64);
             if let Err(e) = worker.process(items) {
                 tracing::error!(
                     "worker {index}: {e}; its remaining readings are replayed from bronze at the next start"
@@ -106,6 +130,7 @@ impl Worker {
 
     /// Enriches and analyses `items` in order and queues their rows for the store.
     pub fn process(&mut self, items: Vec<WorkItem>) -> Result<(), crate::store::StoreError> {
+        let started = Instant::now();
         let permits = items.iter().filter(|item| !item.warm_up).count();
         let mut silver = Vec::with_capacity(items.len());
         let mut gold = Vec::new();
@@ -163,6 +188,7 @@ impl Worker {
             silver.push(Arc::new(row));
         }
         self.context.metrics.messages_consumed.inc_by(permits as u64);
+        self.context.metrics.observe_stage(Stage::Analyse, started.elapsed().as_secs_f64());
         // Shown by the API right away: their messages are already durable in bronze.
         self.context.live.push(silver.iter().cloned());
         for (key, model) in self.context.models.take_trained() {

@@ -38,17 +38,23 @@ async fn teleports_open_one_alert_that_an_operator_acknowledges_and_resolves() {
 
     let acked: Value =
         client.post(server.url(&format!("/api/alerts/{id}/ack"))).send().await.unwrap().json().await.unwrap();
-    assert_eq!(acked["state"], "acknowledged");
+    assert_eq!((&acked["state"], &acked["status"]), (&json!("acknowledged"), &json!("active_ack")));
     assert!(acked["acknowledged_at"].is_string());
     let resolved: Value =
         client.post(server.url(&format!("/api/alerts/{id}/resolve"))).send().await.unwrap().json().await.unwrap();
-    assert_eq!(resolved["state"], "resolved");
-    let again = client.post(server.url(&format!("/api/alerts/{id}/ack"))).send().await.unwrap();
-    assert_eq!(again.status(), 409);
+    assert_eq!((&resolved["state"], &resolved["status"]), (&json!("resolved"), &json!("cleared_ack")));
+    assert_eq!(resolved["acknowledged_at"], acked["acknowledged_at"], "clearing keeps the acknowledgement");
+    let again: Value =
+        client.post(server.url(&format!("/api/alerts/{id}/ack"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(again["acknowledged_at"], acked["acknowledged_at"], "acknowledging twice changes nothing");
+    assert_eq!(again["status"], "cleared_ack");
     assert_eq!(client.post(server.url("/api/alerts/999999/resolve")).send().await.unwrap().status(), 404);
     assert_eq!(client.get(server.url("/api/alerts?state=closed")).send().await.unwrap().status(), 400);
     let listed = get_json(&client, &server.url("/api/alerts?state=resolved")).await;
     assert_eq!(listed[0]["id"], id);
+    assert_eq!(get_json(&client, &server.url("/api/alerts?state=cleared_ack")).await[0]["id"], id);
+    let active = get_json(&client, &server.url("/api/alerts?state=active")).await;
+    assert!(!active.as_array().unwrap().iter().any(|a| a["id"] == id), "{active:#}");
 
     // A new teleport after resolution opens a new alert.
     let later = [vehicle(600, 37.7605), vehicle(605, 36.9)];
@@ -58,6 +64,39 @@ async fn teleports_open_one_alert_that_an_operator_acknowledges_and_resolves() {
         (open.as_array().unwrap().iter().filter(|a| a["detector"] == "teleport").count() == 1).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_clears_itself_once_its_vehicle_reports_past_the_cooldown_and_stays_to_acknowledge() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        Server::start(dir.path(), &["--config", &historical_config(dir.path(), "[alerts]\ncooldown_secs = 60\n")]);
+    let client = client();
+    let track = [vehicle(0, 37.76), vehicle(5, 37.7601), vehicle(10, 38.5), vehicle(15, 37.7603)];
+    assert_eq!(post(&client, &server, "vehicle", serde_json::to_vec(&track).unwrap()).await.0, 202);
+    let active = server.url("/api/alerts?state=active_unack");
+    let id = wait_for("the teleport alert", || async {
+        let alerts = get_json(&client, &active).await;
+        alerts.as_array().unwrap().iter().find(|a| a["detector"] == "teleport").map(|a| a["id"].clone())
+    })
+    .await;
+    // Within the cooldown the vehicle's ordinary readings leave the alert active.
+    assert_eq!(post(&client, &server, "vehicle", serde_json::to_vec(&[vehicle(60, 37.7604)]).unwrap()).await.0, 202);
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let still = get_json(&client, &active).await;
+    assert!(still.as_array().unwrap().iter().any(|a| a["id"] == id), "cleared within the cooldown: {still:#}");
+    // Past it, the episode is over: cleared by the pipeline, still there to acknowledge.
+    assert_eq!(post(&client, &server, "vehicle", serde_json::to_vec(&[vehicle(90, 37.7605)]).unwrap()).await.0, 202);
+    let cleared = server.url("/api/alerts?state=cleared_unack");
+    let alert = wait_for("the alert cleared", || async {
+        let alerts = get_json(&client, &cleared).await;
+        alerts.as_array().unwrap().iter().find(|a| a["id"] == id).cloned()
+    })
+    .await;
+    assert!(alert["resolved_at"].is_string() && alert["acknowledged_at"].is_null(), "{alert:#}");
+    let acked: Value =
+        client.post(server.url(&format!("/api/alerts/{id}/ack"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(acked["status"], "cleared_ack");
 }
 
 /// The built-in drone profile with reference 001's training: the first 200 readings, the

@@ -1,9 +1,10 @@
 //! Offline alerts through the real binary: an entity silent past its profile's threshold gets
 //! an `offline` alert, one that keeps reporting does not, and the silent one's next reading
-//! resolves it.
+//! resolves it; the live event stream tells a watching dashboard of each step.
 
 mod common;
 
+use common::events::EventStream;
 use common::{Server, client, get_json, post, wait_for};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -38,6 +39,7 @@ async fn a_silent_entity_goes_offline_and_its_next_reading_brings_it_back() {
     std::fs::write(&config, TRACKERS).unwrap();
     let server = Server::start(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
     let http = client();
+    let mut events = EventStream::open(&server);
     assert_eq!(post(&http, &server, "tracker", format!("{}\n{}", reading("T1"), reading("T2"))).await.0, 202);
 
     // T2 keeps reporting; T1 falls silent past its 2 s.
@@ -56,6 +58,11 @@ async fn a_silent_entity_goes_offline_and_its_next_reading_brings_it_back() {
     assert_eq!(alert["severity"], "minor");
     let reason = alert["reason"].as_str().unwrap();
     assert!(reason.starts_with("no reading for ") && reason.contains("(offline after 2 s"), "{reason}");
+    // A dashboard following the live stream hears of it without polling.
+    let went = tokio::task::block_in_place(|| events.next("anomaly"));
+    assert_eq!((&went["detector"], &went["entity"]), (&json!("offline"), &json!("T1")), "{went}");
+    let opened = tokio::task::block_in_place(|| events.next("alert"));
+    assert_eq!(opened, json!({"kind": "alert", "id": alert["id"], "event": "opened"}));
     let fleet = get_json(&http, &server.url("/api/fleet")).await;
     let t1 = fleet["entities"].as_array().unwrap().iter().find(|e| e["entity"] == "T1").unwrap().clone();
     assert_eq!(t1["online"], false, "{t1:#}");
@@ -72,6 +79,13 @@ async fn a_silent_entity_goes_offline_and_its_next_reading_brings_it_back() {
         resolved.as_array().unwrap().iter().any(|a| a["id"] == id).then_some(())
     })
     .await;
+    let back = tokio::task::block_in_place(|| events.next("alert"));
+    assert_eq!(back, json!({"kind": "alert", "id": id, "event": "resolved"}));
+    let cleared = get_json(&http, &server.url("/api/alerts?state=cleared_unack")).await;
+    assert!(
+        cleared.as_array().unwrap().iter().any(|a| a["id"] == id),
+        "cleared by the pipeline, unacknowledged: {cleared:#}"
+    );
     let anomalies = get_json(&http, &server.url("/api/anomalies?detector=offline")).await;
     assert_eq!(anomalies.as_array().unwrap().len(), 1, "{anomalies:#}");
     assert_eq!(anomalies[0]["entity"], "T1");

@@ -120,8 +120,9 @@ pub async fn geofences(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/geo+json")], state.geofences.to_string())
 }
 
-/// `GET /api/events`: Server-Sent Events, one `anomaly` per committed anomaly and one `alert`
-/// per acknowledgement or resolution. A client that falls behind gets a `lagged` event saying
+/// `GET /api/events`: Server-Sent Events, one `anomaly` per committed anomaly (offline ones
+/// and findings of rejected messages included) and one `alert` per committed alert change
+/// (opened, escalated, acknowledged, resolved). A client that falls behind gets a `lagged` event saying
 /// how many it missed; the pipeline never waits for it.
 pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let receiver = state.live.subscribe();

@@ -27,6 +27,9 @@ pub struct Gold {
     leaders: Leaderboard,
     /// The `change_seq` the next insert or close of an anomaly takes; read at first use.
     next_change_seq: Option<i64>,
+    /// What happened to alerts in the transaction being written, for the live stream once it
+    /// commits: (alert id, `opened`, `escalated`, `acknowledged` or `resolved`).
+    changes: Vec<(i64, &'static str)>,
 }
 
 type AlertKey = (Arc<str>, Arc<str>, &'static str);
@@ -55,6 +58,12 @@ impl Gold {
         self.pending.clear();
         self.leaders = Leaderboard::default();
         self.next_change_seq = None;
+        self.changes.clear();
+    }
+
+    /// The alert changes of the transaction just committed, in order.
+    pub fn take_changes(&mut self) -> Vec<(i64, &'static str)> {
+        std::mem::take(&mut self.changes)
     }
 
     /// The next `change_seq` (see schema migration 5), read from the store the first time.
@@ -213,6 +222,7 @@ impl Gold {
         ])?;
         let id = tx.last_insert_rowid();
         append_alert_event(tx, id, AlertEvent::Opened, a.severity.as_str(), row.detected_at_ms)?;
+        self.changes.push((id, AlertEvent::Opened.as_str()));
         let opened = LiveAlert {
             id,
             last_event_ms: row.timestamp_ms,
@@ -234,8 +244,10 @@ impl Gold {
         Ok(())
     }
 
-    /// Acknowledges or resolves alert `id`; resolving twice is fine, acknowledging a resolved
-    /// one is not. Gathered alert updates are written first, so they land before the change.
+    /// Acknowledges or clears (resolves) alert `id`, ThingsBoard's way: the two are
+    /// independent, so an alert is active or cleared, and acknowledged or not. Doing either
+    /// twice changes nothing. Gathered alert updates are written first, so they land before
+    /// the change.
     pub fn transition_alert(
         &mut self,
         tx: &Transaction<'_>,
@@ -244,32 +256,69 @@ impl Gold {
         now_ms: i64,
     ) -> rusqlite::Result<AlertTransition> {
         self.write_alerts(tx)?;
-        let state: Option<String> =
-            tx.query_row("SELECT state FROM alerts WHERE id = ?1", [id], |r| r.get(0)).optional()?;
-        let Some(state) = state else { return Ok(AlertTransition::NotFound) };
-        match (action, state.as_str()) {
-            (AlertAction::Acknowledge, "resolved") => Ok(AlertTransition::AlreadyResolved),
-            (AlertAction::Acknowledge, _) => {
+        let current: Option<(String, Option<i64>)> = tx
+            .query_row("SELECT state, acknowledged_at_ms FROM alerts WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((state, acknowledged_at_ms)) = current else { return Ok(AlertTransition::NotFound) };
+        match action {
+            AlertAction::Acknowledge if acknowledged_at_ms.is_some() => Ok(AlertTransition::Unchanged),
+            AlertAction::Acknowledge => {
+                // A cleared alert stays cleared; an active one becomes `acknowledged`.
                 tx.execute(
-                    "UPDATE alerts SET state = 'acknowledged', acknowledged_at_ms = COALESCE(acknowledged_at_ms, ?2),
-                         updated_at_ms = ?2 WHERE id = ?1",
+                    "UPDATE alerts SET state = CASE state WHEN 'resolved' THEN 'resolved' ELSE 'acknowledged' END,
+                         acknowledged_at_ms = ?2, updated_at_ms = ?2 WHERE id = ?1",
                     params![id, now_ms],
                 )?;
+                self.changes.push((id, "acknowledged"));
                 Ok(AlertTransition::Done)
             }
-            (AlertAction::Resolve, "resolved") => Ok(AlertTransition::Done),
-            (AlertAction::Resolve, _) => {
-                self.live.retain(|_, live| live.id != id);
-                let severity: String = tx.query_row(
-                    "UPDATE alerts SET state = 'resolved', resolved_at_ms = ?2, updated_at_ms = ?2 WHERE id = ?1
-                     RETURNING severity",
-                    params![id, now_ms],
-                    |r| r.get(0),
-                )?;
-                append_alert_event(tx, id, AlertEvent::Resolved, &severity, now_ms)?;
+            AlertAction::Resolve if state == "resolved" => Ok(AlertTransition::Unchanged),
+            AlertAction::Resolve => {
+                self.clear(tx, id, now_ms)?;
                 Ok(AlertTransition::Done)
             }
         }
+    }
+
+    /// Clears alert `id` (state `resolved`, its acknowledgement kept) and records a
+    /// `resolved` event for the notification routes.
+    fn clear(&mut self, tx: &Transaction<'_>, id: i64, now_ms: i64) -> rusqlite::Result<()> {
+        self.live.retain(|_, live| live.id != id);
+        let severity: String = tx.query_row(
+            "UPDATE alerts SET state = 'resolved', resolved_at_ms = ?2, updated_at_ms = ?2 WHERE id = ?1
+             RETURNING severity",
+            params![id, now_ms],
+            |r| r.get(0),
+        )?;
+        append_alert_event(tx, id, AlertEvent::Resolved, &severity, now_ms)?;
+        self.changes.push((id, AlertEvent::Resolved.as_str()));
+        Ok(())
+    }
+
+    /// Clears every active alert whose episode is over: its entity has reported readings
+    /// more than `cooldown_ms` (event time) past the alert's last anomaly, and that anomaly is
+    /// not a finding still under way (a stop or zone visit without its end). What a reading
+    /// past the cooldown would do to it anyway (open a new alert) is then visible at once:
+    /// the old alert turns `cleared_unack` unless someone acknowledged it. Offline alerts are
+    /// the fleet watcher's. Returns how many were cleared.
+    pub fn clear_finished(&mut self, tx: &Transaction<'_>, now_ms: i64, cooldown_ms: i64) -> rusqlite::Result<usize> {
+        self.write_alerts(tx)?;
+        let finished: Vec<i64> = tx
+            .prepare_cached(
+                "SELECT a.id FROM alerts a
+                 JOIN entities e ON e.profile = a.profile AND e.entity_id = a.entity_id
+                 WHERE a.state != 'resolved' AND a.detector != ?1 AND e.last_seen_ms > a.last_event_ms + ?2
+                   AND NOT EXISTS (SELECT 1 FROM telemetry_anomalies t WHERE t.id = a.last_anomaly_id
+                                   AND t.episode_start_ms IS NOT NULL AND t.episode_end_ms IS NULL)",
+            )?
+            .query_map(params![crate::fleet_watch::OFFLINE, cooldown_ms], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for id in &finished {
+            self.clear(tx, *id, now_ms)?;
+        }
+        Ok(finished.len())
     }
 
     /// Raises by one severity every alert still open and unacknowledged `after_ms` after it
@@ -294,6 +343,7 @@ impl Gold {
             )?
             .execute(params![id, raised, now_ms])?;
             append_alert_event(tx, *id, AlertEvent::Escalated, raised, now_ms)?;
+            self.changes.push((*id, AlertEvent::Escalated.as_str()));
             for live in self.live.values_mut().filter(|live| live.id == *id) {
                 live.severity = raised.to_string();
             }
@@ -468,9 +518,9 @@ impl AlertAction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AlertTransition {
     Done,
+    /// The alert already was what the action makes it.
+    Unchanged,
     NotFound,
-    /// The alert is resolved; it cannot be acknowledged any more.
-    AlreadyResolved,
 }
 
 #[cfg(test)]
@@ -578,7 +628,7 @@ mod tests {
         rows.push(row("d2", 0, 3.3, 3.0));
         write(&mut connection, &mut gold, &rows[..3]);
         write(&mut connection, &mut gold, &rows[3..]);
-        let alerts = query::alerts(&connection, None, 10).expect("alerts");
+        let alerts = query::alerts(&connection, query::AlertSelection::All, 10).expect("alerts");
         let d1: Vec<_> = alerts.iter().filter(|a| a.entity == "d1").collect();
         assert_eq!(d1.len(), 2, "{alerts:#?}");
         let first = d1.iter().find(|a| a.first_anomaly_id == rows[0].anomaly.id).expect("the first alert");
@@ -592,7 +642,7 @@ mod tests {
 
         // Written again (re-processing after a crash): nothing changes.
         write(&mut connection, &mut gold, &rows);
-        let again = query::alerts(&connection, None, 10).expect("alerts");
+        let again = query::alerts(&connection, query::AlertSelection::All, 10).expect("alerts");
         assert_eq!(again.iter().map(|a| a.anomalies).sum::<i64>(), 7);
     }
 
@@ -609,11 +659,89 @@ mod tests {
         gold.write(&tx, &[row("d1", 2_000, 4.0, 3.0)], COOLDOWN_MS, &mut |_| {}).expect("write");
         gold.write_alerts(&tx).expect("alerts");
         tx.commit().expect("commit");
-        let alerts = query::alerts(&connection, None, 10).expect("alerts");
+        let alerts = query::alerts(&connection, query::AlertSelection::All, 10).expect("alerts");
         assert_eq!(alerts.len(), 2, "{alerts:#?}");
         let resolved = alerts.iter().find(|a| a.state == "resolved").expect("the resolved alert");
         assert_eq!(resolved.anomalies, 2, "the update gathered before resolving is written first");
         assert_eq!(alerts.iter().find(|a| a.state == "open").expect("a new alert").anomalies, 1);
+    }
+
+    fn statuses(connection: &Connection) -> Vec<(String, &'static str)> {
+        let mut alerts = query::alerts(connection, query::AlertSelection::All, 10).expect("alerts");
+        alerts.sort_by_key(|a| a.id);
+        alerts.into_iter().map(|a| (a.entity, a.status)).collect()
+    }
+
+    fn act(connection: &mut Connection, gold: &mut Gold, id: i64, action: AlertAction) -> AlertTransition {
+        let tx = connection.transaction().unwrap();
+        let outcome = gold.transition_alert(&tx, id, action, 5_000).unwrap();
+        tx.commit().unwrap();
+        outcome
+    }
+
+    #[test]
+    fn acknowledging_and_clearing_are_independent_as_in_thingsboard() {
+        let (_dir, mut connection) = store();
+        let mut gold = Gold::default();
+        write(&mut connection, &mut gold, &[row("d1", 0, 4.0, 3.0), row("d2", 0, 4.0, 3.0)]);
+        assert_eq!(statuses(&connection), [("d1".into(), "active_unack"), ("d2".into(), "active_unack")]);
+        // d1: acknowledged, then cleared. d2: cleared, then acknowledged.
+        assert_eq!(act(&mut connection, &mut gold, 1, AlertAction::Acknowledge), AlertTransition::Done);
+        assert_eq!(statuses(&connection)[0].1, "active_ack");
+        assert_eq!(act(&mut connection, &mut gold, 1, AlertAction::Resolve), AlertTransition::Done);
+        assert_eq!(act(&mut connection, &mut gold, 2, AlertAction::Resolve), AlertTransition::Done);
+        assert_eq!(statuses(&connection), [("d1".into(), "cleared_ack"), ("d2".into(), "cleared_unack")]);
+        assert_eq!(act(&mut connection, &mut gold, 2, AlertAction::Acknowledge), AlertTransition::Done);
+        assert_eq!(statuses(&connection)[1].1, "cleared_ack");
+        // Twice changes nothing, and says so; an unknown id is not found.
+        assert_eq!(act(&mut connection, &mut gold, 2, AlertAction::Acknowledge), AlertTransition::Unchanged);
+        assert_eq!(act(&mut connection, &mut gold, 2, AlertAction::Resolve), AlertTransition::Unchanged);
+        assert_eq!(act(&mut connection, &mut gold, 9, AlertAction::Resolve), AlertTransition::NotFound);
+        let resolved = events(&connection).into_iter().filter(|e| e.1 == "resolved").count();
+        assert_eq!(resolved, 2, "one resolved event per alert, none for the repeat");
+        let changes: Vec<_> = gold.take_changes();
+        assert_eq!(
+            changes,
+            [(1, "opened"), (2, "opened"), (1, "acknowledged"), (1, "resolved"), (2, "resolved"), (2, "acknowledged")]
+        );
+    }
+
+    #[test]
+    fn an_alert_clears_once_its_entity_reports_past_the_cooldown_unless_its_finding_is_under_way() {
+        let (_dir, mut connection) = store();
+        let mut gold = Gold::default();
+        let mut stop = row("d3", 0, 4.0, 3.0);
+        stop.anomaly.episode = Some(teleguard_core::model::Episode { start_ms: 0, end_ms: None });
+        write(&mut connection, &mut gold, &[row("d1", 0, 4.0, 3.0), row("d2", 0, 4.0, 3.0), stop]);
+        let seen = |connection: &Connection, entity: &str, last_seen_ms: i64| {
+            connection
+                .execute(
+                    "INSERT INTO entities VALUES ('drone', ?1, 0, ?2)
+                     ON CONFLICT DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
+                    params![entity, last_seen_ms],
+                )
+                .unwrap();
+        };
+        let clear = |connection: &mut Connection, gold: &mut Gold| {
+            let tx = connection.transaction().unwrap();
+            let cleared = gold.clear_finished(&tx, 9_000, COOLDOWN_MS).unwrap();
+            tx.commit().unwrap();
+            cleared
+        };
+        // d1 reports past the cooldown, d2 only within it, d3 past it but still stopped.
+        seen(&connection, "d1", COOLDOWN_MS + 1);
+        seen(&connection, "d2", COOLDOWN_MS);
+        seen(&connection, "d3", COOLDOWN_MS * 2);
+        assert_eq!(clear(&mut connection, &mut gold), 1);
+        assert_eq!(
+            statuses(&connection),
+            [("d1".into(), "cleared_unack"), ("d2".into(), "active_unack"), ("d3".into(), "active_unack")]
+        );
+        assert_eq!(clear(&mut connection, &mut gold), 0, "cleared once");
+        // A new anomaly of d1 opens a new alert; d2's next one within the cooldown updates its own.
+        write(&mut connection, &mut gold, &[row("d1", COOLDOWN_MS + 2, 4.0, 3.0), row("d2", COOLDOWN_MS, 4.0, 3.0)]);
+        assert_eq!(statuses(&connection).len(), 4);
+        assert_eq!(clear(&mut connection, &mut gold), 0);
     }
 
     fn events(connection: &Connection) -> Vec<(i64, String, String)> {

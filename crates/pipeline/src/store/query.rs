@@ -154,7 +154,12 @@ pub struct AlertRecord {
     pub profile: String,
     pub entity: String,
     pub detector: String,
+    /// `open` (active, unacknowledged), `acknowledged` (active) or `resolved` (cleared,
+    /// acknowledged or not).
     pub state: String,
+    /// ThingsBoard's four alarm states: `active_unack`, `active_ack`, `cleared_unack`,
+    /// `cleared_ack`.
+    pub status: &'static str,
     pub severity: String,
     pub reason: String,
     pub anomalies: i64,
@@ -172,12 +177,15 @@ const ALERT_COLUMNS: &str = "id, profile, entity_id, detector, state, severity, 
     last_anomaly_id, first_event_ms, last_event_ms, opened_at_ms, updated_at_ms, acknowledged_at_ms, resolved_at_ms";
 
 fn alert_record(row: &Row<'_>) -> rusqlite::Result<AlertRecord> {
+    let state: String = row.get(4)?;
+    let acknowledged_at_ms: Option<i64> = row.get(14)?;
     Ok(AlertRecord {
         id: row.get(0)?,
         profile: row.get(1)?,
         entity: row.get(2)?,
         detector: row.get(3)?,
-        state: row.get(4)?,
+        status: AlertStatus::of(&state, acknowledged_at_ms.is_some()).as_str(),
+        state,
         severity: row.get(5)?,
         reason: row.get(6)?,
         anomalies: row.get(7)?,
@@ -187,19 +195,93 @@ fn alert_record(row: &Row<'_>) -> rusqlite::Result<AlertRecord> {
         last_event: format_millis(row.get(11)?),
         opened_at: format_millis(row.get(12)?),
         updated_at: format_millis(row.get(13)?),
-        acknowledged_at: row.get::<_, Option<i64>>(14)?.map(format_millis),
+        acknowledged_at: acknowledged_at_ms.map(format_millis),
         resolved_at: row.get::<_, Option<i64>>(15)?.map(format_millis),
     })
 }
 
-/// Alerts, most recently updated first, optionally of one state.
-pub fn alerts(connection: &Connection, state: Option<&str>, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
-    let sql = format!(
-        "SELECT {ALERT_COLUMNS} FROM alerts WHERE ?1 IS NULL OR state = ?1 ORDER BY updated_at_ms DESC, id DESC LIMIT ?2"
-    );
+/// ThingsBoard's alarm states: active or cleared, and acknowledged or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertStatus {
+    ActiveUnacknowledged,
+    ActiveAcknowledged,
+    ClearedUnacknowledged,
+    ClearedAcknowledged,
+}
+
+impl AlertStatus {
+    pub const ALL: [AlertStatus; 4] = [
+        AlertStatus::ActiveUnacknowledged,
+        AlertStatus::ActiveAcknowledged,
+        AlertStatus::ClearedUnacknowledged,
+        AlertStatus::ClearedAcknowledged,
+    ];
+
+    fn of(state: &str, acknowledged: bool) -> Self {
+        match (state == "resolved", acknowledged) {
+            (false, false) => AlertStatus::ActiveUnacknowledged,
+            (false, true) => AlertStatus::ActiveAcknowledged,
+            (true, false) => AlertStatus::ClearedUnacknowledged,
+            (true, true) => AlertStatus::ClearedAcknowledged,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::ActiveUnacknowledged => "active_unack",
+            AlertStatus::ActiveAcknowledged => "active_ack",
+            AlertStatus::ClearedUnacknowledged => "cleared_unack",
+            AlertStatus::ClearedAcknowledged => "cleared_ack",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        AlertStatus::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+
+    /// The SQL condition on `alerts` that selects this status.
+    fn condition(self) -> &'static str {
+        match self {
+            AlertStatus::ActiveUnacknowledged => "state != 'resolved' AND acknowledged_at_ms IS NULL",
+            AlertStatus::ActiveAcknowledged => "state != 'resolved' AND acknowledged_at_ms IS NOT NULL",
+            AlertStatus::ClearedUnacknowledged => "state = 'resolved' AND acknowledged_at_ms IS NULL",
+            AlertStatus::ClearedAcknowledged => "state = 'resolved' AND acknowledged_at_ms IS NOT NULL",
+        }
+    }
+}
+
+/// Which alerts a listing wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertSelection {
+    All,
+    /// By the `state` column: `open`, `acknowledged` or `resolved`.
+    State(&'static str),
+    Status(AlertStatus),
+    /// Active, acknowledged or not.
+    Active,
+}
+
+/// Alerts, most recently updated first.
+pub fn alerts(
+    connection: &Connection,
+    selection: AlertSelection,
+    limit: usize,
+) -> Result<Vec<AlertRecord>, StoreError> {
+    let limit = limit as i64;
+    let (condition, state) = match selection {
+        AlertSelection::All => ("1", None),
+        AlertSelection::State(state) => ("state = ?2", Some(state)),
+        AlertSelection::Status(status) => (status.condition(), None),
+        AlertSelection::Active => ("state != 'resolved'", None),
+    };
+    let sql =
+        format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE {condition} ORDER BY updated_at_ms DESC, id DESC LIMIT ?1");
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&limit];
+    if let Some(state) = &state {
+        values.push(state);
+    }
     let mut statement = connection.prepare_cached(&sql)?;
-    let rows =
-        statement.query_map(rusqlite::params![state, limit as i64], alert_record)?.collect::<Result<Vec<_>, _>>()?;
+    let rows = statement.query_map(rusqlite::params_from_iter(values), alert_record)?.collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
 

@@ -226,6 +226,11 @@ const MIGRATIONS: &[&str] = &[
     -- target that already holds another store's ids would take new readings for copies.
     INSERT OR IGNORE INTO meta (key, value) VALUES ('store_uid', abs(random()));
     "#,
+    // 7: the active alerts, found every few seconds to clear those whose episode is over and
+    // by the fleet map, without a scan of every alert ever raised.
+    r#"
+    CREATE INDEX alerts_active ON alerts (profile, entity_id) WHERE state != 'resolved';
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -44,6 +44,8 @@ pub enum WriteCommand {
     Flush { reply: oneshot::Sender<()> },
     /// Raise the severity of alerts left open and unacknowledged too long.
     Escalate { now_ms: i64, after_ms: i64 },
+    /// Clear the active alerts whose episode is over (see [`Gold::clear_finished`]).
+    ClearFinished { now_ms: i64 },
     /// Entities that went silent (their `offline` anomalies) and entities back whose open
     /// `offline` alerts are to be resolved.
     Offline { went: Vec<GoldRow>, came_back: Vec<(Arc<str>, Arc<str>)> },
@@ -70,6 +72,7 @@ impl WriteCommand {
             | WriteCommand::Alert { .. }
             | WriteCommand::Flush { .. }
             | WriteCommand::Escalate { .. }
+            | WriteCommand::ClearFinished { .. }
             | WriteCommand::Offline { .. }
             | WriteCommand::NotificationCursor { .. }
             | WriteCommand::SinkCursor { .. } => 1,
@@ -134,6 +137,11 @@ impl StoreWriter {
         came_back: Vec<(Arc<str>, Arc<str>)>,
     ) -> Result<(), StoreError> {
         self.commands.send(WriteCommand::Offline { went, came_back }).await.map_err(|_| StoreError::WriterStopped)
+    }
+
+    /// Clears the active alerts whose episode is over (queued, not waited for).
+    pub async fn clear_finished_alerts(&self, now_ms: i64) -> Result<(), StoreError> {
+        self.commands.send(WriteCommand::ClearFinished { now_ms }).await.map_err(|_| StoreError::WriterStopped)
     }
 
     /// Escalates alerts open and unacknowledged for `after_ms` (queued, not waited for).
@@ -223,6 +231,7 @@ pub fn spawn(
         pending,
         accepted: Vec::new(),
         trimmed: None,
+        unannounced: Vec::new(),
     };
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
@@ -243,6 +252,9 @@ struct Writer {
     accepted: Vec<(i64, i64)>,
     /// What the retention step of the transaction being written deleted.
     trimmed: Option<Trimmed>,
+    /// Anomalies of the transaction being written that no `Derived` command carries (offline
+    /// entities, findings of rejected messages), for the live stream once it commits.
+    unannounced: Vec<LiveEvent>,
 }
 
 /// First and last event time of each entity seen in a transaction, per profile.
@@ -260,6 +272,7 @@ struct ProfileDelta {
 
 impl Writer {
     fn run(mut self, mut receiver: mpsc::Receiver<WriteCommand>) {
+        let queued = self.context.metrics.queue("store");
         while let Some(first) = receiver.blocking_recv() {
             let mut rows = first.rows();
             let mut batch = vec![first];
@@ -273,6 +286,7 @@ impl Writer {
                 }
             }
             self.commit_batch(batch);
+            queued.set(receiver.len() as i64);
         }
         self.mark_processed_if_idle();
         self.checkpointer.stop();
@@ -297,6 +311,7 @@ impl Writer {
                 );
                 self.next_bronze_id = first_id;
                 self.accepted.clear();
+                self.unannounced.clear();
                 // The gold state may describe changes that were rolled back.
                 self.gold.forget();
                 (false, Vec::new().into_iter(), Vec::new().into_iter())
@@ -341,20 +356,13 @@ impl Writer {
                         }
                     }
                 }
-                WriteCommand::Alert { id, action, reply } => {
-                    let answer = match transitions.next() {
-                        Some(transition) => {
-                            if transition == AlertTransition::Done {
-                                self.context.live.announce(LiveEvent::Alert { id, action: action.as_str() });
-                            }
-                            Ok(transition)
-                        }
-                        None => Err("the store could not commit; retry".to_string()),
-                    };
+                WriteCommand::Alert { reply, .. } => {
+                    let answer = transitions.next().ok_or_else(|| "the store could not commit; retry".to_string());
                     let _ = reply.send(answer);
                 }
                 WriteCommand::Model { .. }
                 | WriteCommand::Escalate { .. }
+                | WriteCommand::ClearFinished { .. }
                 | WriteCommand::Offline { .. }
                 | WriteCommand::SinkCursor { .. } => {}
                 WriteCommand::Flush { reply } => {
@@ -391,6 +399,12 @@ impl Writer {
             metrics.inflight_readings.set(inflight as i64);
         }
         if committed {
+            for event in self.unannounced.drain(..) {
+                self.context.live.announce(event);
+            }
+            for (id, event) in self.gold.take_changes() {
+                self.context.live.announce(LiveEvent::Alert { id, event });
+            }
             let idle = self.context.inflight.available_permits() == self.context.inflight_capacity;
             self.pending.publish(&self.context.silver_watermark, self.next_bronze_id, idle);
             self.mark_processed_if_idle();
@@ -496,6 +510,7 @@ impl Writer {
                     gold_rows += self.gold.write(&tx, went, self.context.alert_cooldown_ms, &mut |profile| {
                         by_name(&mut profiles, profile, ProfileDelta::default).anomalies += 1;
                     })?;
+                    self.unannounced.extend(went.iter().cloned().map(anomaly_event));
                     for (profile, entity) in came_back {
                         let open: Vec<i64> = tx
                             .prepare_cached(
@@ -507,6 +522,12 @@ impl Writer {
                         for id in open {
                             self.gold.transition_alert(&tx, id, AlertAction::Resolve, now_millis())?;
                         }
+                    }
+                }
+                WriteCommand::ClearFinished { now_ms } => {
+                    let cleared = self.gold.clear_finished(&tx, *now_ms, self.context.alert_cooldown_ms)?;
+                    if cleared > 0 {
+                        tracing::debug!("alerts: {cleared} whose episode is over cleared");
                     }
                 }
                 WriteCommand::Escalate { now_ms, after_ms } => {
@@ -537,6 +558,7 @@ impl Writer {
             gold_rows += self.gold.write(&tx, &findings, self.context.alert_cooldown_ms, &mut |profile| {
                 by_name(&mut profiles, profile, ProfileDelta::default).anomalies += 1;
             })?;
+            self.unannounced.extend(findings.into_iter().map(anomaly_event));
         }
         self.gold.write_alerts(&tx)?;
         write_counts(&tx, &profiles, &entities)?;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod clickhouse;
+pub mod events;
 pub mod postgres;
 
 use std::io::{BufRead, BufReader};
