@@ -1,24 +1,24 @@
 //! Sequence novelty per entity and metric: how much of what a metric just did was never seen.
 //!
-//! Each metric's values are cut into a few levels of the range it kept during its first
-//! readings (its learning period); each reading then ends one sequence of levels per order,
-//! the current level alone and with the one, two, ... `orders - 1` levels before it. Its
-//! novelty is the fraction of those sequences never seen before: 0 for a familiar pattern, 1
-//! for a level or a jump the metric never made. With parts of the day (by hour, UTC, by
-//! default) the level is also remembered with the part of the day it came in, one more item
-//! of the fraction: telemetry keeps daily cycles, and a level usual at noon but never seen at
-//! 3 a.m. is new at 3 a.m. (the time-of-day context HTM's detector encodes in NAB); the first
-//! day is then learned before any verdict, since every part of it is new. The score is how unusual the novelty of the
-//! last ten readings is for this metric (Numenta's anomaly likelihood: a normal tail
-//! probability against the running mean and variance of that average, on a log scale in
-//! [0, 1]), so a noisy metric that often makes new sequences is judged by its own standard.
-//! A value beyond every value the metric had before, by more than a margin of their span
-//! (5 %, as the spatial anomaly of Numenta's HTM detector in NAB), scores 1 outright: a new
-//! extreme is news however noisy the metric's sequences are, and however soon after the last
-//! anomaly. After an anomaly the metric's sequences rest (score 0) for a number of readings,
-//! so one event raises one anomaly and the new behaviour is learned meanwhile. This is the idea of contextual
-//! anomaly detection (Smirnov's CAD OSE, 2016, in the Numenta Anomaly Benchmark) with HTM's
-//! likelihood, cut down to constant work and memory per reading:
+//! Each metric's values are cut into a few levels of the range it kept during its first readings
+//! (its learning period); each reading then ends one sequence of levels per order, the current
+//! level alone and with the one, two, ... `orders - 1` levels before it. Its novelty is the
+//! fraction of those sequences never seen before: 0 for a familiar pattern, 1 for a level or a jump
+//! the metric never made. With parts of the day (by hour, UTC, by default) the level is also
+//! remembered with the part of the day it came in, one more item of the fraction: telemetry keeps
+//! daily cycles, and a level usual at noon but never seen at 3 a.m. is new at 3 a.m. (the
+//! time-of-day context HTM's detector encodes in NAB); the first day is then learned before any
+//! verdict, since every part of it is new. The score is how unusual the novelty of the last ten
+//! readings is for this metric (Numenta's anomaly likelihood: a normal tail probability against the
+//! running mean and variance of that average, on a log scale in [0, 1]), so a noisy metric that
+//! often makes new sequences is judged by its own standard. A value beyond every value the metric
+//! had before, by more than a margin of their span (5 %, as the spatial anomaly of Numenta's HTM
+//! detector in NAB), scores 1 outright: a new extreme is news however noisy the metric's sequences
+//! are, and however soon after the last anomaly. After an anomaly the metric's sequences rest
+//! (score 0) for a number of readings, so one event raises one anomaly and the new behaviour is
+//! learned meanwhile. This is the idea of contextual anomaly detection (Smirnov's CAD OSE, 2016, in
+//! the Numenta Anomaly Benchmark) with HTM's likelihood, cut down to constant work and memory per
+//! reading:
 //!
 //! - the sequences seen are kept in two Bloom filters of fixed size, the current one and the
 //!   one before; when the current one has taken its share of new sequences it becomes the
