@@ -18,7 +18,7 @@ use teleguard_core::profile::{ProfileRegistry, RawProfile};
 
 /// The NAB standard score the defaults reach at their own threshold (as in
 /// `config/teleguard.example.toml`), and how far below it a change may fall.
-const STANDARD_AT_OWN_THRESHOLD: f64 = 67.2;
+const STANDARD_AT_OWN_THRESHOLD: f64 = 70.2;
 const MARGIN: f64 = 0.5;
 
 fn dataset_dir() -> PathBuf {

@@ -1,20 +1,24 @@
 //! Sequence novelty per entity and metric: how much of what a metric just did was never seen.
 //!
-//! Each metric's values are cut into a few levels of the range it kept during its first
-//! readings (its learning period); each reading then ends one sequence of levels per order,
-//! the current level alone and with the one, two, ... `orders - 1` levels before it. Its
-//! novelty is the fraction of those sequences never seen before: 0 for a familiar pattern, 1
-//! for a level or a jump the metric never made. The score is how unusual the novelty of the
-//! last ten readings is for this metric (Numenta's anomaly likelihood: a normal tail
-//! probability against the running mean and variance of that average, on a log scale in
-//! [0, 1]), so a noisy metric that often makes new sequences is judged by its own standard.
-//! A value beyond every value the metric had before, by more than a margin of their span
-//! (5 %, as the spatial anomaly of Numenta's HTM detector in NAB), scores 1 outright: a new
-//! extreme is news however noisy the metric's sequences are. After an anomaly the metric
-//! rests (scores 0) for a number of readings, so one event raises one anomaly and the new
-//! behaviour is learned meanwhile. This is the idea of contextual
-//! anomaly detection (Smirnov's CAD OSE, 2016, in the Numenta Anomaly Benchmark) with HTM's
-//! likelihood, cut down to constant work and memory per reading:
+//! Each metric's values are cut into a few levels of the range it kept during its first readings
+//! (its learning period); each reading then ends one sequence of levels per order, the current
+//! level alone and with the one, two, ... `orders - 1` levels before it. Its novelty is the
+//! fraction of those sequences never seen before: 0 for a familiar pattern, 1 for a level or a jump
+//! the metric never made. With parts of the day (by hour, UTC, by default) the level is also
+//! remembered with the part of the day it came in, one more item of the fraction: telemetry keeps
+//! daily cycles, and a level usual at noon but never seen at 3 a.m. is new at 3 a.m. (the
+//! time-of-day context HTM's detector encodes in NAB); the first day is then learned before any
+//! verdict, since every part of it is new. The score is how unusual the novelty of the last ten
+//! readings is for this metric (Numenta's anomaly likelihood: a normal tail probability against the
+//! running mean and variance of that average, on a log scale in [0, 1]), so a noisy metric that
+//! often makes new sequences is judged by its own standard. A value beyond every value the metric
+//! had before, by more than a margin of their span (5 %, as the spatial anomaly of Numenta's HTM
+//! detector in NAB), scores 1 outright: a new extreme is news however noisy the metric's sequences
+//! are, and however soon after the last anomaly. After an anomaly the metric's sequences rest
+//! (score 0) for a number of readings, so one event raises one anomaly and the new behaviour is
+//! learned meanwhile. This is the idea of contextual anomaly detection (Smirnov's CAD OSE, 2016, in
+//! the Numenta Anomaly Benchmark) with HTM's likelihood, cut down to constant work and memory per
+//! reading:
 //!
 //! - the sequences seen are kept in two Bloom filters of fixed size, the current one and the
 //!   one before; when the current one has taken its share of new sequences it becomes the
@@ -208,11 +212,21 @@ fn upper_tail(z: f64) -> f64 {
     0.5 * if x >= 0.0 { erfc } else { 2.0 - erfc }
 }
 
+/// Seeds the hash of a (part of the day, level) pair, apart from the sequences' `0x5EED`.
+const DAY_PART_SEED: u64 = 0xDA70_FDA7;
+const DAY_MS: i64 = 86_400_000;
+
+/// The part of the day (UTC) `time_ms` falls in, 0 to `parts - 1`; `None` when `parts` is 0.
+fn day_part(time_ms: i64, parts: u32) -> Option<i64> {
+    (parts > 0).then(|| time_ms.rem_euclid(DAY_MS) * i64::from(parts) / DAY_MS)
+}
+
 /// What the detector knows of one metric of one entity.
 #[derive(Debug, Clone)]
 struct MetricState {
-    /// Values of the learning period, until it ends; then empty and unused.
-    learning: Vec<f64>,
+    /// Values of the learning period with their event times, until it ends; then empty and
+    /// unused.
+    learning: Vec<(f64, i64)>,
     levels: Option<Levels>,
     /// The last `orders - 1` levels, newest first.
     recent: [i64; MAX_ORDERS],
@@ -225,6 +239,8 @@ struct MetricState {
     /// The smallest and largest value so far, learning period included.
     lowest: f64,
     highest: f64,
+    /// The event time of the metric's first reading.
+    first_time_ms: Option<i64>,
 }
 
 /// One reading's judgement of one metric.
@@ -253,26 +269,36 @@ impl MetricState {
             since_anomaly: None,
             lowest: f64::INFINITY,
             highest: f64::NEG_INFINITY,
+            first_time_ms: None,
         }
     }
 
-    /// Takes `x` in; a judgement once the learning period is over.
-    fn observe(&mut self, x: f64, settings: &NoveltySettings) -> Option<Judgement> {
+    /// Takes `x`, read at `time_ms`, in; a judgement once the learning period is over.
+    fn observe(&mut self, x: f64, time_ms: i64, settings: &NoveltySettings) -> Option<Judgement> {
         let new_extreme = self.is_new_extreme(x, settings.extreme_margin);
         self.lowest = self.lowest.min(x);
         self.highest = self.highest.max(x);
+        let first_ms = *self.first_time_ms.get_or_insert(time_ms);
         let Some(levels) = self.levels else {
-            self.learn(x, settings);
+            self.learn(x, time_ms, settings);
             return None;
         };
         let level = levels.of(x);
-        let novelty = self.remember(level, settings.orders);
+        let novelty = self.remember(level, time_ms, settings);
         let unusual = self.likelihood.observe(novelty, settings.history_readings);
+        // With parts of the day, the first day is learned before anything is judged: until
+        // then most parts of the day are new to the metric whatever it does.
+        if settings.day_parts > 0 && time_ms.saturating_sub(first_ms) < DAY_MS {
+            return None;
+        }
         let resting = self.since_anomaly.is_some_and(|since| since < settings.rest_readings);
         self.since_anomaly = self.since_anomaly.map(|since| since.saturating_add(1));
+        // A new extreme is news however soon after the last anomaly: the rest keeps one
+        // event's aftermath of new sequences from raising more anomalies, and a value beyond
+        // every earlier one by the margin is no aftermath.
         let score = match (resting, settings.history_readings) {
+            _ if new_extreme => 1.0,
             (true, _) => 0.0,
-            (false, _) if new_extreme => 1.0,
             (false, 0) => novelty,
             (false, _) => unusual,
         };
@@ -295,21 +321,24 @@ impl MetricState {
 
     /// Keeps a value of the learning period; at its end, learns the range and replays the
     /// period's values into the memory.
-    fn learn(&mut self, x: f64, settings: &NoveltySettings) {
-        self.learning.push(x);
+    fn learn(&mut self, x: f64, time_ms: i64, settings: &NoveltySettings) {
+        self.learning.push((x, time_ms));
         if self.learning.len() < settings.learning_readings {
             return;
         }
-        let levels = Levels::learned_from(&self.learning, settings.levels);
+        let values: Vec<f64> = self.learning.iter().map(|&(value, _)| value).collect();
+        let levels = Levels::learned_from(&values, settings.levels);
         self.levels = Some(levels);
-        for value in std::mem::take(&mut self.learning) {
-            let novelty = self.remember(levels.of(value), settings.orders);
+        for (value, time_ms) in std::mem::take(&mut self.learning) {
+            let novelty = self.remember(levels.of(value), time_ms, settings);
             self.likelihood.observe(novelty, settings.history_readings);
         }
     }
 
-    /// Records the sequences `level` ends and returns the fraction of them never seen.
-    fn remember(&mut self, level: i64, orders: usize) -> f64 {
+    /// Records what a reading at `level` and `time_ms` did, the sequences of levels it ends
+    /// and (with `day_parts`) its level at that part of the day, and returns the fraction of
+    /// them never seen.
+    fn remember(&mut self, level: i64, time_ms: i64, settings: &NoveltySettings) -> f64 {
         let mut hash = mix(0x5EED, level);
         let mut novel = usize::from(!self.seen.check_and_insert(hash));
         // Before a metric has `orders - 1` earlier levels, the missing sequences count as seen.
@@ -319,8 +348,13 @@ impl MetricState {
         }
         self.recent.copy_within(0..MAX_ORDERS - 1, 1);
         self.recent[0] = level;
-        self.recent_len = (self.recent_len + 1).min(orders - 1);
-        novel as f64 / orders as f64
+        self.recent_len = (self.recent_len + 1).min(settings.orders - 1);
+        let mut items = settings.orders;
+        if let Some(part) = day_part(time_ms, settings.day_parts) {
+            novel += usize::from(!self.seen.check_and_insert(mix(mix(DAY_PART_SEED, part), level)));
+            items += 1;
+        }
+        novel as f64 / items as f64
     }
 }
 
@@ -357,7 +391,7 @@ impl Detector for NoveltyDetector {
                 continue;
             }
             let state = states[index].get_or_insert_with(|| MetricState::new(settings));
-            if let Some(judgement) = state.observe(x, settings)
+            if let Some(judgement) = state.observe(x, reading.event_time_ms, settings)
                 && (judgement.is_anomaly || findings.keeps_scores())
             {
                 record(observation, settings, metric, x, judgement, findings);
@@ -389,6 +423,10 @@ fn record(
         level if level >= settings.levels as i64 => "above the range it learned",
         _ => "within the range it learned",
     };
+    let items = match settings.day_parts {
+        0 => format!("{} level sequences", settings.orders),
+        _ => format!("{} level sequences and its level at this part of the day", settings.orders),
+    };
     findings.anomalies.push(Anomaly {
         id: anomaly_id(&profile.name, &reading.entity, reading.event_time_ms, NAME, name),
         detector: NAME,
@@ -405,18 +443,16 @@ fn record(
             )
         } else if settings.history_readings == 0 {
             format!(
-                "{name} {} ({level_text}) ends {}% of its {} level sequences never seen before",
+                "{name} {} ({level_text}): {}% of its {items} never seen before",
                 ForPeople(x),
                 ForPeople(novel_percent),
-                settings.orders,
             )
         } else {
             format!(
-                "{name} {} ({level_text}) ends {}% of its {} level sequences never seen before; \
-                 as many new sequences in its last {AVERAGE_READINGS} readings is unusual for it (score {})",
+                "{name} {} ({level_text}): {}% of its {items} never seen before; \
+                 as much that is new in its last {AVERAGE_READINGS} readings is unusual for it (score {})",
                 ForPeople(x),
                 ForPeople(novel_percent),
-                settings.orders,
                 ForPeople(judgement.score),
             )
         },
@@ -448,9 +484,17 @@ mod tests {
         ProfileRegistry::with_builtins(BTreeMap::from([("probe".to_string(), raw)])).unwrap()
     }
 
-    /// Feeds `values` as readings of one entity; per reading, its score (None while learning)
-    /// and its anomalies.
+    /// Readings every five minutes, as in most NAB files: the 300 readings of the learning
+    /// period cover the first day.
+    const READING_MS: i64 = 300_000;
+
+    /// Feeds `values` as readings of one entity, one every `READING_MS`; per reading, its
+    /// score (None while learning) and its anomalies.
     fn feed(registry: &ProfileRegistry, values: &[f64]) -> Vec<(Option<f64>, Vec<Anomaly>)> {
+        feed_every(registry, values, READING_MS)
+    }
+
+    fn feed_every(registry: &ProfileRegistry, values: &[f64], every_ms: i64) -> Vec<(Option<f64>, Vec<Anomaly>)> {
         let profile = registry.by_name("probe").unwrap();
         let mut detector = NoveltyDetector::default();
         values
@@ -460,7 +504,7 @@ mod tests {
                 let reading = Reading {
                     profile: profile.id,
                     entity: "s1".into(),
-                    event_time_ms: i as i64 * 60_000,
+                    event_time_ms: i as i64 * every_ms,
                     position: None,
                     metrics: vec![(0, x)],
                     attributes: vec![],
@@ -492,13 +536,14 @@ mod tests {
     #[test]
     fn hand_computed_novelty_of_a_short_sequence() {
         // Orders 2, raw novelty (history 0): the level alone and the pair ending in it.
-        let registry = registry("learning_readings = 2, orders = 2, history_readings = 0, threshold = 1.0");
+        let registry =
+            registry("learning_readings = 2, orders = 2, history_readings = 0, threshold = 1.0, day_parts = 0");
         let settings = registry.by_name("probe").unwrap().detectors.novelty.clone().unwrap();
         let mut state = MetricState::new(&settings);
         // Learning [0, 8]: steps of 1. Replayed: level 0 (new), then 7 (new), pair (0, 7) new.
-        assert_eq!(state.observe(0.0, &settings), None);
-        assert_eq!(state.observe(8.0, &settings), None);
-        let judge = |state: &mut MetricState, x: f64| state.observe(x, &settings).unwrap().novelty;
+        assert_eq!(state.observe(0.0, 0, &settings), None);
+        assert_eq!(state.observe(8.0, 0, &settings), None);
+        let judge = |state: &mut MetricState, x: f64| state.observe(x, 0, &settings).unwrap().novelty;
         assert_eq!(judge(&mut state, 0.0), 0.5, "level 0 seen, pair (7, 0) new");
         assert_eq!(judge(&mut state, 8.0), 0.0, "level 7 and pair (0, 7) seen");
         assert_eq!(judge(&mut state, 4.0), 1.0, "level 4 and pair (7, 4) new");
@@ -535,8 +580,12 @@ mod tests {
         let value = values[flagged[0]];
         assert_eq!((anomaly.detector, anomaly.metric.as_deref(), anomaly.value), (NAME, Some("value"), Some(value)));
         assert!(anomaly.score >= 0.2 && anomaly.score <= 1.0, "{}", anomaly.score);
-        assert!(anomaly.reason.contains("level sequences never seen before"), "{}", anomaly.reason);
-        assert!(anomaly.reason.contains("new sequences in its last 10 readings"), "{}", anomaly.reason);
+        assert!(
+            anomaly.reason.contains("3 level sequences and its level at this part of the day never seen before"),
+            "{}",
+            anomaly.reason
+        );
+        assert!(anomaly.reason.contains("new in its last 10 readings is unusual"), "{}", anomaly.reason);
         // Resting afterwards: scores 0 for the next 200 readings.
         let rest = flagged[0] + 1..flagged[0] + 201;
         assert!(results[rest].iter().all(|(score, _)| *score == Some(0.0)));
@@ -563,17 +612,77 @@ mod tests {
         let mut state = MetricState::new(&settings);
         assert!(!state.is_new_extreme(1e9, 0.05), "nothing before the first value");
         for x in [0.0, 10.0, 5.0] {
-            assert_eq!(state.observe(x, &settings), None);
+            assert_eq!(state.observe(x, 0, &settings), None);
         }
         // Span 10, margin 5 %: beyond 10.5 above or -0.5 below.
         assert!(!state.is_new_extreme(10.5, 0.05) && state.is_new_extreme(10.51, 0.05));
         assert!(!state.is_new_extreme(-0.5, 0.05) && state.is_new_extreme(-0.51, 0.05));
         assert!(!state.is_new_extreme(-1e12, f64::INFINITY), "an infinite margin turns it off");
-        let judgement = state.observe(11.0, &settings).unwrap();
+        // Judged from a day after the first reading on.
+        assert_eq!(state.observe(5.0, DAY_MS - 1, &settings), None);
+        let judgement = state.observe(11.0, DAY_MS, &settings).unwrap();
         assert!(judgement.new_extreme && judgement.is_anomaly && judgement.score == 1.0, "{judgement:?}");
         // 11 is now the top: 11.5 is within 5 % of the span 11, and the metric rests anyway.
-        let judgement = state.observe(11.5, &settings).unwrap();
+        let judgement = state.observe(11.5, DAY_MS, &settings).unwrap();
         assert!(!judgement.new_extreme && !judgement.is_anomaly && judgement.score == 0.0, "{judgement:?}");
+        // A new extreme is news while resting too: 13 is beyond 11.5 by more than 5 % of 13.5.
+        let judgement = state.observe(13.0, DAY_MS, &settings).unwrap();
+        assert!(judgement.new_extreme && judgement.is_anomaly && judgement.score == 1.0, "{judgement:?}");
+    }
+
+    #[test]
+    fn hand_computed_novelty_with_the_part_of_the_day() {
+        // Orders 1 and two parts of the day (before and after noon, UTC): each reading ends
+        // its level alone and its level in its half of the day.
+        let registry =
+            registry("learning_readings = 2, orders = 1, history_readings = 0, threshold = 1.0, day_parts = 2");
+        let settings = registry.by_name("probe").unwrap().detectors.novelty.clone().unwrap();
+        let mut state = MetricState::new(&settings);
+        let morning = |day: i64| day * DAY_MS + 3_600_000;
+        let evening = |day: i64| day * DAY_MS + 13 * 3_600_000;
+        // Learning [0, 8] on the first morning: levels 0 and 7, each seen in the morning.
+        assert_eq!(state.observe(0.0, morning(0), &settings), None);
+        assert_eq!(state.observe(8.0, morning(0), &settings), None);
+        // The first evening and the rest of the first day are learned, not judged.
+        assert_eq!(state.observe(8.0, evening(0), &settings), None);
+        let judge = |state: &mut MetricState, x: f64, at: i64| state.observe(x, at, &settings).unwrap().novelty;
+        assert_eq!(judge(&mut state, 0.0, morning(1)), 0.0, "level 0 seen, and seen in the morning");
+        assert_eq!(judge(&mut state, 0.0, evening(1)), 0.5, "level 0 seen, never in the evening");
+        assert_eq!(judge(&mut state, 0.0, evening(2)), 0.0, "now seen in the evening too");
+        assert_eq!(judge(&mut state, 4.0, morning(3)), 1.0, "level 4 never seen, nor in the morning");
+        assert_eq!(day_part(-1, 2), Some(1), "a time before 1970 falls in its own day's part");
+        assert_eq!((day_part(DAY_MS - 1, 24), day_part(0, 0)), (Some(23), None));
+    }
+
+    #[test]
+    fn a_level_usual_by_day_is_new_at_night() {
+        // Readings every 5 minutes: 80 from 08:00 to 20:00 UTC, 20 otherwise, for a week;
+        // then 80 at 03:00. Its level and the sequences it ends are familiar (80 after 20s
+        // happens every morning); 80 at 03:00 never happened: one of its four items is new.
+        let daily =
+            |time_ms: i64| if (8..20).contains(&(time_ms.rem_euclid(DAY_MS) / 3_600_000)) { 80.0 } else { 20.0 };
+        for (day_parts, novelty) in [(24, 0.25), (0, 0.0)] {
+            let registry = registry(&format!("extreme_margin = inf, day_parts = {day_parts}"));
+            let settings = registry.by_name("probe").unwrap().detectors.novelty.clone().unwrap();
+            let mut state = MetricState::new(&settings);
+            let week = 7 * DAY_MS / READING_MS;
+            for time_ms in (0..week).map(|i| i * READING_MS) {
+                state.observe(daily(time_ms), time_ms, &settings);
+            }
+            let night = 7 * DAY_MS + 3 * 3_600_000;
+            let judgement = state.observe(80.0, night, &settings).unwrap();
+            assert_eq!(judgement.novelty, novelty, "day_parts {day_parts}");
+        }
+    }
+
+    #[test]
+    fn with_parts_of_the_day_the_first_day_is_learned_before_any_verdict() {
+        // One reading a minute: the learning period's 300 readings are five hours.
+        let results = feed_every(&registry(""), &stable(3000), 60_000);
+        assert!(results[..1440].iter().all(|(score, _)| score.is_none()));
+        assert!(results[1440..].iter().all(|(score, anomalies)| score == &Some(0.0) && anomalies.is_empty()));
+        let results = feed_every(&registry("day_parts = 0"), &stable(400), 60_000);
+        assert!(results[299].0.is_none() && results[300].0.is_some());
     }
 
     #[test]

@@ -101,6 +101,10 @@ pub struct RawNovelty {
     /// span is an anomaly outright (score 1); `inf` turns that off.
     #[serde(default = "default_novelty_extreme_margin")]
     pub extreme_margin: f64,
+    /// Parts of the day (UTC) a reading's level is also remembered with, so a level usual at
+    /// noon and never seen at night is news at night; 24 = by hour, 0 turns it off.
+    #[serde(default = "default_novelty_day_parts")]
+    pub day_parts: u32,
     /// Metrics to watch; all of the profile's by default.
     pub metrics: Option<Vec<String>>,
 }
@@ -250,6 +254,9 @@ fn default_novelty_memory() -> u32 {
 fn default_novelty_extreme_margin() -> f64 {
     0.05
 }
+fn default_novelty_day_parts() -> u32 {
+    24
+}
 fn default_scope() -> String {
     "profile".into()
 }
@@ -362,6 +369,8 @@ pub struct NoveltySettings {
     pub memory_bits_log2: u32,
     /// At least 0; infinite = off.
     pub extreme_margin: f64,
+    /// 0 (off) to 1440 (by minute).
+    pub day_parts: u32,
     /// Per metric of the profile: watched or not.
     pub watched: Vec<bool>,
 }
@@ -638,6 +647,12 @@ impl RawDetectors {
                     raw.extreme_margin
                 ));
             }
+            if raw.day_parts > 1440 {
+                errors.push(format!(
+                    "detectors.novelty.day_parts {} must lie from 0 (off) to 1440 (by minute)",
+                    raw.day_parts
+                ));
+            }
             let mut watched = vec![raw.metrics.is_none(); shape.metric_names.len()];
             for name in raw.metrics.iter().flatten() {
                 if let Some(index) = metric(name, "detectors.novelty.metrics", errors) {
@@ -653,6 +668,7 @@ impl RawDetectors {
                 threshold: raw.threshold,
                 memory_bits_log2: raw.memory_bits_log2.clamp(6, 24),
                 extreme_margin: raw.extreme_margin,
+                day_parts: raw.day_parts.min(1440),
                 watched,
             }
         });
