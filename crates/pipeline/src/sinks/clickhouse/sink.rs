@@ -22,11 +22,20 @@ pub struct Http {
 }
 
 impl Http {
+    /// For statements and inserts: a request fails after the configured timeout.
     pub fn new(config: &ClickHouseSinkConfig) -> Result<Http, TargetError> {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .build()
-            .map_err(|e| TargetError::new("clickhouse: cannot build an HTTP client", e))?;
+        Http::build(config, reqwest::Client::builder().timeout(config.timeout))
+    }
+
+    /// For queries whose answer takes as long as it takes (a hunt over months of history, which
+    /// ClickHouse sorts before the first row comes back): only connecting fails after the
+    /// configured timeout.
+    pub fn streaming(config: &ClickHouseSinkConfig) -> Result<Http, TargetError> {
+        Http::build(config, reqwest::Client::builder().connect_timeout(config.timeout))
+    }
+
+    fn build(config: &ClickHouseSinkConfig, builder: reqwest::ClientBuilder) -> Result<Http, TargetError> {
+        let client = builder.build().map_err(|e| TargetError::new("clickhouse: cannot build an HTTP client", e))?;
         Ok(Http {
             client,
             url: config.url.clone(),
