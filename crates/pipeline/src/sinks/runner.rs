@@ -214,6 +214,7 @@ struct Runner<T> {
 impl<T: Target> Runner<T> {
     async fn run(mut self) {
         self.measure_lag(true).await;
+        let mut was_writing = false;
         while !*self.stopped.borrow() {
             if !self.connected && !self.connect().await {
                 self.measure_lag(false).await;
@@ -232,7 +233,9 @@ impl<T: Target> Runner<T> {
                     false
                 }
             };
-            self.measure_lag(false).await;
+            // Caught up (nothing to write after writing): the lag is small and shown at once.
+            self.measure_lag(was_writing && !wrote).await;
+            was_writing = wrote;
             if !wrote {
                 self.pause(self.poll_interval()).await;
             }
