@@ -290,7 +290,7 @@ pub async fn clickhouse(
     query: &HuntQuery,
 ) -> Result<HuntReport, HuntError> {
     let mut hunter = Hunter::new(query.hunt, profile).map_err(HuntError)?;
-    let http = Http::new(config).map_err(|e| HuntError(e.0))?;
+    let http = Http::streaming(config).map_err(|e| HuntError(e.0))?;
     let version = http.query("SELECT version()").await.map_err(|e| HuntError(e.0))?.trim().to_string();
     let mut conditions = Vec::new();
     if let Some(from) = query.from_ms {

@@ -167,7 +167,8 @@ impl KafkaConfig {
                 }
             }
         }
-        let batching = crate::sinks::batching("kafka", raw.batch_rows, raw.batch_ms, errors);
+        let batching =
+            crate::sinks::batching("kafka", raw.batch_rows, crate::sinks::DEFAULT_BATCH_ROWS, raw.batch_ms, errors);
         (errors.len() == before).then(|| KafkaConfig {
             brokers: raw.brokers,
             group_prefix: raw.group_prefix.unwrap_or_else(|| "teleguard".into()),

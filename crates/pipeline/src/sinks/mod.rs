@@ -70,9 +70,19 @@ pub struct Batching {
     pub max_wait: Duration,
 }
 
-/// The raw `batch_rows` and `batch_ms` of a sink's config section, validated.
-pub fn batching(section: &str, rows: Option<usize>, ms: Option<u64>, errors: &mut Vec<String>) -> Batching {
-    let rows = NonZeroUsize::new(rows.unwrap_or(5000)).unwrap_or_else(|| {
+/// Rows per batch unless a sink's section says otherwise.
+pub const DEFAULT_BATCH_ROWS: usize = 5000;
+
+/// The raw `batch_rows` (`default_rows` when absent) and `batch_ms` of a sink's config
+/// section, validated.
+pub fn batching(
+    section: &str,
+    rows: Option<usize>,
+    default_rows: usize,
+    ms: Option<u64>,
+    errors: &mut Vec<String>,
+) -> Batching {
+    let rows = NonZeroUsize::new(rows.unwrap_or(default_rows)).unwrap_or_else(|| {
         errors.push(format!("{section}.batch_rows must be at least 1"));
         NonZeroUsize::MIN
     });

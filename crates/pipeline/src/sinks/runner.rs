@@ -1,12 +1,14 @@
 //! The loop every sink runs: read after the cursors, batch, write, confirm, retry while down.
+//! While the target takes one batch of readings the next is read from the store (on the
+//! blocking pool), so reading and writing overlap; the cursor still moves only after the
+//! target confirmed each batch.
 
 use super::follow::{self, GOLD, SILVER};
 use super::{AnomalyRecord, Batching, ReadingRecord, Target, TargetError};
 use crate::metrics::{Metrics, SinkLabels, SinkLayerLabels};
 use crate::store::watermark::SilverWatermark;
 use crate::store::writer::StoreWriter;
-use crate::store::{self, StoreError};
-use rusqlite::Connection;
+use crate::store::{self, Reader, StoreError};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,8 +20,11 @@ use tokio::sync::watch;
 /// The first pause after a failure; it doubles on each further failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often lag (a count over the store) is measured.
+/// How often lag (a count over the store) is measured, at most...
 const LAG_EVERY: Duration = Duration::from_secs(1);
+/// ...and at most this share of the sink's time: counting a lag of millions of rows takes a
+/// good part of a second, which a sink catching up should spend writing.
+const LAG_SHARE: u32 = 20;
 /// How long a stopping sink keeps writing what the store still holds.
 const FINAL_DRAIN: Duration = Duration::from_secs(10);
 
@@ -43,6 +48,9 @@ pub struct SinkStatus {
     lag_ms: AtomicI64,
     written_readings: AtomicU64,
     written_anomalies: AtomicU64,
+    /// The confirmed cursors: the last silver id and gold `change_seq` the target has.
+    confirmed_silver: AtomicI64,
+    confirmed_gold: AtomicI64,
 }
 
 /// A snapshot of [`SinkStatus`].
@@ -71,7 +79,14 @@ impl SinkStatus {
             lag_ms: AtomicI64::new(0),
             written_readings: AtomicU64::new(0),
             written_anomalies: AtomicU64::new(0),
+            confirmed_silver: AtomicI64::new(0),
+            confirmed_gold: AtomicI64::new(0),
         }
+    }
+
+    /// The last silver id and gold `change_seq` the target confirmed.
+    pub fn confirmed(&self) -> (i64, i64) {
+        (self.confirmed_silver.load(Ordering::Relaxed), self.confirmed_gold.load(Ordering::Relaxed))
     }
 
     pub fn view(&self) -> SinkView {
@@ -111,9 +126,29 @@ impl SinkHandle {
 pub fn spawn<T: Target + Send + 'static>(target: T, context: SinkContext) -> Result<SinkHandle, StoreError> {
     let name = target.name();
     let connection = store::open_reader(&context.data_dir)?;
+    let readings = Pending::new(follow::cursor(&connection, name, SILVER)?);
+    let anomalies = Pending::new(follow::cursor(&connection, name, GOLD)?);
+    let store_uid = follow::store_uid(&connection)?;
     let status = Arc::new(SinkStatus::new(name));
+    status.confirmed_silver.store(readings.confirmed, Ordering::Relaxed);
+    status.confirmed_gold.store(anomalies.confirmed, Ordering::Relaxed);
     let (stop, stopped) = watch::channel(false);
-    let runner = Runner::new(target, connection, context, status.clone(), stopped)?;
+    let runner = Runner {
+        target,
+        reader: Arc::new(Reader::new(connection)),
+        context,
+        status: status.clone(),
+        stopped,
+        readings,
+        anomalies,
+        connected: false,
+        down_since: None,
+        backoff: FIRST_BACKOFF,
+        caught_up_at: Instant::now(),
+        next_lag: None,
+        name: Arc::from(name),
+        store_uid,
+    };
     let thread = std::thread::Builder::new()
         .name(format!("sink-{name}"))
         .spawn(move || {
@@ -159,7 +194,8 @@ impl<R> Pending<R> {
 
 struct Runner<T> {
     target: T,
-    connection: Connection,
+    /// The sink's own read connection; reads run on the blocking pool.
+    reader: Arc<Reader>,
     context: SinkContext,
     status: Arc<SinkStatus>,
     stopped: watch::Receiver<bool>,
@@ -169,46 +205,19 @@ struct Runner<T> {
     down_since: Option<Instant>,
     backoff: Duration,
     caught_up_at: Instant,
-    lag_measured: Option<Instant>,
+    /// When lag is measured next (at once when `None`).
+    next_lag: Option<Instant>,
     name: Arc<str>,
     store_uid: i64,
 }
 
 impl<T: Target> Runner<T> {
-    fn new(
-        target: T,
-        connection: Connection,
-        context: SinkContext,
-        status: Arc<SinkStatus>,
-        stopped: watch::Receiver<bool>,
-    ) -> Result<Self, StoreError> {
-        let name = target.name();
-        let readings = Pending::new(follow::cursor(&connection, name, SILVER)?);
-        let anomalies = Pending::new(follow::cursor(&connection, name, GOLD)?);
-        let store_uid = follow::store_uid(&connection)?;
-        Ok(Runner {
-            target,
-            connection,
-            context,
-            status,
-            stopped,
-            readings,
-            anomalies,
-            connected: false,
-            down_since: None,
-            backoff: FIRST_BACKOFF,
-            caught_up_at: Instant::now(),
-            lag_measured: None,
-            name: Arc::from(name),
-            store_uid,
-        })
-    }
-
     async fn run(mut self) {
-        self.measure_lag(true);
+        self.measure_lag(true).await;
+        let mut was_writing = false;
         while !*self.stopped.borrow() {
             if !self.connected && !self.connect().await {
-                self.measure_lag(false);
+                self.measure_lag(false).await;
                 self.pause(self.backoff).await;
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                 continue;
@@ -224,7 +233,9 @@ impl<T: Target> Runner<T> {
                     false
                 }
             };
-            self.measure_lag(false);
+            // Caught up (nothing to write after writing): the lag is small and shown at once.
+            self.measure_lag(was_writing && !wrote).await;
+            was_writing = wrote;
             if !wrote {
                 self.pause(self.poll_interval()).await;
             }
@@ -249,7 +260,7 @@ impl<T: Target> Runner<T> {
                 }
             }
         }
-        self.measure_lag(true);
+        self.measure_lag(true).await;
     }
 
     fn poll_interval(&self) -> Duration {
@@ -315,21 +326,17 @@ impl<T: Target> Runner<T> {
         let room = self.readings.room(&batching);
         if room > 0 {
             let after = self.readings.rows.last().map_or(self.readings.confirmed, |r| r.id);
-            let below = self.context.watermark.get();
-            self.readings.extend(follow::readings_after(&self.connection, after, below, room)?);
+            self.readings.extend(self.read_readings(after, room).await?);
         }
         let room = self.anomalies.room(&batching);
         if room > 0 {
             let after = self.anomalies.rows.last().map_or(self.anomalies.confirmed, |r| r.change_seq);
-            self.anomalies.extend(follow::anomalies_after(&self.connection, after, room)?);
+            let rows = self.reader.run(move |c| Ok(follow::anomalies_after(c, after, room)?)).await?;
+            self.anomalies.extend(rows);
         }
         let mut wrote = false;
         if !self.readings.rows.is_empty() && (flush || self.readings.due(&batching)) {
-            self.target.write_readings(&self.readings.rows).await?;
-            let last = self.readings.rows.last().map_or(self.readings.confirmed, |r| r.id);
-            let count = self.readings.rows.len();
-            self.readings = Pending::new(last);
-            self.confirmed(SILVER, last, count).await;
+            self.write_readings_reading_ahead().await?;
             wrote = true;
         }
         if !self.anomalies.rows.is_empty() && (flush || self.anomalies.due(&batching)) {
@@ -343,31 +350,72 @@ impl<T: Target> Runner<T> {
         Ok(wrote)
     }
 
+    /// Silver rows after `after` below the watermark, at most `limit`, read on the blocking pool.
+    fn read_readings(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ReadingRecord>, StoreError>> + use<T> {
+        let reader = self.reader.clone();
+        let below = self.context.watermark.get();
+        async move { reader.run(move |c| Ok(follow::readings_after(c, after, below, limit)?)).await }
+    }
+
+    /// Writes the pending readings and, while the target takes them, reads the batch after
+    /// them. The cursor moves once the target confirmed; if it did not, the batch stays pending
+    /// and what was read ahead is dropped (it is read again).
+    async fn write_readings_reading_ahead(&mut self) -> Result<(), Fault> {
+        let batch = std::mem::take(&mut self.readings.rows);
+        let last = batch.last().map_or(self.readings.confirmed, |r| r.id);
+        let read_ahead = self.read_readings(last, self.context.batching.rows.get());
+        let (written, next) = tokio::join!(self.target.write_readings(&batch), read_ahead);
+        if let Err(e) = written {
+            self.readings.rows = batch;
+            return Err(e.into());
+        }
+        self.readings = Pending::new(last);
+        self.confirmed(SILVER, last, batch.len()).await;
+        drop(batch);
+        match next {
+            Ok(rows) => self.readings.extend(rows),
+            Err(e) => tracing::debug!("sink {}: reading ahead failed (read again next step): {e}", self.name),
+        }
+        Ok(())
+    }
+
     async fn confirmed(&mut self, layer: &'static str, position: i64, rows: usize) {
         let labels = SinkLayerLabels { sink: self.name.to_string(), layer: layer.into() };
         self.context.metrics.sink_rows_written.get_or_create(&labels).inc_by(rows as u64);
-        let written = if layer == SILVER { &self.status.written_readings } else { &self.status.written_anomalies };
+        let (written, cursor) = if layer == SILVER {
+            (&self.status.written_readings, &self.status.confirmed_silver)
+        } else {
+            (&self.status.written_anomalies, &self.status.confirmed_gold)
+        };
         written.fetch_add(rows as u64, Ordering::Relaxed);
+        cursor.store(position, Ordering::Relaxed);
         if let Err(e) = self.context.store.record_sink_cursor(self.name.clone(), layer, position).await {
             // Only while the pipeline stops; the rows are written again after the next start.
             tracing::warn!("sink {}: cannot record its {layer} cursor {position}: {e}", self.name);
         }
     }
 
-    /// Counts the rows the target lacks, at most once per [`LAG_EVERY`] unless `now`.
-    fn measure_lag(&mut self, now: bool) {
-        if !now && self.lag_measured.is_some_and(|at| at.elapsed() < LAG_EVERY) {
+    /// Counts the rows the target lacks, at most once per [`LAG_EVERY`] and within
+    /// [`LAG_SHARE`] of the time, unless `now`.
+    async fn measure_lag(&mut self, now: bool) {
+        if !now && self.next_lag.is_some_and(|at| Instant::now() < at) {
             return;
         }
-        self.lag_measured = Some(Instant::now());
-        let (readings, anomalies) =
-            match follow::lag_rows(&self.connection, self.readings.confirmed, self.anomalies.confirmed) {
-                Ok(lag) => lag,
-                Err(e) => {
-                    tracing::debug!("sink {}: cannot measure lag: {e}", self.name);
-                    return;
-                }
-            };
+        let started = Instant::now();
+        let (silver_cursor, gold_cursor) = (self.readings.confirmed, self.anomalies.confirmed);
+        let counted = self.reader.run(move |c| Ok(follow::lag_rows(c, silver_cursor, gold_cursor)?)).await;
+        self.next_lag = Some(Instant::now() + LAG_EVERY.max(started.elapsed() * LAG_SHARE));
+        let (readings, anomalies) = match counted {
+            Ok(lag) => lag,
+            Err(e) => {
+                tracing::debug!("sink {}: cannot measure lag: {e}", self.name);
+                return;
+            }
+        };
         let behind = if readings == 0 && anomalies == 0 {
             self.caught_up_at = Instant::now();
             Duration::ZERO
@@ -388,7 +436,7 @@ impl<T: Target> Runner<T> {
 
 enum Fault {
     Target(TargetError),
-    Store(rusqlite::Error),
+    Store(StoreError),
 }
 
 impl From<TargetError> for Fault {
@@ -397,8 +445,8 @@ impl From<TargetError> for Fault {
     }
 }
 
-impl From<rusqlite::Error> for Fault {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<StoreError> for Fault {
+    fn from(e: StoreError) -> Self {
         Fault::Store(e)
     }
 }

@@ -152,7 +152,7 @@ async fn run_once(args: &BenchArgs, batches: Batches, run: usize) -> anyhow::Res
         quantile(0.5),
         quantile(0.99)
     );
-    report_sinks(&pipeline, args.readings, started).await;
+    report_sinks(&pipeline, started, elapsed).await?;
     pipeline.shutdown().await?;
     if let Some(dir) = temporary {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
@@ -160,34 +160,52 @@ async fn run_once(args: &BenchArgs, batches: Batches, run: usize) -> anyhow::Res
     Ok(rate)
 }
 
-/// With sinks configured: waits (10 minutes at most) until each has written every reading and
-/// anomaly, and reports its rate from the start of the run.
-async fn report_sinks(pipeline: &Pipeline, readings: usize, started: Instant) {
+/// With sinks configured: waits (10 minutes at most) until each has confirmed the store's last
+/// reading and anomaly change, and reports when, from the run's start and after `stored` (when
+/// the pipeline had stored everything): the sinks follow the store on the same cores meanwhile.
+async fn report_sinks(pipeline: &Pipeline, started: Instant, stored: std::time::Duration) -> anyhow::Result<()> {
+    if pipeline.sinks.is_empty() {
+        return Ok(());
+    }
+    let (last_reading, last_change): (i64, i64) = pipeline
+        .reader
+        .run(|c| {
+            Ok(c.query_row(
+                "SELECT (SELECT coalesce(max(id), 0) FROM silver),
+                        (SELECT coalesce(max(change_seq), 0) FROM telemetry_anomalies)",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?)
+        })
+        .await?;
     let deadline = Instant::now() + std::time::Duration::from_secs(600);
     let mut caught_up: Vec<Option<std::time::Duration>> = vec![None; pipeline.sinks.len()];
     while caught_up.iter().any(Option::is_none) && Instant::now() < deadline {
         for (sink, done) in pipeline.sinks.iter().zip(&mut caught_up) {
-            let view = sink.view();
-            if done.is_none() && view.written_readings >= readings as u64 && view.lag_anomalies == 0 {
+            let (reading, change) = sink.confirmed();
+            if done.is_none() && reading >= last_reading && change >= last_change {
                 *done = Some(started.elapsed());
             }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     for (sink, done) in pipeline.sinks.iter().zip(caught_up) {
         let view = sink.view();
         match done {
             Some(elapsed) => println!(
-                "sink {}: {} readings and {} anomalies written {:.2} s after the start: {:.0} readings/s",
+                "sink {}: {} readings and {} anomaly changes written, caught up {:.2} s after the start \
+                 ({:.2} s after the pipeline): {:.0} readings/s",
                 view.sink,
                 view.written_readings,
                 view.written_anomalies,
                 elapsed.as_secs_f64(),
+                elapsed.saturating_sub(stored).as_secs_f64(),
                 view.written_readings as f64 / elapsed.as_secs_f64()
             ),
             None => println!("sink {}: still behind after 10 minutes: {view:?}", view.sink),
         }
     }
+    Ok(())
 }
 
 /// Pre-generated messages: per profile, submission-sized chunks.

@@ -1,12 +1,12 @@
-//! The ClickHouse target: statements and JSONEachRow inserts over the HTTP interface. Rows carry
+//! The ClickHouse target: statements and RowBinary inserts over the HTTP interface. Rows carry
 //! their store ids; a batch written twice leaves duplicates that `ReplacingMergeTree` removes
 //! on merge and that readers dedupe by id (`uniqExact(id)`, `FINAL`, `argMax(.., change_seq)`).
 
 use super::ClickHouseSinkConfig;
+use super::row_binary::RowBinary;
 use super::schema::{Applied, Schema};
 use crate::sinks::error_chain;
 use crate::sinks::{AnomalyRecord, ReadingRecord, Target, TargetError};
-use serde::Serialize;
 
 /// The profile whose readings go to reference 000's `enriched_telemetry_history`.
 const VEHICLE: &str = "vehicle";
@@ -22,11 +22,20 @@ pub struct Http {
 }
 
 impl Http {
+    /// For statements and inserts: a request fails after the configured timeout.
     pub fn new(config: &ClickHouseSinkConfig) -> Result<Http, TargetError> {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .build()
-            .map_err(|e| TargetError::new("clickhouse: cannot build an HTTP client", e))?;
+        Http::build(config, reqwest::Client::builder().timeout(config.timeout))
+    }
+
+    /// For queries whose answer takes as long as it takes (a hunt over months of history, which
+    /// ClickHouse sorts before the first row comes back): only connecting fails after the
+    /// configured timeout.
+    pub fn streaming(config: &ClickHouseSinkConfig) -> Result<Http, TargetError> {
+        Http::build(config, reqwest::Client::builder().connect_timeout(config.timeout))
+    }
+
+    fn build(config: &ClickHouseSinkConfig, builder: reqwest::ClientBuilder) -> Result<Http, TargetError> {
+        let client = builder.build().map_err(|e| TargetError::new("clickhouse: cannot build an HTTP client", e))?;
         Ok(Http {
             client,
             url: config.url.clone(),
@@ -100,9 +109,9 @@ impl Http {
         Ok(())
     }
 
-    /// Inserts NDJSON rows into `table`.
-    async fn insert(&self, table: &str, rows: Vec<u8>) -> Result<(), TargetError> {
-        let query = format!("INSERT INTO {table} FORMAT JSONEachRow");
+    /// Inserts a RowBinary body of `columns` into `table`.
+    async fn insert(&self, table: &str, columns: &str, rows: Vec<u8>) -> Result<(), TargetError> {
+        let query = format!("INSERT INTO {table} ({columns}) FORMAT RowBinary");
         self.send(self.request(Some(&query)).body(rows), &format!("insert into {table}")).await.map(drop)
     }
 }
@@ -152,7 +161,7 @@ impl Target for ClickHouseTarget {
         if self.version.as_deref() != Some(applied.server_version.as_str()) {
             tracing::info!(
                 "clickhouse {}: server version {}; one SQL path for every version (none of \
-                 LowCardinality, DateTime64, TTL or window functions)",
+                 LowCardinality, DateTime64, TTL or window functions), rows inserted as RowBinary",
                 self.config.describe(),
                 applied.server_version
             );
@@ -176,189 +185,176 @@ impl Target for ClickHouseTarget {
     }
 
     async fn write_readings(&mut self, rows: &[ReadingRecord]) -> Result<(), TargetError> {
-        let (mut vehicles, mut others) = (Vec::new(), Vec::new());
-        for row in rows {
-            if row.profile == VEHICLE {
-                append_json(&mut vehicles, &VehicleRow::from(row));
-            } else {
-                append_json(&mut others, &HistoryRow::from(row));
-            }
-        }
+        let (vehicles, others) = encode_readings(rows);
         let http = self.http()?;
         if !vehicles.is_empty() {
-            http.insert(&self.table("enriched_telemetry_history"), vehicles).await?;
+            http.insert(&self.table("enriched_telemetry_history"), VEHICLE_COLUMNS, vehicles.into_bytes()).await?;
         }
         if !others.is_empty() {
-            http.insert(&self.table("telemetry_history"), others).await?;
+            http.insert(&self.table("telemetry_history"), HISTORY_COLUMNS, others.into_bytes()).await?;
         }
         Ok(())
     }
 
     async fn write_anomalies(&mut self, rows: &[AnomalyRecord]) -> Result<(), TargetError> {
-        let mut body = Vec::new();
+        let mut body = RowBinary::with_capacity(rows.len() * 256);
         for row in rows {
-            append_json(&mut body, &AnomalyRow::from(row));
+            encode_anomaly(&mut body, row);
         }
-        self.http()?.insert(&self.table("telemetry_anomalies"), body).await
+        self.http()?.insert(&self.table("telemetry_anomalies"), ANOMALY_COLUMNS, body.into_bytes()).await
     }
 }
 
-fn append_json(body: &mut Vec<u8>, row: &impl Serialize) {
-    serde_json::to_writer(&mut *body, row).expect("a row serialises into memory");
-    body.push(b'\n');
-}
+/// The columns of `enriched_telemetry_history` in the order [`encode_vehicle`] writes them.
+const VEHICLE_COLUMNS: &str =
+    "id, vehicle_id, timestamp, timestamp_ms, latitude, longitude, speed, engine_status, driver_name, current_zone";
+/// The columns of `telemetry_history` in the order [`encode_history`] writes them.
+const HISTORY_COLUMNS: &str = "id, profile, entity_id, timestamp, timestamp_ms, latitude, longitude, metrics, \
+                               attributes, driver_name, current_zone, processed_at";
+/// The columns of `telemetry_anomalies` in the order [`encode_anomaly`] writes them.
+const ANOMALY_COLUMNS: &str = "id, change_seq, reading_id, profile, entity_id, timestamp, timestamp_ms, detector, \
+                               metric, value, anomaly_score, threshold, severity, reason, features, detected_at, \
+                               episode_start_ms, episode_end_ms";
 
-/// `YYYY-MM-DD hh:mm:ss` in UTC, as `DateTime('UTC')` reads it (clamped to its range).
-fn date_time(millis: i64) -> String {
-    let seconds = (millis.div_euclid(1000)).clamp(0, u32::MAX as i64);
-    chrono::DateTime::from_timestamp(seconds, 0).unwrap_or_default().format("%Y-%m-%d %H:%M:%S").to_string()
-}
-
-#[derive(Serialize)]
-struct VehicleRow<'a> {
-    id: i64,
-    vehicle_id: &'a str,
-    timestamp: String,
-    timestamp_ms: i64,
-    latitude: Option<f64>,
-    longitude: Option<f64>,
-    speed: Option<f64>,
-    engine_status: Option<String>,
-    driver_name: Option<&'a str>,
-    current_zone: Option<&'a str>,
-}
-
-impl<'a> From<&'a ReadingRecord> for VehicleRow<'a> {
-    fn from(r: &'a ReadingRecord) -> Self {
-        let metrics: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&r.metrics).unwrap_or_default();
-        let attributes: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&r.attributes).unwrap_or_default();
-        VehicleRow {
-            id: r.id,
-            vehicle_id: &r.entity_id,
-            timestamp: date_time(r.timestamp_ms),
-            timestamp_ms: r.timestamp_ms,
-            latitude: r.latitude,
-            longitude: r.longitude,
-            speed: metrics.get("speed").and_then(serde_json::Value::as_f64),
-            engine_status: attributes.get("engine_status").and_then(|v| v.as_str()).map(str::to_string),
-            driver_name: r.driver_name.as_deref(),
-            current_zone: r.current_zone.as_deref(),
+/// The RowBinary bodies of a batch: vehicle readings, and every other profile's.
+fn encode_readings(rows: &[ReadingRecord]) -> (RowBinary, RowBinary) {
+    let vehicle_rows = rows.iter().filter(|r| r.profile == VEHICLE).count();
+    let mut vehicles = RowBinary::with_capacity(vehicle_rows * 96);
+    let mut others = RowBinary::with_capacity((rows.len() - vehicle_rows) * 192);
+    for row in rows {
+        if row.profile == VEHICLE {
+            encode_vehicle(&mut vehicles, row);
+        } else {
+            encode_history(&mut others, row);
         }
+    }
+    (vehicles, others)
+}
+
+/// The two fields reference 000's history takes out of a vehicle reading's JSON objects. A
+/// value of another type is NULL, as in a reading that lacks it.
+#[derive(Default, serde::Deserialize)]
+struct VehicleFields {
+    #[serde(default)]
+    speed: Option<serde_json::Value>,
+    #[serde(default)]
+    engine_status: Option<serde_json::Value>,
+}
+
+impl VehicleFields {
+    fn of(json: &str) -> VehicleFields {
+        serde_json::from_str(json).unwrap_or_default()
     }
 }
 
-#[derive(Serialize)]
-struct HistoryRow<'a> {
-    id: i64,
-    profile: &'a str,
-    entity_id: &'a str,
-    timestamp: String,
-    timestamp_ms: i64,
-    latitude: Option<f64>,
-    longitude: Option<f64>,
-    metrics: &'a str,
-    attributes: &'a str,
-    driver_name: Option<&'a str>,
-    current_zone: Option<&'a str>,
-    processed_at: String,
+fn encode_vehicle(body: &mut RowBinary, r: &ReadingRecord) {
+    let speed = VehicleFields::of(&r.metrics).speed.and_then(|v| v.as_f64());
+    let engine_status = VehicleFields::of(&r.attributes).engine_status;
+    body.u64(r.id);
+    body.string(&r.entity_id);
+    body.date_time(r.timestamp_ms);
+    body.i64(r.timestamp_ms);
+    body.nullable_f64(r.latitude);
+    body.nullable_f64(r.longitude);
+    body.nullable_f64(speed);
+    body.nullable_string(engine_status.as_ref().and_then(|v| v.as_str()));
+    body.nullable_string(r.driver_name.as_deref());
+    body.nullable_string(r.current_zone.as_deref());
 }
 
-impl<'a> From<&'a ReadingRecord> for HistoryRow<'a> {
-    fn from(r: &'a ReadingRecord) -> Self {
-        HistoryRow {
-            id: r.id,
-            profile: &r.profile,
-            entity_id: &r.entity_id,
-            timestamp: date_time(r.timestamp_ms),
-            timestamp_ms: r.timestamp_ms,
-            latitude: r.latitude,
-            longitude: r.longitude,
-            metrics: &r.metrics,
-            attributes: &r.attributes,
-            driver_name: r.driver_name.as_deref(),
-            current_zone: r.current_zone.as_deref(),
-            processed_at: date_time(r.processed_at_ms),
-        }
-    }
+fn encode_history(body: &mut RowBinary, r: &ReadingRecord) {
+    body.u64(r.id);
+    body.string(&r.profile);
+    body.string(&r.entity_id);
+    body.date_time(r.timestamp_ms);
+    body.i64(r.timestamp_ms);
+    body.nullable_f64(r.latitude);
+    body.nullable_f64(r.longitude);
+    body.string(&r.metrics);
+    body.string(&r.attributes);
+    body.nullable_string(r.driver_name.as_deref());
+    body.nullable_string(r.current_zone.as_deref());
+    body.date_time(r.processed_at_ms);
 }
 
-#[derive(Serialize)]
-struct AnomalyRow<'a> {
-    id: &'a str,
-    change_seq: i64,
-    reading_id: i64,
-    profile: &'a str,
-    entity_id: &'a str,
-    timestamp: String,
-    timestamp_ms: i64,
-    detector: &'a str,
-    metric: Option<&'a str>,
-    value: Option<f64>,
-    anomaly_score: f64,
-    threshold: f64,
-    severity: &'a str,
-    reason: &'a str,
-    features: &'a str,
-    detected_at: String,
-    episode_start_ms: Option<i64>,
-    episode_end_ms: Option<i64>,
-}
-
-impl<'a> From<&'a AnomalyRecord> for AnomalyRow<'a> {
-    fn from(a: &'a AnomalyRecord) -> Self {
-        AnomalyRow {
-            id: &a.id,
-            change_seq: a.change_seq,
-            reading_id: a.reading_id,
-            profile: &a.profile,
-            entity_id: &a.entity_id,
-            timestamp: date_time(a.timestamp_ms),
-            timestamp_ms: a.timestamp_ms,
-            detector: &a.detector,
-            metric: a.metric.as_deref(),
-            value: a.value.filter(|v| v.is_finite()),
-            anomaly_score: a.anomaly_score,
-            threshold: a.threshold,
-            severity: &a.severity,
-            reason: &a.reason,
-            features: &a.features,
-            detected_at: date_time(a.detected_at_ms),
-            episode_start_ms: a.episode_start_ms,
-            episode_end_ms: a.episode_end_ms,
-        }
-    }
+fn encode_anomaly(body: &mut RowBinary, a: &AnomalyRecord) {
+    body.string(&a.id);
+    body.u64(a.change_seq);
+    body.u64(a.reading_id);
+    body.string(&a.profile);
+    body.string(&a.entity_id);
+    body.date_time(a.timestamp_ms);
+    body.i64(a.timestamp_ms);
+    body.string(&a.detector);
+    body.nullable_string(a.metric.as_deref());
+    body.nullable_f64(a.value.filter(|v| v.is_finite()));
+    body.f64(a.anomaly_score);
+    body.f64(a.threshold);
+    body.string(&a.severity);
+    body.string(&a.reason);
+    body.string(&a.features);
+    body.date_time(a.detected_at_ms);
+    body.nullable_i64(a.episode_start_ms);
+    body.nullable_i64(a.episode_end_ms);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn date_times_are_utc_seconds_in_clickhouse_text_form() {
-        assert_eq!(date_time(1_725_446_400_999), "2024-09-04 10:40:00");
-        assert_eq!(date_time(-5), "1970-01-01 00:00:00");
+    fn reading(profile: &str) -> ReadingRecord {
+        ReadingRecord {
+            id: 7,
+            profile: profile.into(),
+            entity_id: "V001".into(),
+            timestamp_ms: 1_725_446_400_000,
+            latitude: Some(40.7),
+            longitude: None,
+            metrics: r#"{"rpm":3000,"speed":88.5}"#.into(),
+            attributes: r#"{"engine_status":"on","fuel":"diesel"}"#.into(),
+            driver_name: Some("Ada".into()),
+            current_zone: None,
+            processed_at_ms: 1_725_446_400_100,
+        }
     }
 
     #[test]
     fn a_vehicle_row_takes_speed_and_engine_status_out_of_the_json() {
-        let reading = ReadingRecord {
-            id: 7,
-            profile: "vehicle".into(),
-            entity_id: "V001".into(),
-            timestamp_ms: 1_725_446_400_000,
-            latitude: Some(40.7),
-            longitude: Some(-74.0),
-            metrics: r#"{"speed":88.5}"#.into(),
-            attributes: r#"{"engine_status":"on"}"#.into(),
-            driver_name: Some("Ada".into()),
-            current_zone: None,
-            processed_at_ms: 1_725_446_400_100,
-        };
-        let json = serde_json::to_value(VehicleRow::from(&reading)).unwrap();
-        assert_eq!(json["speed"], 88.5);
-        assert_eq!(json["engine_status"], "on");
-        assert_eq!(json["current_zone"], serde_json::Value::Null);
-        assert_eq!(json["timestamp"], "2024-09-04 10:40:00");
+        let mut expected = RowBinary::default();
+        expected.u64(7);
+        expected.string("V001");
+        expected.date_time(1_725_446_400_000);
+        expected.i64(1_725_446_400_000);
+        expected.nullable_f64(Some(40.7));
+        expected.nullable_f64(None);
+        expected.nullable_f64(Some(88.5));
+        expected.nullable_string(Some("on"));
+        expected.nullable_string(Some("Ada"));
+        expected.nullable_string(None);
+        let (vehicles, others) = encode_readings(&[reading("vehicle")]);
+        assert!(others.is_empty());
+        assert_eq!(vehicles.into_bytes(), expected.into_bytes());
+    }
+
+    #[test]
+    fn a_vehicle_field_of_another_type_is_null() {
+        let mut odd = reading("vehicle");
+        odd.metrics = r#"{"speed":"fast"}"#.into();
+        odd.attributes = r#"{"engine_status":1}"#.into();
+        let (vehicles, _) = encode_readings(&[odd]);
+        let bytes = vehicles.into_bytes();
+        // speed, engine_status, driver_name (Ada) and current_zone after the fixed part.
+        let fixed = 8 + 5 + 4 + 8 + 9 + 1;
+        assert_eq!(&bytes[fixed..fixed + 2], &[1, 1]);
+    }
+
+    #[test]
+    fn other_profiles_keep_their_json_and_go_to_the_history_body() {
+        let (vehicles, others) = encode_readings(&[reading("drone")]);
+        assert!(vehicles.is_empty());
+        let bytes = others.into_bytes();
+        let metrics = r#"{"rpm":3000,"speed":88.5}"#.as_bytes();
+        assert!(bytes.windows(metrics.len()).any(|w| w == metrics));
+        assert_eq!(&bytes[bytes.len() - 4..], &1_725_446_400u32.to_le_bytes());
     }
 }

@@ -32,7 +32,8 @@ pub struct PostgresSinkConfig {
 
 impl PostgresSinkConfig {
     pub fn validate(raw: RawPostgresSink, errors: &mut Vec<String>) -> Option<PostgresSinkConfig> {
-        let batching = super::batching("sinks.postgres", raw.batch_rows, raw.batch_ms, errors);
+        let batching =
+            super::batching("sinks.postgres", raw.batch_rows, super::DEFAULT_BATCH_ROWS, raw.batch_ms, errors);
         let mut connection = match tokio_postgres::Config::from_str(&raw.url) {
             Ok(connection) => connection,
             Err(e) => {
