@@ -114,8 +114,13 @@ pub struct Hunter {
     /// Episodes by anomaly id, in the order they began; a close replaces its opening.
     episodes: Vec<HuntFinding>,
     by_id: HashMap<String, usize>,
+    /// Per episode, the last event time it is known to have lasted through: its end, or the
+    /// vehicle's last reading while it was still open.
+    through_ms: Vec<i64>,
     /// Open episodes of the current vehicle (their index), extended to its last reading.
     open: Vec<usize>,
+    /// Episodes over before this event time are lead-in, not reported (see [`Hunter::report_from`]).
+    report_from_ms: i64,
     current_vehicle: Option<Arc<str>>,
     last_ms: i64,
     driver: Option<Arc<str>>,
@@ -152,7 +157,9 @@ impl Hunter {
             findings: Findings::default(),
             episodes: Vec::new(),
             by_id: HashMap::new(),
+            through_ms: Vec::new(),
             open: Vec::new(),
+            report_from_ms: i64::MIN,
             current_vehicle: None,
             last_ms: 0,
             driver: None,
@@ -169,6 +176,15 @@ impl Hunter {
             .as_ref()
             .and_then(|s| profile.metrics.get(usize::from(s.speed_metric)))
             .map_or("speed", |m| &m.name)
+    }
+
+    /// Reports only episodes that last to `from_ms` or later. A store reads readings from a
+    /// lead-in before `from_ms` (see `LEAD_IN_MS` of the stores), so an episode that began
+    /// before the range keeps its true start and a teleport across the boundary has the
+    /// reading before it; episodes wholly inside the lead-in are dropped.
+    pub fn report_from(mut self, from_ms: i64) -> Hunter {
+        self.report_from_ms = from_ms;
+        self
     }
 
     /// Takes the next reading; readings come sorted by vehicle, then event time.
@@ -238,6 +254,7 @@ impl Hunter {
         match self.by_id.get(&anomaly.id) {
             Some(&index) => {
                 let zone = self.episodes[index].zone.take();
+                self.through_ms[index] = finding.end_ms.unwrap_or(reading.event_time_ms);
                 self.episodes[index] = HuntFinding { zone: zone.or(finding.zone), ..finding };
                 self.open.retain(|open| *open != index);
             }
@@ -247,6 +264,7 @@ impl Hunter {
                     self.open.push(index);
                 }
                 self.by_id.insert(anomaly.id, index);
+                self.through_ms.push(finding.end_ms.unwrap_or(reading.event_time_ms));
                 self.episodes.push(finding);
             }
         }
@@ -257,15 +275,22 @@ impl Hunter {
         for index in self.open.drain(..) {
             let episode = &mut self.episodes[index];
             episode.value = (self.last_ms - episode.start_ms) as f64 / 60_000.0;
+            self.through_ms[index] = self.last_ms;
         }
         self.driver = None;
         self.last_ms = i64::MIN;
     }
 
-    /// Every episode found, by vehicle and start time.
+    /// Every episode found that lasted into the reported range, by vehicle and start time.
     pub fn finish(mut self) -> Vec<HuntFinding> {
         self.close_vehicle();
+        let from_ms = self.report_from_ms;
         self.episodes
+            .into_iter()
+            .zip(self.through_ms)
+            .filter(|(_, through)| *through >= from_ms)
+            .map(|(e, _)| e)
+            .collect()
     }
 }
 

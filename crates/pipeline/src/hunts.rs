@@ -21,7 +21,13 @@ use teleguard_core::time::format_millis;
 /// The profile whose tracks the hunts read.
 pub const VEHICLE: &str = "vehicle";
 
-/// What to hunt, over which readings: event times in `[from_ms, to_ms)`, one vehicle or all.
+/// How far before `from` a hunt reads, so an episode under way at `from` keeps its true start
+/// and a teleport across `from` has the reading before it. A stop begun earlier than this
+/// shows as starting at the first reading of the lead-in.
+pub const LEAD_IN_MS: i64 = 24 * 3_600_000;
+
+/// What to hunt, over which readings: episodes that last into event times `[from_ms, to_ms)`,
+/// one vehicle or all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HuntQuery {
     pub hunt: Hunt,
@@ -31,8 +37,22 @@ pub struct HuntQuery {
 }
 
 impl HuntQuery {
+    /// The first event time read: `from_ms` less the lead-in.
+    fn read_from_ms(&self) -> Option<i64> {
+        self.from_ms.map(|from| from.saturating_sub(LEAD_IN_MS))
+    }
+
     fn from(&self) -> i64 {
-        self.from_ms.unwrap_or(i64::MIN)
+        self.read_from_ms().unwrap_or(i64::MIN)
+    }
+
+    /// A hunter for this query's hunt that reports from `from_ms`.
+    fn hunter(&self, profile: Arc<Profile>) -> Result<Hunter, HuntError> {
+        let hunter = Hunter::new(self.hunt, profile).map_err(HuntError)?;
+        Ok(match self.from_ms {
+            Some(from) => hunter.report_from(from),
+            None => hunter,
+        })
     }
 
     fn to(&self) -> i64 {
@@ -80,7 +100,7 @@ fn position(latitude: Option<f64>, longitude: Option<f64>) -> Option<GeoPoint> {
 /// Runs `query` over the embedded store's silver layer (a read connection).
 pub fn embedded(connection: &Connection, profile: Arc<Profile>, query: &HuntQuery) -> Result<HuntReport, HuntError> {
     let speed_path = format!("$.\"{}\"", Hunter::speed_metric(&profile).replace('"', "\\\""));
-    let mut hunter = Hunter::new(query.hunt, profile).map_err(HuntError)?;
+    let mut hunter = query.hunter(profile)?;
     let fail = |e: rusqlite::Error| HuntError(format!("embedded store: hunt {}: {e}", query.hunt.name()));
     let mut statement = connection
         .prepare(
@@ -289,11 +309,11 @@ pub async fn clickhouse(
     profile: Arc<Profile>,
     query: &HuntQuery,
 ) -> Result<HuntReport, HuntError> {
-    let mut hunter = Hunter::new(query.hunt, profile).map_err(HuntError)?;
+    let mut hunter = query.hunter(profile)?;
     let http = Http::streaming(config).map_err(|e| HuntError(e.0))?;
     let version = http.query("SELECT version()").await.map_err(|e| HuntError(e.0))?.trim().to_string();
     let mut conditions = Vec::new();
-    if let Some(from) = query.from_ms {
+    if let Some(from) = query.read_from_ms() {
         conditions.push(format!("timestamp_ms >= {from}"));
     }
     if let Some(to) = query.to_ms {
@@ -371,7 +391,7 @@ pub async fn postgres(
     query: &HuntQuery,
 ) -> Result<HuntReport, HuntError> {
     let speed_metric = Hunter::speed_metric(&profile).to_string();
-    let mut hunter = Hunter::new(query.hunt, profile).map_err(HuntError)?;
+    let mut hunter = query.hunter(profile)?;
     let fail = |what: &str, e: tokio_postgres::Error| {
         let detail = e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_string());
         HuntError(format!("postgresql {} {what}: {detail}", config.describe))
@@ -395,7 +415,7 @@ pub async fn postgres(
         .await
         .map_err(|e| fail("prepare the hunt", e))?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-        [&speed_metric, &VEHICLE, &query.from_ms, &query.to_ms, &query.vehicle];
+        [&speed_metric, &VEHICLE, &query.read_from_ms(), &query.to_ms, &query.vehicle];
     let rows = client.query_raw(&statement, params).await.map_err(|e| fail("run the hunt", e))?;
     pin_mut!(rows);
     let mut names = Names::default();

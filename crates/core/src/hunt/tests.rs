@@ -23,9 +23,17 @@ fn point(vehicle: &str, at_ms: i64, lat: f64, lon: f64, speed: f64, zone: Option
     }
 }
 
-fn hunt(hunt: Hunt, mut points: Vec<TrackPoint>) -> Vec<HuntFinding> {
+fn hunt(hunt: Hunt, points: Vec<TrackPoint>) -> Vec<HuntFinding> {
+    hunt_from(hunt, points, None)
+}
+
+/// The hunt over `points`, reporting from `from_ms` as a store does after reading a lead-in.
+fn hunt_from(hunt: Hunt, mut points: Vec<TrackPoint>, from_ms: Option<i64>) -> Vec<HuntFinding> {
     points.sort_by(|a, b| (&a.vehicle_id, a.timestamp_ms).cmp(&(&b.vehicle_id, b.timestamp_ms)));
     let mut hunter = Hunter::new(hunt, vehicle()).expect("the vehicle profile runs the rule");
+    if let Some(from_ms) = from_ms {
+        hunter = hunter.report_from(from_ms);
+    }
     for point in points {
         hunter.push(point);
     }
@@ -88,6 +96,30 @@ fn geofence_breach_uses_the_rules_window_so_half_past_five_is_out_of_hours() {
         (DAY0 + (17 * 60 + 30) * MINUTE, Some(DAY0 + (17 * 60 + 50) * MINUTE))
     );
     assert_eq!(found[0].value, 20.0);
+}
+
+#[test]
+fn a_range_start_keeps_episodes_under_way_whole_and_drops_those_over_before_it() {
+    // Vehicle a: stopped 08:00-09:00, moving to 10:00, stopped 10:00-11:00; vehicle b drives
+    // and jumps 100 km between 10:00 and 10:01. The range starts at 10:30.
+    let mut points = Vec::new();
+    for minute in 8 * 60..12 * 60 {
+        let stopped = (8 * 60..9 * 60).contains(&minute) || (10 * 60..11 * 60).contains(&minute);
+        points.push(point("a", DAY0 + minute * MINUTE, 52.0, 13.0, if stopped { 0.0 } else { 50.0 }, None));
+    }
+    for minute in 9 * 60..11 * 60 {
+        let lat = if minute > 10 * 60 { 49.0 } else { 48.0 } + minute as f64 * 1e-5;
+        points.push(point("b", DAY0 + minute * MINUTE, lat, 11.0, 60.0, None));
+    }
+    let from = Some(DAY0 + (10 * 60 + 30) * MINUTE);
+    let stops = hunt_from(Hunt::UnusualStops, points.clone(), from);
+    assert_eq!(stops.len(), 1, "only the stop under way at 10:30: {stops:#?}");
+    assert_eq!((stops[0].start_ms, stops[0].end_ms), (DAY0 + 10 * 60 * MINUTE, Some(DAY0 + 11 * 60 * MINUTE)));
+    assert_eq!(hunt(Hunt::UnusualStops, points.clone()).len(), 2, "without a range start both stops");
+    let teleports = hunt_from(Hunt::Teleport, points.clone(), Some(DAY0 + (10 * 60 + 1) * MINUTE));
+    assert_eq!(teleports.len(), 1, "the jump ends at the range start: {teleports:#?}");
+    assert_eq!(teleports[0].vehicle_id, "b");
+    assert_eq!(hunt_from(Hunt::Teleport, points, from), vec![], "the jump was over before 10:30");
 }
 
 #[test]

@@ -15,10 +15,13 @@ pub struct HuntArgs {
     /// geofence-breach, teleport or unusual-stops.
     #[arg(value_parser = Hunt::parse)]
     hunt: Hunt,
-    /// Event times from (inclusive): ISO 8601 or epoch seconds / milliseconds.
+    /// Episodes that last to this event time or later (ISO 8601 or epoch seconds /
+    /// milliseconds). The hunt reads a day before it, so an episode under way at T keeps its
+    /// true start and a teleport across T is compared with the reading before it.
     #[arg(long, value_name = "T")]
     from: Option<String>,
-    /// Event times until (exclusive).
+    /// Readings before this event time (exclusive); an episode still under way at T is
+    /// reported as lasting to the vehicle's last reading before it.
     #[arg(long, value_name = "T")]
     to: Option<String>,
     /// One vehicle only.
