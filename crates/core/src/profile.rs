@@ -396,8 +396,14 @@ impl ProfileRegistry {
                 if off(crate::detect::novelty::NAME) {
                     d.novelty = None;
                 }
+                if off(crate::detect::trend::NAME) {
+                    d.trend = None;
+                }
                 if off(crate::detect::rules::teleport::NAME) {
                     d.teleport = None;
+                }
+                if off(crate::detect::rules::spoofing::NAME) {
+                    d.spoofing = None;
                 }
                 if off(crate::detect::rules::geofence::NAME) {
                     d.geofence_breach = None;

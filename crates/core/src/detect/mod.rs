@@ -6,6 +6,7 @@
 //! - [`zscore`]: rolling z-score / 3-sigma per entity and metric.
 //! - [`isolation_forest`]: Liu et al.'s isolation forest over a profile's features.
 //! - [`novelty`]: sequence novelty per entity and metric (contextual anomaly detection).
+//! - [`trend`]: slope changes per entity and metric (a drift while it drifts).
 //! - [`rules`]: track rules over enriched vehicle readings (teleport, geofence, stops).
 //! - [`settings`]: how a profile configures each of them.
 
@@ -14,6 +15,7 @@ pub mod isolation_forest;
 pub mod novelty;
 pub mod rules;
 pub mod settings;
+pub mod trend;
 pub mod zscore;
 
 use crate::model::{Anomaly, Enrichment, Reading};
@@ -107,6 +109,7 @@ impl DetectorSet {
                 Box::new(zscore::ZScoreDetector::default()),
                 Box::new(isolation_forest::IsolationForestDetector::new(models)),
                 Box::new(novelty::NoveltyDetector::default()),
+                Box::new(trend::TrendDetector::default()),
                 Box::new(rules::teleport::TeleportDetector::default()),
                 Box::new(rules::spoofing::SpoofingDetector::default()),
                 Box::new(rules::geofence::GeofenceBreachDetector::default()),
@@ -123,10 +126,11 @@ impl DetectorSet {
 }
 
 /// The names of every shipped detector.
-pub const DETECTOR_NAMES: [&str; 7] = [
+pub const DETECTOR_NAMES: [&str; 8] = [
     zscore::NAME,
     isolation_forest::NAME,
     novelty::NAME,
+    trend::NAME,
     rules::teleport::NAME,
     rules::spoofing::NAME,
     rules::geofence::NAME,

@@ -17,6 +17,7 @@ pub struct RawDetectors {
     pub geofence_breach: Option<RawGeofenceBreach>,
     pub unusual_stop: Option<RawUnusualStop>,
     pub novelty: Option<RawNovelty>,
+    pub trend: Option<RawTrend>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +106,32 @@ pub struct RawNovelty {
     /// noon and never seen at night is news at night; 24 = by hour, 0 turns it off.
     #[serde(default = "default_novelty_day_parts")]
     pub day_parts: u32,
+    /// Metrics to watch; all of the profile's by default.
+    pub metrics: Option<Vec<String>>,
+}
+
+/// Slope changes (`detect::trend`); off unless a profile has the table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrend {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Seconds of event time whose readings are averaged into one block.
+    #[serde(default = "default_trend_block_secs")]
+    pub block_secs: u64,
+    /// Blocks the smooth course and its kink are fitted over (at least 12).
+    #[serde(default = "default_trend_window_blocks")]
+    pub window_blocks: usize,
+    /// How many scales (the larger of the noise's and the metric's usual bends) a slope
+    /// change must reach to be an anomaly.
+    #[serde(default = "default_trend_threshold")]
+    pub threshold: f64,
+    /// Blocks the running scale of the metric's usual bends reaches back over.
+    #[serde(default = "default_trend_history_blocks")]
+    pub history_blocks: usize,
+    /// Judged windows that only teach that scale, before the first verdict; `window_blocks`
+    /// by default.
+    pub learning_blocks: Option<u64>,
     /// Metrics to watch; all of the profile's by default.
     pub metrics: Option<Vec<String>>,
 }
@@ -257,6 +284,18 @@ fn default_novelty_extreme_margin() -> f64 {
 fn default_novelty_day_parts() -> u32 {
     24
 }
+fn default_trend_block_secs() -> u64 {
+    60
+}
+fn default_trend_window_blocks() -> usize {
+    120
+}
+fn default_trend_threshold() -> f64 {
+    5.0
+}
+fn default_trend_history_blocks() -> usize {
+    720
+}
 fn default_scope() -> String {
     "profile".into()
 }
@@ -375,6 +414,23 @@ pub struct NoveltySettings {
     pub watched: Vec<bool>,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrendSettings {
+    /// At least 1000.
+    pub block_ms: i64,
+    /// At least `detect::trend::MIN_WINDOW_BLOCKS`.
+    pub window_blocks: usize,
+    /// Greater than 0.
+    pub threshold: f64,
+    /// At least 1.
+    pub history_blocks: usize,
+    pub learning_kinks: u64,
+    /// The fit's filters for `window_blocks`.
+    pub filters: Arc<crate::detect::trend::KinkFilters>,
+    /// Per metric of the profile: watched or not.
+    pub watched: Vec<bool>,
+}
+
 /// How an isolation-forest feature is computed from readings.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Feature {
@@ -450,6 +506,7 @@ pub struct DetectorSettings {
     pub geofence_breach: Option<GeofenceBreachSettings>,
     pub unusual_stop: Option<UnusualStopSettings>,
     pub novelty: Option<NoveltySettings>,
+    pub trend: Option<TrendSettings>,
 }
 
 /// What validation needs to know about the profile.
@@ -672,7 +729,36 @@ impl RawDetectors {
                 watched,
             }
         });
-        DetectorSettings { zscore, isolation_forest, teleport, spoofing, geofence_breach, unusual_stop, novelty }
+        let trend = self.trend.filter(|t| t.enabled).map(|raw| {
+            let min_window = crate::detect::trend::MIN_WINDOW_BLOCKS;
+            if raw.block_secs == 0 || raw.window_blocks < min_window || raw.history_blocks == 0 {
+                errors.push(format!(
+                    "detectors.trend: block_secs {} must be at least 1, window_blocks {} at least {min_window}, \
+                     history_blocks {} at least 1",
+                    raw.block_secs, raw.window_blocks, raw.history_blocks
+                ));
+            }
+            if !(raw.threshold > 0.0 && raw.threshold.is_finite()) {
+                errors.push(format!("detectors.trend.threshold {} must be a number above 0", raw.threshold));
+            }
+            let mut watched = vec![raw.metrics.is_none(); shape.metric_names.len()];
+            for name in raw.metrics.iter().flatten() {
+                if let Some(index) = metric(name, "detectors.trend.metrics", errors) {
+                    watched[usize::from(index)] = true;
+                }
+            }
+            let window_blocks = raw.window_blocks.max(min_window);
+            TrendSettings {
+                block_ms: (raw.block_secs.max(1) as i64).saturating_mul(1000),
+                window_blocks,
+                threshold: raw.threshold,
+                history_blocks: raw.history_blocks.max(1),
+                learning_kinks: raw.learning_blocks.unwrap_or(window_blocks as u64),
+                filters: Arc::new(crate::detect::trend::KinkFilters::new(window_blocks)),
+                watched,
+            }
+        });
+        DetectorSettings { zscore, isolation_forest, teleport, spoofing, geofence_breach, unusual_stop, novelty, trend }
     }
 }
 

@@ -6,7 +6,7 @@ use super::{Core, Emit, EntityModel, Kind, Label};
 
 const SPIKE: Kind = Kind { name: "spike", detectors: &["zscore"] };
 const LEVEL_SHIFT: Kind = Kind { name: "level_shift", detectors: &["zscore"] };
-const DRIFT: Kind = Kind { name: "drift", detectors: &["zscore"] };
+const DRIFT: Kind = Kind { name: "drift", detectors: &["zscore", "trend"] };
 const STUCK: Kind = Kind { name: "stuck", detectors: &["zscore"] };
 const VIBRATION_BURST: Kind = Kind { name: "vibration_burst", detectors: &["zscore"] };
 

@@ -27,8 +27,8 @@ pub struct BenchArgs {
     /// Pipeline worker threads [default: one per core but one, at least one].
     #[arg(long)]
     workers: Option<usize>,
-    /// Detectors to run, comma-separated (zscore, isolation_forest, novelty, teleport, spoofing,
-    /// geofence_breach, unusual_stop), or `all` (those each profile enables).
+    /// Detectors to run, comma-separated (zscore, isolation_forest, novelty, trend, teleport,
+    /// spoofing, geofence_breach, unusual_stop), or `all` (those each profile enables).
     #[arg(long, default_value = "all")]
     detectors: String,
     /// Repeat the whole run this many times (a fresh store each time) and report the best and
