@@ -27,6 +27,8 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Run the configured detectors over a CSV or NDJSON file in event-time order; NDJSON out.
     Replay(commands::replay::ReplayArgs),
+    /// Fit a profile's isolation forest on files of normal readings and store it for replay and run.
+    Train(commands::train::TrainArgs),
     /// Generate realistic fleet telemetry with labeled injected anomalies (ground truth).
     Simulate(commands::simulate::SimulateArgs),
     /// Score detections against labels (ours, or the NAB benchmark's): precision, recall, F1,
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
             Command::Run(args) => commands::run::run(args).await,
             Command::Bench(args) => commands::bench::bench(args).await,
             Command::Replay(args) => tokio::task::block_in_place(|| commands::replay::replay(args)),
+            Command::Train(args) => tokio::task::block_in_place(|| commands::train::train(args)),
             Command::Simulate(args) => commands::simulate::simulate(args).await,
             Command::Eval(args) => tokio::task::block_in_place(|| commands::eval::eval(args)),
             Command::Schema(args) => commands::schema::schema(args),
