@@ -17,23 +17,6 @@ use teleguard_pipeline::config::{Config, Overrides};
 use teleguard_pipeline::models::{model_file_path, write_model_file};
 
 #[derive(Debug, Args)]
-#[command(long_about = "Fits a profile's isolation forest on readings you know to be normal and stores it.
-
-The files are read as `teleguard replay` reads them (CSV with a header row, NDJSON, or folders of
-them), validated by the profile, each in event-time order. Every reading's features (as the
-profile's detectors.isolation_forest names them) go into a uniform sample of `training_size`
-readings per model scope, so a long recording is learnt whole (take-off, cruise and landing), not
-only its head; then one forest per scope is grown exactly as the live detector grows one (same
-trees, seed and held-back threshold).
-
-The result is DIR/<profile>.model.json: JSON with a format name and version, the profile, the
-files and reading counts it was trained on, the isolation-forest settings (features, scope,
-training_size, holdout, contamination, trees, seed) and the forests. `teleguard replay --models DIR`
-and `teleguard run --models DIR` (or `models = \"DIR\"` in the config) refuse it, saying which
-setting differs, when the config they run with has other settings than these.
-
-Only the isolation forest has learnt state worth keeping: the z-score's window and the novelty
-detector's memory are recent history of one entity, rebuilt from the first readings it sends.")]
 pub struct TrainArgs {
     /// CSV or NDJSON files of normal readings, or folders of them.
     #[arg(required = true, value_name = "FILE|DIR")]
