@@ -155,7 +155,7 @@ fn replay_file(
         findings.clear();
         let enrichment = enricher.enrich(profile, reading);
         detectors.observe(Observation { profile, reading, enrichment: &enrichment }, &mut findings);
-        // Written only for readings that get a line: formatting a time is most of a line's cost.
+        // Formatted only for readings that get a line (most get none without --all-scores).
         let timestamp = || record.time.format();
         let common =
             |detector: &str| json!({"entity": &*reading.entity, "timestamp": timestamp(), "detector": detector});
