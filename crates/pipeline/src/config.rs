@@ -23,6 +23,8 @@ use teleguard_core::validate::TimeWindow;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub data_dir: Option<PathBuf>,
+    /// Isolation forests trained ahead of time (`teleguard train`): a model file or a folder of them.
+    pub models: Option<PathBuf>,
     #[serde(default)]
     pub server: RawServer,
     #[serde(default)]
@@ -152,6 +154,8 @@ pub struct RawReference {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
+    /// `--models`: model files to load at start instead of the config's.
+    pub models: Option<PathBuf>,
     pub listen: Option<String>,
     /// `none`, `all`, or a comma-separated list of profiles.
     pub simulate: Option<String>,
@@ -164,6 +168,8 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// Model files to load into the registry at start (`models = ...`, `--models`), if any.
+    pub models: Option<PathBuf>,
     pub listen: SocketAddr,
     pub max_body_bytes: NonZeroUsize,
     /// The bearer tokens HTTP ingest accepts; empty means it needs none.
@@ -315,9 +321,17 @@ impl Config {
             kafka_sink.then_some("kafka"),
         ];
         let retention = raw.store.retention.validate(sink_names.into_iter().flatten().collect(), &mut errors);
+        let models = overrides.models.or(raw.models);
+        if let Some(path) = models.as_ref().filter(|path| !path.exists()) {
+            errors.push(format!(
+                "models {}: no such model file or folder; make one with `teleguard train FILE... --profile P --models DIR`",
+                path.display()
+            ));
+        }
         match profiles {
             Some(profiles) if errors.is_empty() => Ok(Config {
                 data_dir: overrides.data_dir.or(raw.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+                models,
                 listen,
                 max_body_bytes,
                 tokens: Arc::new(tokens),
@@ -446,6 +460,32 @@ mod tests {
         let config = Config::load(Some(&path), Overrides::default()).unwrap();
         assert!(config.profiles.by_name("pump").is_some());
         assert!(config.mqtt.is_empty(), "the example's MQTT source is commented out, so `run` needs no broker");
+    }
+
+    #[test]
+    fn the_example_documents_the_zscore_defaults_and_its_time_window() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
+        let config = Config::load(Some(&path), Overrides::default()).unwrap();
+        let zscore = config.profiles.by_name("pump").unwrap().detectors.zscore.clone().unwrap();
+        let defaults = teleguard_core::detect::settings::RawZScore::default();
+        assert_eq!(zscore.window.get(), defaults.window);
+        assert_eq!(zscore.threshold, defaults.threshold);
+        assert_eq!(
+            (zscore.persistence.get(), zscore.quiet_readings.get()),
+            (defaults.persistence, defaults.quiet_readings)
+        );
+        assert_eq!(zscore.window_ms, defaults.window_secs.map(|s| (s * 1000.0) as i64), "off, as the example says");
+        assert!(config.models.is_none(), "no models by default");
+        // The documented lines, uncommented, are real options.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let timed = text
+            .replace("# window_secs = 300", "window_secs = 300")
+            .replace("# models = \"./models\"", "models = \".\"");
+        let raw: RawConfig = toml::from_str(&timed).unwrap();
+        assert_eq!(raw.models.as_deref(), Some(Path::new(".")));
+        let config = Config::validate(raw, Overrides::default()).unwrap();
+        let zscore = config.profiles.by_name("pump").unwrap().detectors.zscore.clone().unwrap();
+        assert_eq!((zscore.window_ms, zscore.window.get()), (Some(300_000), 120));
     }
 
     #[test]

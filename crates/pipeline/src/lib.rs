@@ -8,6 +8,7 @@
 //! - [`store`]: the embedded SQLite store (schema, single writer, queries).
 //! - [`live`]: the latest readings in memory for the API.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`models`]: trained isolation forests in model files (`teleguard train`) and in the store.
 //! - [`sources`]: the simulator and MQTT sources (HTTP ingest is served by the API crate).
 //! - [`notify`]: alert notifications to Slack and webhooks, and alert escalation.
 //! - [`hunts`]: threat hunts over the embedded store, ClickHouse or PostgreSQL.
@@ -24,6 +25,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod live;
 pub mod metrics;
+pub mod models;
 pub mod notify;
 pub mod sinks;
 pub mod sources;
@@ -42,7 +44,8 @@ use crate::store::writer::{StoreWriter, WriterContext};
 use anyhow::Context as _;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use teleguard_core::detect::isolation_forest::{ModelKey, ModelRegistry};
+use teleguard_core::detect::isolation_forest::ModelRegistry;
+use teleguard_core::detect::isolation_forest::trained::StoredModel;
 use teleguard_core::enrich::Enricher;
 use teleguard_core::geo::GeofenceIndex;
 use tokio::sync::{Semaphore, mpsc};
@@ -106,13 +109,29 @@ impl Pipeline {
         let capacity = config.inflight_readings.get();
         let inflight = Arc::new(Semaphore::new(capacity));
         let models = Arc::new(ModelRegistry::default());
-        for (scope, json) in store::stored_models(&connection)? {
-            let model = serde_json::from_str(&json).with_context(|| format!("stored model {scope:?} is unreadable"))?;
-            let (profile, entity) = match scope.split_once('/') {
-                Some((profile, entity)) => (profile, Some(Arc::from(entity))),
-                None => (scope.as_str(), None),
-            };
-            models.install(ModelKey { profile: Arc::from(profile), entity }, model);
+        let (stored, dropped) = models::from_store_rows(store::stored_models(&connection)?, &config.profiles);
+        for reason in dropped {
+            tracing::warn!("stored model not used, it is trained again from live readings: {reason}");
+        }
+        for (key, model) in stored {
+            models.install(key, model);
+        }
+        // Models trained ahead of time (`models = ...`) take the place of the store's, and are
+        // stored so that a restart without them keeps them.
+        let trained_ahead = match &config.models {
+            Some(path) => models::load_all(path, &config.profiles)
+                .with_context(|| format!("cannot load the models configured at {}", path.display()))?,
+            None => Vec::new(),
+        };
+        let mut rows_of_trained_ahead = Vec::new();
+        for (key, model) in trained_ahead {
+            let settings = config.profiles.by_name(&key.profile).and_then(|p| p.detectors.isolation_forest.as_ref());
+            if let Some(settings) = settings {
+                let stored = StoredModel::new(settings, model.clone());
+                rows_of_trained_ahead.push((key.label(), serde_json::to_string(&stored)?));
+            }
+            tracing::info!("isolation forest {} loaded (trained on {} readings)", key.label(), model.trained_on);
+            models.install(key, model);
         }
         let silver_watermark = SilverWatermark::new(next_bronze_id);
         let writer_context = WriterContext {
@@ -128,6 +147,9 @@ impl Pipeline {
         let replayed: Vec<i64> = unprocessed.iter().map(|m| m.id).collect();
         let (store, writer_thread) =
             store::writer::spawn(connection, checkpointer, next_bronze_id, &replayed, writer_context)?;
+        for (scope, json) in rows_of_trained_ahead {
+            store.append_model(scope, json).await?;
+        }
         let mut sink_handles = Vec::new();
         let sink_context = |batching| SinkContext {
             data_dir: data_dir.clone(),

@@ -8,6 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use std::time::Instant;
 use teleguard_core::detect::isolation_forest::ModelRegistry;
+use teleguard_core::detect::isolation_forest::trained::StoredModel;
 use teleguard_core::detect::{DetectorSet, Findings, Observation};
 use teleguard_core::enrich::Enricher;
 use teleguard_core::model::Reading;
@@ -192,7 +193,14 @@ impl Worker {
         // Shown by the API right away: their messages are already durable in bronze.
         self.context.live.push(silver.iter().cloned());
         for (key, model) in self.context.models.take_trained() {
-            let json = serde_json::to_string(&*model).expect("a model serialises");
+            // Stored with the settings it was trained under, so a restart under others retrains.
+            let Some(settings) =
+                self.context.profiles.by_name(&key.profile).and_then(|p| p.detectors.isolation_forest.as_ref())
+            else {
+                continue;
+            };
+            let stored = StoredModel::new(settings, (*model).clone());
+            let json = serde_json::to_string(&stored).expect("a model serialises");
             self.context.store.append_model_blocking(key.label(), json)?;
         }
         if permits == 0 {

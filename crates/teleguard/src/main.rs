@@ -25,8 +25,27 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Push simulated readings through validate, enrich, detect and store as fast as possible.
     Bench(commands::bench::BenchArgs),
-    /// Run the configured detectors over a CSV or NDJSON file in event-time order; NDJSON out.
+    /// Run the configured detectors over CSV or NDJSON files in event-time order, with trained
+    /// models (`--models`) or forests trained on each file's head; NDJSON out.
     Replay(commands::replay::ReplayArgs),
+    /// Fit a profile's isolation forest on files of normal readings and store it for replay and run.
+    ///
+    /// The files are read as `teleguard replay` reads them (CSV with a header row, NDJSON, or folders of
+    /// them), validated by the profile, each in event-time order. Every reading's features (as the
+    /// profile's detectors.isolation_forest names them) go into a uniform sample of `training_size`
+    /// readings per model scope, so a long recording is learnt whole (take-off, cruise and landing), not
+    /// only its head; then one forest per scope is grown exactly as the live detector grows one (same
+    /// trees, seed and held-back threshold).
+    ///
+    /// The result is DIR/<profile>.model.json: JSON with a format name and version, the profile, the
+    /// files and reading counts it was trained on, the isolation-forest settings (features, scope,
+    /// training_size, holdout, contamination, trees, seed) and the forests. `teleguard replay --models DIR`
+    /// and `teleguard run --models DIR` (or `models = "DIR"` in the config) refuse it, saying which
+    /// setting differs, when the config they run with has other settings than these.
+    ///
+    /// Only the isolation forest has learnt state worth keeping: the z-score's window and the novelty
+    /// detector's memory are recent history of one entity, rebuilt from the first readings it sends.
+    Train(commands::train::TrainArgs),
     /// Generate realistic fleet telemetry with labeled injected anomalies (ground truth).
     Simulate(commands::simulate::SimulateArgs),
     /// Score detections against labels (ours, or the NAB benchmark's): precision, recall, F1,
@@ -67,6 +86,7 @@ fn main() -> ExitCode {
             Command::Run(args) => commands::run::run(args).await,
             Command::Bench(args) => commands::bench::bench(args).await,
             Command::Replay(args) => tokio::task::block_in_place(|| commands::replay::replay(args)),
+            Command::Train(args) => tokio::task::block_in_place(|| commands::train::train(args)),
             Command::Simulate(args) => commands::simulate::simulate(args).await,
             Command::Eval(args) => tokio::task::block_in_place(|| commands::eval::eval(args)),
             Command::Schema(args) => commands::schema::schema(args),

@@ -159,3 +159,81 @@ async fn an_isolation_forest_trained_live_is_kept_across_a_restart() {
     .await;
     assert_eq!(second[0]["anomaly_score"].as_f64().unwrap(), score);
 }
+
+/// Drone readings spread evenly over a small box (a low-discrepancy sequence per metric).
+fn spread_drone(i: usize) -> Value {
+    let u = |k: f64| ((i + 1) as f64 * k).fract();
+    json!({"timestamp": 1_725_446_400_000_u64 + i as u64 * 1000, "drone_id": format!("d-{}", i % 4),
+           "latitude": 37.77, "longitude": -122.42, "altitude": 120.0 + 3.0 * u(0.618_034), "velocity": 12.0 + u(0.414_214),
+           "acceleration_x": 0.3 * u(0.732_051), "acceleration_y": -0.3 * u(0.236_068), "acceleration_z": 0.05,
+           "battery_level": 86.0 + 4.0 * u(0.645_751), "signal_strength": -67.0 - 2.0 * u(0.162_278)})
+}
+
+/// A drone reading out of that box in every metric but one.
+fn far_drone(i: usize) -> Value {
+    json!({"timestamp": 1_725_446_400_000_u64 + i as u64 * 1000, "drone_id": "d-0", "latitude": 37.77,
+           "longitude": -122.42, "altitude": 400.0, "velocity": 40.0, "acceleration_x": 3.0, "acceleration_y": -3.0,
+           "acceleration_z": 0.05, "battery_level": 4.0, "signal_strength": -110.0})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forest_trained_ahead_judges_the_first_live_reading_and_stays_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("reference-001.toml");
+    std::fs::write(&config, format!("{HISTORICAL}{REFERENCE_001_DRONES}")).unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let normal = dir.path().join("normal.ndjson");
+    let lines: Vec<String> = (0..300).map(|i| spread_drone(i).to_string()).collect();
+    std::fs::write(&normal, lines.join("\n")).unwrap();
+    let models = dir.path().join("models");
+    let trained = std::process::Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["train", normal.to_str().unwrap(), "--profile", "drone", "--config", &config])
+        .args(["--models", models.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--config", &config, "--models", models.to_str().unwrap()]);
+    let client = client();
+    // The very first reading the pipeline sees is judged: no 200 readings to wait for.
+    assert_eq!(post(&client, &server, "drone", serde_json::to_vec(&[far_drone(1000)]).unwrap()).await.0, 202);
+    let url = server.url("/api/anomalies?detector=isolation_forest");
+    let found = wait_for("the trained forest's anomaly", || async {
+        let found = get_json(&client, &url).await;
+        (!found.as_array().unwrap().is_empty()).then_some(found)
+    })
+    .await;
+    assert!(found[0]["reason"].as_str().unwrap().contains("trained on 200 readings"), "{}", found[0]["reason"]);
+    assert!(server.terminate().success());
+
+    // The store kept it: a replay can take its models from the data folder.
+    let outlier = dir.path().join("outlier.ndjson");
+    std::fs::write(&outlier, far_drone(2000).to_string()).unwrap();
+    let replayed = std::process::Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["replay", outlier.to_str().unwrap(), "--profile", "drone", "--config", &config])
+        .args(["--models", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(replayed.status.success(), "{}", String::from_utf8_lossy(&replayed.stderr));
+    let stdout = String::from_utf8(replayed.stdout).unwrap();
+    let line: Value = serde_json::from_str(stdout.lines().next().expect("an anomaly line")).unwrap();
+    assert_eq!((&line["detector"], &line["record"]), (&json!("isolation_forest"), &json!(1)));
+
+    // Under other settings the start is refused, naming the setting.
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        format!("{HISTORICAL}{}", REFERENCE_001_DRONES.replace("contamination = 0.05", "contamination = 0.1")),
+    )
+    .unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["run", "--simulate", "none", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("other-data"))
+        .args(["--config", other.to_str().unwrap(), "--models", models.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("contamination: trained with 0.05, configured 0.1"), "{stderr}");
+}

@@ -222,3 +222,178 @@ fn a_folder_of_files_is_replayed_file_by_file_with_a_combined_verdict_per_readin
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("holds no .csv, .ndjson, .jsonl or .json file"));
 }
+
+/// A config with a test-rig profile (`rig`: metrics `a`, `b`) whose only detector is an
+/// isolation forest over both, trained on 1,000 readings, with `trees` trees.
+fn rig_config(dir: &std::path::Path, trees: usize) -> std::path::PathBuf {
+    let path = dir.join(format!("rig-{trees}.toml"));
+    let text = format!(
+        "[profiles.rig]\nentity_field = \"rig_id\"\nmetrics = [{{ field = \"a\" }}, {{ field = \"b\" }}]\n\
+         [profiles.rig.detectors.zscore]\nenabled = false\n\
+         [profiles.rig.detectors.isolation_forest]\nfeatures = [\"a\", \"b\"]\ntraining_size = 1000\ntrees = {trees}\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `n` readings of rig R1 a second, scattered normally (a around 10 with σ 1, b around 5 with
+/// σ 0.5; Box-Muller over a fixed low-discrepancy sequence); reading `i` is in another regime
+/// (a around 50, b around 20) when `abnormal(i)`.
+fn rig_csv(path: &std::path::Path, n: usize, abnormal: impl Fn(usize) -> bool) {
+    let mut csv = String::from("timestamp,rig_id,a,b\n");
+    for i in 0..n {
+        let (u, v) = (((i + 1) as f64 * 0.618_034).fract(), ((i + 1) as f64 * 0.414_214).fract());
+        let radius = (-2.0 * u.ln()).sqrt();
+        let (z1, z2) = (radius * (std::f64::consts::TAU * v).cos(), radius * (std::f64::consts::TAU * v).sin());
+        let (a, b) = if abnormal(i) { (50.0 + z1, 20.0 + 0.5 * z2) } else { (10.0 + z1, 5.0 + 0.5 * z2) };
+        let timestamp = teleguard_core::time::format_millis(1_725_444_000_000 + i as i64 * 1000);
+        csv.push_str(&format!("{timestamp},R1,{a:.4},{b:.4}\n"));
+    }
+    std::fs::write(path, csv).unwrap();
+}
+
+/// Per record (from 1): the isolation forest's verdict, when it judged the reading.
+fn forest_verdicts(stdout: &[u8]) -> std::collections::BTreeMap<u64, bool> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["detector"] == "isolation_forest")
+        .map(|l| (l["record"].as_u64().unwrap(), l["is_anomaly"].as_bool().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_trained_model_judges_a_file_whose_head_is_abnormal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = rig_config(dir.path(), 50);
+    let normal = dir.path().join("normal.csv");
+    rig_csv(&normal, 2000, |_| false);
+    let judged = dir.path().join("judged.csv");
+    rig_csv(&judged, 3000, |i| i < 1200);
+    let models = dir.path().join("models");
+    let trained = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["train", normal.to_str().unwrap(), "--profile", "rig", "--config", config.to_str().unwrap()])
+        .args(["--models", models.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&trained.stderr);
+    assert!(trained.status.success(), "{stderr}");
+    assert!(stderr.contains("trained 1 isolation forest of profile rig on 2,000 readings"), "{stderr}");
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(models.join("rig.model.json")).unwrap()).unwrap();
+    assert_eq!(
+        (&file["format"], &file["version"], &file["profile"]),
+        (&json!("teleguard-models"), &json!(1), &json!("rig"))
+    );
+    assert_eq!(file["isolation_forest"]["settings"]["features"], json!(["a", "b"]));
+    assert_eq!(file["isolation_forest"]["models"][0]["readings"], 2000);
+
+    let replay = |extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+            .args(["replay", judged.to_str().unwrap(), "--profile", "rig", "--config", config.to_str().unwrap()])
+            .arg("--all-scores")
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        forest_verdicts(&output.stdout)
+    };
+    // With the stored model every reading is judged, the abnormal head as abnormal.
+    let stored = replay(&["--models", models.to_str().unwrap()]);
+    assert_eq!(stored.len(), 3000, "judged from the first reading");
+    assert!((1..=1200).all(|r| stored[&r]), "the abnormal head is flagged");
+    let false_alarms = (1201..=3000).filter(|r| stored[r]).count();
+    assert!(false_alarms <= 18, "{false_alarms} of 1,800 normal readings flagged");
+    // Trained on the head, the forest learns the abnormal regime as normal: it judges nothing
+    // of the first 1,000, passes the rest of the abnormal head, and flags the normal readings.
+    let headed = replay(&[]);
+    assert!((1..=1000).all(|r| !headed.contains_key(&r)));
+    let passed = (1001..=1200).filter(|r| !headed[r]).count();
+    assert!(passed >= 196, "the rest of the abnormal head looks normal to it: {passed} of 200 passed");
+    let flagged = (1201..=3000).filter(|r| headed[r]).count();
+    assert!(flagged > 1700, "the normal readings look abnormal to it: {flagged} of 1,800 flagged");
+    // A folder without this profile's model says what to do.
+    let elsewhere = dir.path().join("empty-models");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let missing = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["replay", judged.to_str().unwrap(), "--profile", "rig", "--config", config.to_str().unwrap()])
+        .args(["--models", elsewhere.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("holds no model of profile \"rig\"") && stderr.contains("teleguard train"), "{stderr}");
+}
+
+#[test]
+fn a_model_trained_under_other_settings_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let normal = dir.path().join("normal.csv");
+    rig_csv(&normal, 500, |_| false);
+    let models = dir.path().join("models");
+    let trained = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["train", normal.to_str().unwrap(), "--profile", "rig"])
+        .args(["--config", rig_config(dir.path(), 50).to_str().unwrap(), "--models", models.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+    let refused = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["replay", normal.to_str().unwrap(), "--profile", "rig"])
+        .args(["--config", rig_config(dir.path(), 60).to_str().unwrap(), "--models", models.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("rig.model.json: was trained under other isolation-forest settings"), "{stderr}");
+    assert!(stderr.contains("trees: trained with 50, configured 60"), "{stderr}");
+    // The profile without a forest has nothing to train.
+    let nothing = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["train", normal.to_str().unwrap(), "--profile", "environment", "--models", models.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!nothing.status.success());
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("has no isolation forest to train"));
+}
+
+#[test]
+fn nanosecond_timestamps_keep_their_precision_and_their_order() {
+    // A 2 kHz position sensor (two readings in every millisecond), exported newest first. The
+    // z-score watches the change per reading: a steady ramp, then one step at reading 300.
+    // Ordered by millisecond, the two readings of each millisecond would stay newest first, and
+    // the step would be found one reading late, on another row, at a time no row has.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shaker.toml");
+    std::fs::write(
+        &config,
+        "[profiles.shaker]\nentity_field = \"sensor\"\nmetrics = [{ field = \"position\" }]\n\
+         [profiles.shaker.detectors.zscore]\nmetrics = [\"position_diff\"]\nwindow = 40\nmin_history = 20\n",
+    )
+    .unwrap();
+    let n = 600;
+    let stamp = |i: usize| {
+        let ns = i as u64 * 500_000 + 123;
+        format!("2024-09-04T10:00:{:02}.{:09}Z", ns / 1_000_000_000, ns % 1_000_000_000)
+    };
+    let mut lines = String::new();
+    for i in (0..n).rev() {
+        let position = i as f64 * 0.001 + if i >= 300 { 0.01 } else { 0.0 };
+        lines.push_str(&format!("{}\n", json!({"sensor": "S1", "timestamp": stamp(i), "position": position})));
+    }
+    let input = dir.path().join("shaker.ndjson");
+    std::fs::write(&input, lines).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["replay", input.to_str().unwrap(), "--profile", "shaker", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let anomalies: Vec<Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(anomalies.len(), 2, "the step opens one episode, which then closes: {anomalies:#?}");
+    let (opened, closed) = (&anomalies[0], &anomalies[1]);
+    assert_eq!(opened["timestamp"], stamp(300));
+    assert_eq!(opened["record"], n - 300, "the row of reading 300 (newest first)");
+    assert_eq!(opened["episode_start"], stamp(300));
+    assert_eq!(closed["episode_start"], stamp(300), "the episode's start as precise as its reading");
+    let end = closed["episode_end"].as_str().unwrap();
+    assert_eq!(closed["timestamp"], end);
+    assert_eq!(end.len(), "2024-09-04T10:00:00.000000123Z".len(), "{end}");
+}

@@ -9,10 +9,13 @@
 //!
 //! Scoring walks a layout rebuilt from the trees on load (`packed`): rank-coded 16-bit nodes
 //! gathered eight trees at a time on CPUs with AVX2 (`avx2`), plain nodes elsewhere.
+//! Models trained ahead of time on normal readings, and the records that carry them with their
+//! settings, are in [`trained`].
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod packed;
+pub mod trained;
 
 use super::settings::{Feature, IsolationForestSettings, ModelScope};
 use super::{Detector, EntityMap, Findings, Observation, for_people};

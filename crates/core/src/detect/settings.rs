@@ -28,6 +28,9 @@ pub struct RawZScore {
     /// Readings in the rolling window a reading is judged against.
     #[serde(default = "default_window")]
     pub window: usize,
+    /// When set, the window also holds only the readings of the last this many seconds (event
+    /// time); `window` still bounds how many it holds.
+    pub window_secs: Option<f64>,
     #[serde(default = "default_threshold")]
     pub threshold: f64,
     /// What to watch: metric names, or `<metric>_diff` (change since the entity's previous
@@ -57,6 +60,7 @@ impl Default for RawZScore {
         RawZScore {
             enabled: true,
             window: default_window(),
+            window_secs: None,
             threshold: default_threshold(),
             metrics: None,
             min_history: None,
@@ -380,7 +384,10 @@ pub struct ZScoreSignal {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZScoreSettings {
+    /// The most readings a window holds.
     pub window: NonZeroUsize,
+    /// With `window_secs`: how old (event time) a reading in the window may be, in ms.
+    pub window_ms: Option<i64>,
     pub threshold: f64,
     /// What is watched, in the order readings are judged.
     pub signals: Vec<ZScoreSignal>,
@@ -775,6 +782,15 @@ impl RawZScore {
                 self.window, self.threshold
             ));
         }
+        let window_ms = self.window_secs.map(|secs| {
+            if !(secs.is_finite() && secs >= 0.001) {
+                errors.push(format!(
+                    "detectors.zscore.window_secs {secs} must be a number of seconds of at least 0.001 \
+                     (leave it out for a window of `window` readings only)"
+                ));
+            }
+            (secs * 1000.0).round().max(1.0) as i64
+        });
         let min_history = self.min_history.unwrap_or(self.window);
         if min_history < 2 || min_history > self.window {
             errors.push(format!(
@@ -851,6 +867,7 @@ impl RawZScore {
         }
         window.map(|window| ZScoreSettings {
             window,
+            window_ms,
             threshold: self.threshold,
             signals,
             min_history: min_history.clamp(2, window.get()),

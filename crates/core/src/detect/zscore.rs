@@ -5,6 +5,10 @@
 //! to an anchor that moves to the window mean each time the window has been replaced, so
 //! rounding neither drifts nor cancels after a level shift.
 //!
+//! The window holds the last `window` readings; with `window_secs` also only those of the last
+//! so many seconds (event time, in arrival order): each signal then keeps its readings' times in
+//! a second ring, and readings that aged out leave from the oldest end before a reading is judged.
+//!
 //! An entity's state is two allocations: the running sums of each of its profile's metrics side
 //! by side, and one buffer holding the rings of the metrics it has reported, back to back. Nearly
 //! every reading is unremarkable, so the loop over a reading's metrics only judges and pushes;
@@ -34,10 +38,13 @@ struct WindowSums {
     sum_squares: f64,
     /// How many values the window holds, up to the ring's length; 0 until the first push.
     len: usize,
-    /// The ring slot the next value goes to: while filling it equals `len`, then it is the
-    /// oldest value's. It wraps to 0 every `capacity` pushes, each time the window has been
+    /// The ring slot the next value goes to; the window is the `len` slots before it (wrapping).
+    /// Without a time limit it wraps to 0 every `capacity` pushes, each time the window has been
     /// replaced, and that is when the sums are re-anchored.
     next: usize,
+    /// Pushes since the sums were last re-anchored (kept for time-limited windows, whose values
+    /// can all be replaced well before the ring wraps).
+    since_anchor: usize,
 }
 
 impl WindowSums {
@@ -58,6 +65,24 @@ impl WindowSums {
     // compiler keeps one out-of-line copy for its two callers.
     #[inline(always)]
     fn push(&mut self, ring: &mut [f64], x: f64) {
+        if self.insert(ring, x) {
+            self.reanchor(ring);
+        }
+    }
+
+    /// [`WindowSums::push`] for a time-limited window: `t` goes to `times` beside the value, and
+    /// the sums are also re-anchored once as many values were pushed as the window holds.
+    fn push_timed(&mut self, ring: &mut [f64], times: &mut [i64], x: f64, t: i64) {
+        times[self.next] = t;
+        self.since_anchor += 1;
+        if self.insert(ring, x) || self.since_anchor >= self.len {
+            self.reanchor(ring);
+        }
+    }
+
+    /// Puts `x` in the next slot and into the sums; answers whether the ring wrapped.
+    #[inline(always)]
+    fn insert(&mut self, ring: &mut [f64], x: f64) -> bool {
         let capacity = ring.len();
         if self.len == 0 {
             self.anchor = x;
@@ -75,22 +100,51 @@ impl WindowSums {
         self.sum += shifted;
         self.sum_squares += shifted * shifted;
         self.next = if slot + 1 == capacity { 0 } else { slot + 1 };
-        if self.next == 0 {
-            self.reanchor(&ring[..self.len]);
+        self.next == 0
+    }
+
+    /// Takes out the oldest values whose time in `times` is before `cutoff`.
+    fn expire(&mut self, ring: &[f64], times: &[i64], cutoff: i64) {
+        let capacity = ring.len();
+        while self.len > 0 {
+            let oldest = (self.next + capacity - self.len) % capacity;
+            if times[oldest] >= cutoff {
+                return;
+            }
+            let old = ring[oldest] - self.anchor;
+            self.sum -= old;
+            self.sum_squares -= old * old;
+            self.len -= 1;
+        }
+        // Empty: nothing of the rounding of what left stays behind.
+        (self.sum, self.sum_squares) = (0.0, 0.0);
+    }
+
+    /// The window's values in `ring`, oldest first, as the part up to the ring's end and the
+    /// part that wrapped to its start.
+    fn values<'r>(&self, ring: &'r [f64]) -> (&'r [f64], &'r [f64]) {
+        let capacity = ring.len();
+        let start = (self.next + capacity - self.len) % capacity;
+        if start + self.len <= capacity {
+            (&ring[start..start + self.len], &[])
+        } else {
+            (&ring[start..], &ring[..start + self.len - capacity])
         }
     }
 
-    /// Recomputes the sums exactly around the current mean of `values`.
+    /// Recomputes the sums exactly around the current mean of the window's values.
     #[inline(never)]
-    fn reanchor(&mut self, values: &[f64]) {
-        let n = values.len() as f64;
-        self.anchor = values.iter().sum::<f64>() / n;
+    fn reanchor(&mut self, ring: &[f64]) {
+        let (older, newer) = self.values(ring);
+        let n = self.len as f64;
+        self.anchor = older.iter().chain(newer).sum::<f64>() / n;
         // Both sums in one pass, each added in order starting from -0.0 as `Iterator::sum` does,
         // so they equal two separate sums to the bit while their additions overlap.
-        (self.sum, self.sum_squares) = values.iter().fold((-0.0, -0.0), |(sum, sum_squares), v| {
+        (self.sum, self.sum_squares) = older.iter().chain(newer).fold((-0.0, -0.0), |(sum, sum_squares), v| {
             let shifted = v - self.anchor;
             (sum + shifted, sum_squares + shifted.powi(2))
         });
+        self.since_anchor = 0;
     }
 }
 
@@ -137,6 +191,7 @@ struct SignalState {
     sums: WindowSums,
     /// Where the signal's ring starts in the entity's `rings`; set by its first push.
     ring_start: usize,
+    has_ring: bool,
     /// The metric's previous value, for changes and for telling a stuck sensor.
     previous: Option<f64>,
     /// Readings in a row that repeated the previous value exactly.
@@ -152,30 +207,63 @@ struct SignalState {
 
 /// Every window of one entity: the state of each watched signal, and the rings of the signals
 /// it has reported back to back in one buffer. A ring is added when its signal first has a
-/// value, so a metric the entity never reports costs none.
+/// value, so a metric the entity never reports costs none. Time-limited windows keep their
+/// values' times in `times`, at the same places as the values in `rings`.
 #[derive(Debug)]
 struct EntityWindows {
     capacity: usize,
     signals: Box<[SignalState]>,
     rings: Vec<f64>,
+    times: Vec<i64>,
 }
 
 impl EntityWindows {
     fn new(signal_count: usize, capacity: usize) -> Self {
         debug_assert!(capacity >= 2);
-        EntityWindows { capacity, signals: vec![SignalState::default(); signal_count].into(), rings: Vec::new() }
+        EntityWindows {
+            capacity,
+            signals: vec![SignalState::default(); signal_count].into(),
+            rings: Vec::new(),
+            times: Vec::new(),
+        }
     }
 
-    fn push(&mut self, signal: usize, x: f64) {
+    /// The signal's ring, added on its first push.
+    fn ring_of(&mut self, signal: usize) -> usize {
         let state = &mut self.signals[signal];
-        // Only a push makes a window non-empty, so an empty window has no ring yet.
-        if state.sums.len == 0 {
+        if !state.has_ring {
+            state.has_ring = true;
             state.ring_start = self.rings.len();
             self.rings.reserve_exact(self.capacity);
             self.rings.resize(state.ring_start + self.capacity, 0.0);
         }
-        let ring = &mut self.rings[state.ring_start..state.ring_start + self.capacity];
-        state.sums.push(ring, x);
+        state.ring_start
+    }
+
+    fn push(&mut self, signal: usize, x: f64) {
+        let start = self.ring_of(signal);
+        let ring = &mut self.rings[start..start + self.capacity];
+        self.signals[signal].sums.push(ring, x);
+    }
+
+    fn push_timed(&mut self, signal: usize, x: f64, t: i64) {
+        let start = self.ring_of(signal);
+        if self.times.len() < self.rings.len() {
+            self.times.resize(self.rings.len(), 0);
+        }
+        let ring = &mut self.rings[start..start + self.capacity];
+        let times = &mut self.times[start..start + self.capacity];
+        self.signals[signal].sums.push_timed(ring, times, x, t);
+    }
+
+    /// Takes the signal's values from before `cutoff` out of its window.
+    fn expire(&mut self, signal: usize, cutoff: i64) {
+        let state = &mut self.signals[signal];
+        if state.sums.len == 0 || self.times.is_empty() {
+            return;
+        }
+        let range = state.ring_start..state.ring_start + self.capacity;
+        state.sums.expire(&self.rings[range.clone()], &self.times[range], cutoff);
     }
 }
 
@@ -258,6 +346,9 @@ impl Detector for ZScoreDetector {
             let Some(&(_, value)) = reading.metrics.iter().find(|(metric, _)| *metric == signal.metric) else {
                 continue;
             };
+            if let Some(window_ms) = settings.window_ms {
+                windows.expire(index, reading.event_time_ms.saturating_sub(window_ms));
+            }
             let state = &mut windows.signals[index];
             let previous = state.previous.replace(value);
             if !signal.diff && settings.stuck_after > 0 {
@@ -298,7 +389,10 @@ impl Detector for ZScoreDetector {
             if !beyond {
                 state.beyond = 0;
             }
-            windows.push(index, pushed);
+            match settings.window_ms {
+                None => windows.push(index, pushed),
+                Some(_) => windows.push_timed(index, pushed, reading.event_time_ms),
+            }
         }
     }
 }
@@ -715,6 +809,117 @@ mod tests {
             |name: &str| windows.signals[settings.signals.iter().position(|s| &*s.name == name).unwrap()].sums.len;
         assert_eq!((length("acceleration_z"), length("signal_strength_diff"), length("altitude_diff")), (50, 9, 0));
         assert_eq!(windows.rings.len(), 2 * settings.window.get(), "rings only for the signals seen");
+    }
+
+    /// Feeds `(seconds, value)` readings of the profile's first metric; answers each reading's
+    /// z-score lines (empty when it was not judged) and anomalies.
+    fn feed_timed(
+        detector: &mut ZScoreDetector,
+        profile: &Profile,
+        readings: &[(f64, f64)],
+    ) -> Vec<(Vec<crate::detect::Score>, Vec<Anomaly>)> {
+        readings
+            .iter()
+            .map(|&(secs, x)| {
+                let reading = Reading {
+                    profile: profile.id,
+                    entity: "s1".into(),
+                    event_time_ms: (secs * 1000.0).round() as i64,
+                    position: None,
+                    metrics: vec![(0, x)],
+                    attributes: vec![],
+                };
+                let mut findings = Findings::keeping_scores();
+                let enrichment = Enrichment::default();
+                detector.observe(Observation { profile, reading: &reading, enrichment: &enrichment }, &mut findings);
+                (findings.scores, findings.anomalies)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_time_window_judges_by_the_readings_of_the_last_seconds_at_irregular_intervals() {
+        // 10 s window, 3σ, from two readings on. At 13.2 s the readings before 3.2 s have left:
+        // the 1000 at 0 s goes, [10, 12, 14] stay (mean 12, sample std 2), so 19 is z = 3.5.
+        let profile = sensor_profile("window = 30\nwindow_secs = 10\nthreshold = 3.0\nmin_history = 2");
+        let mut detector = ZScoreDetector::default();
+        let results =
+            feed_timed(&mut detector, &profile, &[(0.0, 1000.0), (3.5, 10.0), (5.5, 12.0), (9.0, 14.0), (13.2, 19.0)]);
+        assert!(results[1].0.is_empty(), "one reading in the window: not judged");
+        assert!(results[..4].iter().all(|(_, anomalies)| anomalies.is_empty()));
+        assert!((results[4].0[0].score - 3.5).abs() < 1e-12, "{:?}", results[4].0);
+        assert!(
+            results[4].1[0].reason.ends_with("above the mean 12 of the last 3 readings"),
+            "{}",
+            results[4].1[0].reason
+        );
+        // Counted by readings alone the 1000 is still in the window and hides the 19.
+        let mut detector = ZScoreDetector::default();
+        let by_count = sensor_profile("window = 30\nthreshold = 3.0\nmin_history = 2");
+        let results =
+            feed_timed(&mut detector, &by_count, &[(0.0, 1000.0), (3.5, 10.0), (5.5, 12.0), (9.0, 14.0), (13.2, 19.0)]);
+        assert!(results[4].1.is_empty() && results[4].0[0].score < 1.0, "{:?}", results[4].0);
+    }
+
+    #[test]
+    fn a_reading_exactly_window_secs_old_still_counts() {
+        // At 10 s the reading of 0 s is exactly 10 s old: the window is [10, 14] (mean 12,
+        // std √8), and 22 is 10 / √8 = 3.54σ out. A millisecond later it has left, and a window
+        // of one reading judges nothing.
+        let profile = sensor_profile("window = 30\nwindow_secs = 10\nthreshold = 3.0\nmin_history = 2");
+        let mut detector = ZScoreDetector::default();
+        let results = feed_timed(&mut detector, &profile, &[(0.0, 10.0), (2.0, 14.0), (10.0, 22.0)]);
+        assert!((results[2].0[0].score - 10.0 / 8f64.sqrt()).abs() < 1e-12, "{:?}", results[2].0);
+        assert_eq!(results[2].1.len(), 1);
+        let mut detector = ZScoreDetector::default();
+        let results = feed_timed(&mut detector, &profile, &[(0.0, 10.0), (2.0, 14.0), (10.001, 22.0)]);
+        assert!(results[2].0.is_empty() && results[2].1.is_empty(), "{results:?}");
+    }
+
+    #[test]
+    fn both_bounds_hold_and_a_gap_empties_the_window() {
+        // window = 3 readings and 100 s: the count bounds it while readings come every 2 s.
+        let profile = sensor_profile("window = 3\nwindow_secs = 100\nthreshold = 3.0\nmin_history = 2");
+        let mut detector = ZScoreDetector::default();
+        let readings: Vec<(f64, f64)> = (0..10).map(|i| (f64::from(i) * 2.0, f64::from(i % 4))).collect();
+        feed_timed(&mut detector, &profile, &readings);
+        let sums = &detector.windows.get(profile.id, "s1").unwrap().signals[0].sums;
+        let (mean, variance) = sums.mean_variance().unwrap();
+        // The last three values: 3, 0, 1 (readings 7, 8, 9).
+        assert_eq!(sums.len, 3);
+        assert!((mean - 4.0 / 3.0).abs() < 1e-12 && (variance - 7.0 / 3.0).abs() < 1e-12, "{mean} {variance}");
+        // 5 minutes of silence: everything aged out, so the first reading back is not judged
+        // against what came before the gap, and the window starts again from it.
+        let results = feed_timed(&mut detector, &profile, &[(318.0, 500.0), (319.0, 501.0)]);
+        assert!(results[0].0.is_empty(), "{results:?}");
+        let sums = &detector.windows.get(profile.id, "s1").unwrap().signals[0].sums;
+        assert_eq!(sums.len, 2);
+        assert_eq!(sums.mean_variance().unwrap(), (500.5, 0.5));
+        assert_eq!(detector.windows.get(profile.id, "s1").unwrap().rings.len(), 3, "the ring is reused");
+    }
+
+    #[test]
+    fn time_limited_sums_stay_exact_after_a_level_shift() {
+        // A ring of 1000 whose time limit keeps 4 readings: the window is replaced every 4
+        // pushes, long before the ring wraps, so the sums are re-anchored as often as that.
+        let mut sums = WindowSums::default();
+        let (mut ring, mut times) = (vec![0.0; 1000], vec![0_i64; 1000]);
+        let value = |i: i64| if i < 2500 { 1e9 } else { 5.0 } + (i as f64).sin();
+        for i in 0..5000_i64 {
+            sums.expire(&ring, &times, (i - 3) * 1000);
+            sums.push_timed(&mut ring, &mut times, value(i), i * 1000);
+            if i >= 2500 + 10 {
+                let window: Vec<f64> = (i - 3..=i).map(value).collect();
+                let mean = window.iter().sum::<f64>() / 4.0;
+                let variance = window.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 3.0;
+                let (m, v) = sums.mean_variance().unwrap();
+                assert_eq!(sums.len, 4);
+                assert!(
+                    (m - mean).abs() < 1e-9 && (v - variance).abs() < 1e-9 * variance,
+                    "{i}: {m} {v} vs {mean} {variance}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -122,6 +122,12 @@ impl StoreWriter {
         self.commands.blocking_send(WriteCommand::Model { scope, json }).map_err(|_| StoreError::WriterStopped)
     }
 
+    /// Stores a model (a [`StoredModel`](teleguard_core::detect::isolation_forest::trained::StoredModel)
+    /// as JSON) from async code.
+    pub async fn append_model(&self, scope: String, json: String) -> Result<(), StoreError> {
+        self.commands.send(WriteCommand::Model { scope, json }).await.map_err(|_| StoreError::WriterStopped)
+    }
+
     /// Acknowledges or resolves an alert once the change is committed.
     pub async fn transition_alert(&self, id: i64, action: AlertAction) -> Result<AlertTransition, StoreError> {
         let (reply, answer) = oneshot::channel();

@@ -1,22 +1,24 @@
 //! `teleguard replay`: the configured detectors over CSV or NDJSON files (or folders of them),
 //! each file in event-time order with detectors of its own, as fast as the machine allows;
-//! NDJSON findings out.
+//! NDJSON findings out, with each reading's timestamp as precise as it came. Isolation forests
+//! are trained on the head of each file, or taken from `--models` (`teleguard train`).
 
+use super::input::{expand, read_file};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::collections::HashMap;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use teleguard_core::detect::isolation_forest::ModelRegistry;
 use teleguard_core::detect::{DetectorSet, Findings, Observation};
 use teleguard_core::enrich::{Enricher, parse_drivers};
 use teleguard_core::geo::GeofenceIndex;
-use teleguard_core::model::Reading;
 use teleguard_core::time::format_millis;
-use teleguard_core::validate::validate;
 use teleguard_pipeline::config::{Config, Overrides};
+use teleguard_pipeline::models::{self, Models};
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -38,6 +40,12 @@ pub struct ReplayArgs {
     /// Where to write the NDJSON; standard output by default.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Isolation forests trained ahead of time, used from the first reading instead of a
+    /// forest trained on each file's head: a folder `teleguard train --models` wrote (its
+    /// `<profile>.model.json`), one model file, or a `teleguard run` data folder (the models
+    /// its store holds). Models trained under other settings than the config's are refused.
+    #[arg(long, value_name = "DIR|FILE|STORE")]
+    models: Option<PathBuf>,
 }
 
 pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
@@ -50,6 +58,16 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let geofences = GeofenceIndex::from_geojson(&config.geofences_geojson).context("geofences reference data")?;
     let enricher = Enricher::new(&drivers, geofences);
 
+    let trained = match &args.models {
+        Some(path) => {
+            let trained = models::load_for_profile(path, &profile)
+                .with_context(|| format!("cannot use the models at {}", path.display()))?;
+            let scopes: Vec<String> = trained.iter().map(|(key, _)| key.label()).collect();
+            eprintln!("using the stored isolation forest of {} from {}", scopes.join(", "), path.display());
+            trained
+        }
+        None => Vec::new(),
+    };
     let files = expand(&args.files)?;
     let mut out: Box<dyn Write> = match &args.out {
         Some(path) => {
@@ -61,7 +79,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let mut totals = Summary::default();
     for file in &files {
         let name = (files.len() > 1).then(|| file.display().to_string());
-        let summary = replay_file(&args, &profile, &enricher, file, name.as_deref(), &mut out)?;
+        let summary = replay_file(&args, &profile, &enricher, &trained, file, name.as_deref(), &mut out)?;
         if files.len() > 1 {
             eprintln!("{}: {}", file.display(), summary.describe());
         }
@@ -104,77 +122,43 @@ impl Summary {
     }
 }
 
-/// The files named, with each folder replaced by its data files in name order.
-fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for path in paths {
-        if !path.is_dir() {
-            files.push(path.clone());
-            continue;
-        }
-        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("cannot read folder {}", path.display()))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_file()
-                    && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                        ["csv", "ndjson", "jsonl", "json"].iter().any(|known| e.eq_ignore_ascii_case(known))
-                    })
-            })
-            .collect();
-        if found.is_empty() {
-            bail!("folder {} holds no .csv, .ndjson, .jsonl or .json file", path.display());
-        }
-        found.sort();
-        files.extend(found);
-    }
-    Ok(files)
-}
-
 /// Replays one file with detectors of its own, writing its lines to `out`.
 fn replay_file(
     args: &ReplayArgs,
     profile: &teleguard_core::profile::Profile,
     enricher: &Enricher,
+    trained: &Models,
     file: &Path,
     name: Option<&str>,
     out: &mut impl Write,
 ) -> anyhow::Result<Summary> {
-    let messages = read_messages(file)?;
-    let mut readings: Vec<(usize, Reading)> = Vec::with_capacity(messages.len());
-    let mut rejected = 0;
-    for (index, message) in messages.iter().enumerate() {
-        match validate(profile, message) {
-            Ok(reading) => readings.push((index, reading)),
-            Err(rejection) => {
-                rejected += 1;
-                if rejected <= 5 {
-                    eprintln!("record {}: {rejection}", index + 1);
-                }
-            }
-        }
-    }
-    if rejected > 0 {
-        eprintln!("{rejected} of {} records rejected; replaying the other {}", messages.len(), readings.len());
-    }
-    readings.sort_by_key(|(_, reading)| reading.event_time_ms);
-
+    let readings = read_file(profile, file)?.records;
     let progress = ProgressBar::new(readings.len() as u64);
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} readings ({per_sec})")
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let mut detectors = DetectorSet::standard(Arc::new(ModelRegistry::default()));
+    let registry = ModelRegistry::default();
+    for (key, model) in trained {
+        registry.install(key.clone(), model.clone());
+    }
+    let mut detectors = DetectorSet::standard(Arc::new(registry));
+    // Where each episode opened, as precise as the reading that opened it.
+    let mut opened_at: HashMap<String, String> = HashMap::new();
     let mut findings = if args.all_scores { Findings::keeping_scores() } else { Findings::default() };
     let mut lines: Vec<(usize, Value)> = Vec::new();
     let mut anomalies = 0;
     let mut summary = Summary::default();
-    for (done, (index, reading)) in readings.iter().enumerate() {
+    for (done, record) in readings.iter().enumerate() {
+        let (index, reading) = (&record.index, &record.reading);
         findings.clear();
         let enrichment = enricher.enrich(profile, reading);
         detectors.observe(Observation { profile, reading, enrichment: &enrichment }, &mut findings);
-        let common = |detector: &str| json!({"entity": &*reading.entity, "timestamp": format_millis(reading.event_time_ms), "detector": detector});
+        // Formatted only for readings that get a line (most get none without --all-scores).
+        let timestamp = || record.time.format();
+        let common =
+            |detector: &str| json!({"entity": &*reading.entity, "timestamp": timestamp(), "detector": detector});
         if args.all_scores {
             for score in &findings.scores {
                 let mut line = common(score.detector);
@@ -197,8 +181,21 @@ fn replay_file(
                 line["severity"] = json!(anomaly.severity);
                 line["reason"] = json!(anomaly.reason);
                 if let Some(episode) = anomaly.episode {
-                    line["episode_start"] = json!(format_millis(episode.start_ms));
-                    line["episode_end"] = json!(episode.end_ms.map(format_millis));
+                    // An episode's ends are readings: written as precisely as those were when
+                    // this replay saw them (this reading, or the one that opened the episode).
+                    let this_reading = |ms: i64| (ms == reading.event_time_ms).then(timestamp);
+                    let start = opened_at
+                        .get(&anomaly.id)
+                        .cloned()
+                        .or_else(|| this_reading(episode.start_ms))
+                        .unwrap_or_else(|| format_millis(episode.start_ms));
+                    let end = episode.end_ms.map(|ms| this_reading(ms).unwrap_or_else(|| format_millis(ms)));
+                    match end {
+                        None => opened_at.insert(anomaly.id.clone(), start.clone()),
+                        Some(_) => opened_at.remove(&anomaly.id),
+                    };
+                    line["episode_start"] = json!(start);
+                    line["episode_end"] = json!(end);
                 }
                 lines.push((*index, line));
             }
@@ -243,41 +240,4 @@ fn replay_file(
     summary.readings = readings.len();
     summary.anomalies = anomalies;
     Ok(summary)
-}
-
-/// The file's records as JSON messages: NDJSON lines as they are, CSV rows as objects.
-fn read_messages(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let is_csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    if !is_csv {
-        let mut messages = Vec::new();
-        for line in BufReader::new(file).lines() {
-            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-            if !line.trim().is_empty() {
-                messages.push(line.into_bytes());
-            }
-        }
-        return Ok(messages);
-    }
-    let mut reader = csv::Reader::from_reader(file);
-    let headers = reader.headers().with_context(|| format!("{}: no header row", path.display()))?.clone();
-    let mut messages = Vec::new();
-    for (row, record) in reader.records().enumerate() {
-        let record = record.with_context(|| format!("{}: row {}", path.display(), row + 2))?;
-        let object: serde_json::Map<String, Value> = headers
-            .iter()
-            .zip(record.iter())
-            .filter(|(_, cell)| !cell.trim().is_empty())
-            .map(|(name, cell)| {
-                let cell = cell.trim();
-                let value = match cell.parse::<f64>() {
-                    Ok(x) if x.is_finite() => json!(x),
-                    _ => json!(cell),
-                };
-                (name.to_string(), value)
-            })
-            .collect();
-        messages.push(serde_json::to_vec(&object)?);
-    }
-    Ok(messages)
 }

@@ -22,6 +22,11 @@ pub struct RunArgs {
     /// Address of the API and dashboard; port 0 picks a free one [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// Isolation forests trained ahead of time (`teleguard train ... --models DIR`): a folder
+    /// of model files or one file; loaded at start in place of the store's and kept in it.
+    /// Models trained under other settings than the config's stop the start with the reason.
+    #[arg(long, value_name = "DIR|FILE")]
+    models: Option<PathBuf>,
     /// Profiles to simulate: all, none, or a list such as vehicle,drone [default: all].
     #[arg(long, value_name = "LIST|none")]
     simulate: Option<String>,
@@ -39,6 +44,7 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         data_dir: args.data_dir,
+        models: args.models,
         listen: args.listen,
         simulate: args.simulate,
         speed: args.speed,
