@@ -187,13 +187,25 @@ impl Target for ClickHouseTarget {
     async fn write_readings(&mut self, rows: &[ReadingRecord]) -> Result<(), TargetError> {
         let (vehicles, others) = encode_readings(rows);
         let http = self.http()?;
-        if !vehicles.is_empty() {
-            http.insert(&self.table("enriched_telemetry_history"), VEHICLE_COLUMNS, vehicles.into_bytes()).await?;
-        }
-        if !others.is_empty() {
-            http.insert(&self.table("telemetry_history"), HISTORY_COLUMNS, others.into_bytes()).await?;
-        }
-        Ok(())
+        let (vehicle_table, history_table) =
+            (self.table("enriched_telemetry_history"), self.table("telemetry_history"));
+        // The two tables' inserts go at once, so the server takes both on its cores; the batch
+        // is confirmed only when both are (a retry writes both again, and ids make it once).
+        let (vehicles_written, others_written) = tokio::join!(
+            async {
+                match vehicles.is_empty() {
+                    true => Ok(()),
+                    false => http.insert(&vehicle_table, VEHICLE_COLUMNS, vehicles.into_bytes()).await,
+                }
+            },
+            async {
+                match others.is_empty() {
+                    true => Ok(()),
+                    false => http.insert(&history_table, HISTORY_COLUMNS, others.into_bytes()).await,
+                }
+            },
+        );
+        vehicles_written.and(others_written)
     }
 
     async fn write_anomalies(&mut self, rows: &[AnomalyRecord]) -> Result<(), TargetError> {
