@@ -49,7 +49,10 @@ fn simulated_and_detected(seed: u64, hours: i64, anomaly_rate: f64) -> (LabelSet
             let reading = validate(profile, &message.payload).expect("simulated messages are valid");
             let enrichment = enricher.enrich(profile, &reading);
             findings.clear();
-            detectors.observe(Observation { profile, reading: &reading, enrichment: &enrichment }, &mut findings);
+            detectors.observe(
+                Observation { profile, reading: &reading, enrichment: &enrichment, arrival_ms: None },
+                &mut findings,
+            );
             for anomaly in findings.anomalies.drain(..) {
                 if seen_ids.insert(anomaly.id.clone()) {
                     detections.push(Detection {
