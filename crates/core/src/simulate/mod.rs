@@ -239,20 +239,23 @@ impl Emit<'_> {
 /// the device itself.
 const CLOCK_JUMPS_PER_ANOMALY: f64 = 0.1;
 const CLOCK_JUMP: Kind = Kind { name: "clock_jump", detectors: &["spoofing"] };
-/// How far a jumped clock reads behind, and how long until it is set right (always shorter, so
-/// every reading of the episode is older than the device's newest from before it).
-const CLOCK_BEHIND_MINUTES: std::ops::Range<f64> = 5.0..60.0;
-const CLOCK_OFF_SECONDS: std::ops::Range<f64> = 90.0..240.0;
+/// How far a jumped clock reads behind at most, and how long until it is set right at most
+/// (always shorter than the jump, so every reading of the episode is older than the device's
+/// newest from before it).
+const CLOCK_BEHIND_MAX_MS: i64 = 60 * 60_000;
+const CLOCK_BEHIND_MIN_MS: i64 = 2 * 60_000;
+const CLOCK_OFF_MS: std::ops::Range<i64> = 90_000..240_000;
 
-/// A device clock that now and then jumps back (its real-time clock reset to a stale value, or
-/// set by a spoofed GPS time) and is set right minutes later, from a random stream of its own.
+/// A device clock that now and then jumps back and is set right minutes later, from a random
+/// stream of its own: the tracker reboots while the entity is parked and its clock restarts
+/// from a stale time (or a spoofed GPS time sets it). Only while parked, and never further back
+/// than the stop began, so the readings it mislabels show the entity where it really was then:
+/// a history sorted by event time (the store, the hunts) stays a plausible track.
 #[derive(Debug)]
 struct ClockFaults {
     rng: SmallRng,
     mean_gap_ms: Option<f64>,
     next_ms: i64,
-    /// Drawn when due: how far back, and for how long.
-    planned: Option<(i64, i64)>,
     running: Option<ClockFault>,
 }
 
@@ -270,7 +273,6 @@ impl ClockFaults {
             rng: core.side_stream("clock"),
             mean_gap_ms: core.mean_gap_ms.map(|gap| gap / CLOCK_JUMPS_PER_ANOMALY),
             next_ms: i64::MAX,
-            planned: None,
             running: None,
         };
         faults.next_ms = faults.after(core.start_ms + WARM_UP_MS);
@@ -288,13 +290,14 @@ impl ClockFaults {
         self.running.is_some()
     }
 
-    /// The time the entity's clock shows for a reading at `at_ms`; a due jump starts if `free`
-    /// says the entity is free until its end. Labels a jump that ends here (this reading is
-    /// right again).
+    /// The time the entity's clock shows for a reading at `at_ms`. A due jump starts while the
+    /// entity is parked (`parked`: since how long, and for how much longer) and `free` says it
+    /// is free until the jump's end. Labels a jump that ends here (this reading is right again).
     fn shown_ms(
         &mut self,
         core: &Core,
         at_ms: i64,
+        parked: Option<(i64, i64)>,
         free: impl Fn(i64) -> bool,
         labels: &mut Vec<Label>,
         profile: &'static str,
@@ -308,15 +311,21 @@ impl ClockFaults {
             self.running = None;
             self.next_ms = self.after(at_ms);
         }
-        if self.running.is_none() && at_ms >= self.next_ms {
-            let (behind_ms, off_ms) = *self.planned.get_or_insert_with(|| {
-                let behind = self.rng.random_range(CLOCK_BEHIND_MINUTES) * 60_000.0;
-                let off = self.rng.random_range(CLOCK_OFF_SECONDS) * 1000.0;
-                (behind as i64, off as i64)
-            });
-            if at_ms - behind_ms >= core.start_ms + WARM_UP_MS && free(at_ms + off_ms) {
-                self.planned = None;
-                self.running = Some(ClockFault { behind_ms, until_ms: at_ms + off_ms, shown_ms: None });
+        if self.running.is_none()
+            && at_ms >= self.next_ms
+            && let Some((parked_ms, remaining_ms)) = parked
+        {
+            let most_behind_ms = (parked_ms - 10_000).min(CLOCK_BEHIND_MAX_MS);
+            let longest_off_ms = (remaining_ms - 10_000).min(CLOCK_OFF_MS.end);
+            if most_behind_ms > CLOCK_BEHIND_MIN_MS
+                && longest_off_ms > CLOCK_OFF_MS.start
+                && at_ms - most_behind_ms >= core.start_ms + WARM_UP_MS
+            {
+                let behind_ms = self.rng.random_range(CLOCK_BEHIND_MIN_MS..most_behind_ms);
+                let off_ms = self.rng.random_range(CLOCK_OFF_MS.start..longest_off_ms.min(behind_ms - 10_000));
+                if free(at_ms + off_ms) {
+                    self.running = Some(ClockFault { behind_ms, until_ms: at_ms + off_ms, shown_ms: None });
+                }
             }
         }
         let Some(fault) = &mut self.running else { return at_ms };

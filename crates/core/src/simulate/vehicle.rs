@@ -3,8 +3,8 @@
 //! zones; they accelerate and brake within plausible limits, wait at lights, dwell where they
 //! stop (never 30 minutes outside a safe zone) and report engine status to match. Injected:
 //! GPS teleports, out-of-hours visits to a restricted zone, long stops outside safe zones, a
-//! position dragged away (GPS spoofing), clock jumps, and now and then a spoofer that makes
-//! several driving vehicles report the same fix (the [`FleetSpoofer`]).
+//! position dragged away (GPS spoofing), clock jumps while parked, and now and then a spoofer
+//! that makes several driving vehicles report the same fix (the [`FleetSpoofer`]).
 
 use super::{ClockFaults, Core, Emit, EntityModel, Kind, Label, SimSettings, WARM_UP_MS, displacement, offset};
 use crate::geo::GeofenceIndex;
@@ -509,7 +509,13 @@ impl EntityModel for Vehicle {
         }
         let (fault, capture, core) = (&self.fault, &self.capture, &self.core);
         let free = |until_ms: i64| fault.is_none() && capture.is_none() && core.free_until(until_ms);
-        let shown_ms = self.clock.shown_ms(core, at_ms, free, emit.labels, emit.profile);
+        let parked = match self.phase {
+            Phase::Stopped { since_ms, until_ms, reason: StopReason::Dwell } => {
+                Some((at_ms - since_ms, until_ms - at_ms))
+            }
+            _ => None,
+        };
+        let shown_ms = self.clock.shown_ms(core, at_ms, parked, free, emit.labels, emit.profile);
         let speed = if self.speed > 0.0 { (self.speed + self.core.gauss(0.0, 0.8)).max(0.0) } else { 0.0 };
         let engine = match self.phase {
             Phase::Stopped { since_ms, until_ms, .. }
