@@ -39,7 +39,7 @@ fn observe_all(
     for (reading, enrichment) in readings.iter().zip(enrichments) {
         let profile = registry.get(reading.profile);
         findings.clear();
-        detector.observe(Observation { profile, reading, enrichment }, &mut findings);
+        detector.observe(Observation { profile, reading, enrichment, arrival_ms: None }, &mut findings);
         black_box(&findings);
     }
 }
@@ -66,7 +66,7 @@ fn observe_all_as(detector: &mut dyn Detector, profile: &Profile, readings: &[Re
     let mut findings = Findings::default();
     for (reading, enrichment) in readings.iter().zip(enrichments) {
         findings.clear();
-        detector.observe(Observation { profile, reading, enrichment }, &mut findings);
+        detector.observe(Observation { profile, reading, enrichment, arrival_ms: None }, &mut findings);
         black_box(&findings);
     }
 }

@@ -212,7 +212,8 @@ impl Hunter {
             attributes: Vec::new(),
         };
         let enrichment = Enrichment { driver_name: point.driver_name, current_zone: point.current_zone };
-        let observation = Observation { profile: &self.profile, reading: &reading, enrichment: &enrichment };
+        let observation =
+            Observation { profile: &self.profile, reading: &reading, enrichment: &enrichment, arrival_ms: None };
         self.rule.observe(observation, &mut self.findings);
         for anomaly in std::mem::take(&mut self.findings.anomalies) {
             self.record(&reading, enrichment.current_zone.as_deref(), anomaly);

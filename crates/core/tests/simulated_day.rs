@@ -12,6 +12,7 @@ use teleguard_core::eval::detections::Detection;
 use teleguard_core::eval::labels::LabelSet;
 use teleguard_core::eval::matching::{DEFAULT_GRACE_MS, MatchReport, evaluate};
 use teleguard_core::geo::{BUNDLED_GEOFENCES, GeofenceIndex};
+use teleguard_core::model::Anomaly;
 use teleguard_core::profile::ProfileRegistry;
 use teleguard_core::simulate::{SIMULATED_PROFILES, SimMessage, SimSettings, Simulator};
 use teleguard_core::validate::validate;
@@ -28,10 +29,22 @@ fn replayed_day(seed: u64, hours: i64, anomaly_rate: f64) -> MatchReport {
 
 /// The labels of `hours` of every profile, and what the standard detectors said of it.
 fn simulated_and_detected(seed: u64, hours: i64, anomaly_rate: f64) -> (LabelSet, Vec<Detection>) {
+    let (labels, found) = simulated_and_found(&SIMULATED_PROFILES, seed, hours, anomaly_rate);
+    (labels, found.into_iter().map(|(detection, _)| detection).collect())
+}
+
+/// The labels of `hours` of `profiles`, and each anomaly the standard detectors raised, once,
+/// as a detection and as itself.
+fn simulated_and_found(
+    profiles: &[&str],
+    seed: u64,
+    hours: i64,
+    anomaly_rate: f64,
+) -> (LabelSet, Vec<(Detection, Anomaly)>) {
     let registry = ProfileRegistry::with_builtins(Default::default()).unwrap();
     let drivers = parse_drivers(include_str!("../../../data/drivers.json")).unwrap();
     let enricher = Enricher::new(&drivers, GeofenceIndex::from_geojson(BUNDLED_GEOFENCES).unwrap());
-    let settings = SimSettings { anomaly_rate, ..SimSettings::new(&SIMULATED_PROFILES, seed, START_MS) };
+    let settings = SimSettings { anomaly_rate, ..SimSettings::new(profiles, seed, START_MS) };
     let mut simulator = Simulator::new(&settings).unwrap();
     let mut detectors = DetectorSet::standard(Arc::new(ModelRegistry::default()));
     let mut findings = Findings::default();
@@ -49,10 +62,13 @@ fn simulated_and_detected(seed: u64, hours: i64, anomaly_rate: f64) -> (LabelSet
             let reading = validate(profile, &message.payload).expect("simulated messages are valid");
             let enrichment = enricher.enrich(profile, &reading);
             findings.clear();
-            detectors.observe(Observation { profile, reading: &reading, enrichment: &enrichment }, &mut findings);
+            detectors.observe(
+                Observation { profile, reading: &reading, enrichment: &enrichment, arrival_ms: None },
+                &mut findings,
+            );
             for anomaly in findings.anomalies.drain(..) {
                 if seen_ids.insert(anomaly.id.clone()) {
-                    detections.push(Detection {
+                    let detection = Detection {
                         entity: reading.entity.to_string(),
                         profile: Some(message.profile.to_string()),
                         time_ms: reading.event_time_ms,
@@ -61,7 +77,8 @@ fn simulated_and_detected(seed: u64, hours: i64, anomaly_rate: f64) -> (LabelSet
                         score: Some(anomaly.score),
                         threshold: Some(anomaly.threshold),
                         is_anomaly: true,
-                    });
+                    };
+                    detections.push((detection, anomaly));
                 }
             }
         }
@@ -89,8 +106,13 @@ fn a_simulated_day_of_every_profile_is_found_with_few_false_alarms() {
         let least = if kind.kind == "drift" { 0.8 } else { 0.95 };
         assert!(kind.recall.unwrap() >= least, "{} recall {:?}: {summary:?}", kind.kind, kind.recall);
     }
-    for rule in ["teleport", "gps_spoof", "restricted_zone", "long_stop"] {
-        let kind = report.by_type.iter().find(|t| t.kind == rule).unwrap();
+    for rule in ["teleport", "gps_spoof", "restricted_zone", "long_stop", "fleet_spoof", "clock_jump"] {
+        // The rarest kinds may not come up in eight hours; the test below looks for them longer.
+        let rare = ["fleet_spoof", "clock_jump"].contains(&rule);
+        let Some(kind) = report.by_type.iter().find(|t| t.kind == rule) else {
+            assert!(rare, "no {rule} label: {summary:?}");
+            continue;
+        };
         assert_eq!((kind.recall, kind.precision), (Some(1.0), Some(1.0)), "{rule}: {summary:?}");
     }
     assert!(overall.precision.unwrap() >= 0.90, "precision {:?}: {summary:?}", overall.precision);
@@ -190,4 +212,47 @@ fn three_whole_days_and_a_clean_one_meet_the_promised_figures() {
         clean.overall.false_alarms_per_entity_hour.unwrap()
     );
     assert!(clean.overall.false_alarms_per_entity_hour.unwrap() <= 0.05, "{:?}", clean.overall);
+}
+
+/// The fleet-wide and clock evidence on simulated vehicle half-days (three seeds): every
+/// injected fleet spoof and clock jump is found, with precision 1.0, and each by its own evidence
+/// (not only by the speed check, which also sees a fix jumping to where the spoofer put it).
+#[test]
+fn fleet_spoofs_and_clock_jumps_are_found_by_their_own_evidence() {
+    let mut labelled = std::collections::BTreeMap::new();
+    for seed in [7, 8, 9] {
+        let (labels, found) = simulated_and_found(&["vehicle"], seed, 12, 1.0);
+        let detections: Vec<Detection> = found.iter().map(|(d, _)| d.clone()).collect();
+        let report = evaluate(&labels, &detections, DEFAULT_GRACE_MS);
+        let summary: Vec<String> = report
+            .by_type
+            .iter()
+            .map(|t| format!("{} {}/{} precision {:?}", t.kind, t.detected_labels, t.labels, t.precision))
+            .collect();
+        eprintln!("vehicles, seed {seed}: {summary:#?}");
+        for (kind, feature) in [("fleet_spoof", "devices"), ("clock_jump", "clock_step_s")] {
+            // An attack of the fleet's spoofer comes every four hours or so: a half-day may have none.
+            let Some(score) = report.by_type.iter().find(|t| t.kind == kind) else { continue };
+            *labelled.entry(kind).or_insert(0) += score.labels;
+            assert_eq!((score.recall, score.precision), (Some(1.0), Some(1.0)), "seed {seed} {kind}: {summary:?}");
+            for label in labels.labels.iter().filter(|l| l.kind == kind) {
+                let by_own_evidence = found.iter().any(|(detection, anomaly)| {
+                    detection.entity == label.entity
+                        && (label.start_ms..=label.end_ms + DEFAULT_GRACE_MS).contains(&detection.time_ms)
+                        && anomaly.features.iter().any(|(name, _)| &**name == feature)
+                });
+                assert!(by_own_evidence, "seed {seed}: {label:?} not found by its {feature} evidence");
+            }
+        }
+        // None of that evidence on a vehicle that no label covers.
+        for (detection, anomaly) in &found {
+            let evidence = anomaly.features.iter().any(|(name, _)| ["devices", "clock_step_s"].contains(&&**name));
+            let covered = labels.labels.iter().any(|l| {
+                l.entity == detection.entity && (l.start_ms..=l.end_ms + DEFAULT_GRACE_MS).contains(&detection.time_ms)
+            });
+            assert!(!evidence || covered, "seed {seed}: {}", anomaly.reason);
+        }
+    }
+    let count = |kind: &str| labelled.get(kind).copied().unwrap_or(0);
+    assert!(count("fleet_spoof") >= 5 && count("clock_jump") >= 20, "labels over the three seeds: {labelled:?}");
 }

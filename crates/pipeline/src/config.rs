@@ -540,6 +540,26 @@ mod tests {
     }
 
     #[test]
+    fn the_example_documents_the_spoofing_options_with_their_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        // The commented-out options after `# [profiles.NAME.detectors.spoofing]`, to the next blank line.
+        let options: Vec<&str> = text
+            .lines()
+            .skip_while(|line| *line != "# [profiles.NAME.detectors.spoofing]")
+            .skip(1)
+            .take_while(|line| !line.is_empty())
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| line.contains(" = "))
+            .collect();
+        assert_eq!(options.len(), 12, "{options:#?}");
+        use teleguard_core::detect::settings::RawSpoofing;
+        let documented: RawSpoofing = toml::from_str(&options.join("\n")).unwrap();
+        let defaults: RawSpoofing = toml::from_str("").unwrap();
+        assert_eq!(documented, defaults);
+    }
+
+    #[test]
     fn the_example_documents_real_mqtt_options() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/teleguard.example.toml");
         let text = std::fs::read_to_string(path).unwrap();

@@ -194,7 +194,13 @@ impl Ingest {
             return Err(self.unknown_profile(profile_name));
         };
         let window = self.time_window(source);
+        let own_clock = OWN_CLOCK_SOURCES.contains(&source);
         let validating = Instant::now();
+        // When each message arrived, for the detectors' clock check (not for own-clock sources).
+        let arrivals: Vec<Option<i64>> = deliveries
+            .iter()
+            .map(|delivery| (!own_clock).then(|| delivery.arrived_at_ms.unwrap_or(received_at_ms)))
+            .collect();
         let mut findings: Vec<Option<Box<GoldRow>>> = Vec::new();
         let (deliveries, mut verdicts): (Vec<Delivery>, Vec<Result<Reading, Rejection>>) = deliveries
             .into_iter()
@@ -295,9 +301,10 @@ impl Ingest {
         // Readings are numbered from the first id in the order of the valid messages.
         let readings = verdicts
             .into_iter()
-            .filter_map(Result::ok)
+            .zip(arrivals)
+            .filter_map(|(verdict, arrival)| verdict.ok().map(|reading| (reading, arrival)))
             .enumerate()
-            .map(|(offset, reading)| (first_id + offset as i64, reading));
+            .map(|(offset, (reading, arrival))| (first_id + offset as i64, reading, arrival));
         self.dispatch(readings, received, false).await;
         Ok(report)
     }
@@ -440,7 +447,8 @@ impl Ingest {
         };
         self.admit(1, Admission::Wait).await?;
         self.shared.metrics.recovered_readings.inc();
-        self.dispatch(std::iter::once((id, reading)), Instant::now(), false).await;
+        // The arrival is in bronze, but a reading re-processed after a crash is not judged by it.
+        self.dispatch(std::iter::once((id, reading, None)), Instant::now(), false).await;
         Ok(())
     }
 
@@ -528,17 +536,23 @@ impl Ingest {
         let readings: Vec<Reading> =
             payloads.into_iter().filter_map(|payload| decode_and_validate(&profile, payload).1.ok()).collect();
         let count = readings.len();
-        self.dispatch(readings.into_iter().map(|r| (0, r)), Instant::now(), true).await;
+        self.dispatch(readings.into_iter().map(|r| (0, r, None)), Instant::now(), true).await;
         count
     }
 
-    /// Sends readings to the workers that own their entities, keeping each entity's order.
-    async fn dispatch(&self, readings: impl Iterator<Item = (i64, Reading)>, received: Instant, warm_up: bool) {
+    /// Sends readings (with their bronze id and arrival) to the workers that own their
+    /// entities, keeping each entity's order.
+    async fn dispatch(
+        &self,
+        readings: impl Iterator<Item = (i64, Reading, Option<i64>)>,
+        received: Instant,
+        warm_up: bool,
+    ) {
         let shards = &self.shared.shards;
         let mut batches: Vec<Vec<WorkItem>> = vec![Vec::new(); shards.len()];
-        for (bronze_id, reading) in readings {
+        for (bronze_id, reading, arrived_at_ms) in readings {
             let shard = shard_of(&reading, shards.len());
-            batches[shard].push(WorkItem { bronze_id, reading, received, warm_up });
+            batches[shard].push(WorkItem { bronze_id, reading, received, arrived_at_ms, warm_up });
         }
         for (shard, items) in batches.into_iter().enumerate() {
             if items.is_empty() {

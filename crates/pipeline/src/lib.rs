@@ -198,6 +198,7 @@ impl Pipeline {
             metrics: metrics.clone(),
             live: live.clone(),
             models,
+            fleet: Arc::new(teleguard_core::detect::fleet::SharedFixes::default()),
             detect: config.plan.detect,
         };
         let mut shards = Vec::new();

@@ -7,6 +7,7 @@ use crate::store::{GoldRow, SilverRow};
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use std::time::Instant;
+use teleguard_core::detect::fleet::SharedFixes;
 use teleguard_core::detect::isolation_forest::ModelRegistry;
 use teleguard_core::detect::isolation_forest::trained::StoredModel;
 use teleguard_core::detect::{DetectorSet, Findings, Observation};
@@ -25,6 +26,9 @@ pub struct WorkItem {
     pub bronze_id: i64,
     pub reading: Reading,
     pub received: Instant,
+    /// When the message arrived (epoch ms) from a source whose devices keep their own clocks,
+    /// for the detectors' clock check; `None` when unknown or meaningless (the simulator).
+    pub arrived_at_ms: Option<i64>,
     /// Only for the detectors' state: observed, then forgotten (no rows, no anomalies, no permit).
     pub warm_up: bool,
 }
@@ -64,6 +68,8 @@ pub struct WorkerContext {
     pub metrics: Arc<Metrics>,
     pub live: Arc<crate::live::LiveView>,
     pub models: Arc<ModelRegistry>,
+    /// The fleet's recent fixes, shared by every worker's spoofing check.
+    pub fleet: Arc<SharedFixes>,
     /// Whether detectors run; off in a process that only enriches (`--role enrich`).
     pub detect: bool,
 }
@@ -125,7 +131,7 @@ impl Worker {
                 )
             })
             .collect();
-        let detectors = DetectorSet::standard(context.models.clone());
+        let detectors = DetectorSet::sharing(context.models.clone(), context.fleet.clone());
         Worker { context, detectors, quoted_names, findings: Findings::default() }
     }
 
@@ -141,7 +147,12 @@ impl Worker {
             let enrichment = self.context.enricher.enrich(&profile, &item.reading);
             self.findings.clear();
             if self.context.detect {
-                let observation = Observation { profile: &profile, reading: &item.reading, enrichment: &enrichment };
+                let observation = Observation {
+                    profile: &profile,
+                    reading: &item.reading,
+                    enrichment: &enrichment,
+                    arrival_ms: item.arrived_at_ms,
+                };
                 self.detectors.observe(observation, &mut self.findings);
             }
             if item.warm_up {

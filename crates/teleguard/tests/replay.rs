@@ -1,6 +1,7 @@
 //! `teleguard replay` over a simulated fleet day with injected teleports, an out-of-hours
-//! restricted-zone visit and a long stop: every injected rule anomaly is found, and nothing
-//! else fires a rule (in particular, no teleport between two vehicles).
+//! restricted-zone visit, a long stop, a spoofer holding three vehicles at one fix and a clock
+//! set back: every injected rule anomaly is found, and nothing else fires a rule (in
+//! particular, no teleport between two vehicles).
 
 use serde_json::{Value, json};
 use std::io::Write;
@@ -10,6 +11,8 @@ use teleguard_core::model::GeoPoint;
 
 const DAY_START_MS: i64 = 1_725_408_000_000; // 2024-09-04T00:00:00Z
 const STEP_MS: i64 = 30_000;
+/// Where a spoofer puts three moving vehicles, between their loops and outside every zone.
+const SPOOFED_FIX: GeoPoint = GeoPoint { lat: 37.761_234, lon: -122.470_123 };
 
 fn geofences() -> GeofenceIndex {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/geofences.geojson")).unwrap();
@@ -68,10 +71,15 @@ fn a_fleet_day_replayed_finds_every_injected_rule_anomaly_and_nothing_else() {
                 position = on_loop(centre, 0.005, at(14 * 60), 7.0);
                 speed = 0.0;
             }
+            if [9, 11, 13].contains(&v) && (at(16 * 60)..at(16 * 60 + 1)).contains(&t) {
+                position = SPOOFED_FIX; // a spoofer holds three moving vehicles for two readings
+            }
             if !(v == 5 && (at(22 * 60)..at(22 * 60 + 30)).contains(&t)) {
                 assert!(zones.zone_at(position).is_none(), "V{v:03}'s own track enters a zone at {t}");
             }
-            let timestamp = teleguard_core::time::format_millis(t);
+            // V014's clock reads ten minutes behind for two minutes (four readings).
+            let clock_ms = if v == 14 && (at(18 * 60)..at(18 * 60 + 2)).contains(&t) { t - 600_000 } else { t };
+            let timestamp = teleguard_core::time::format_millis(clock_ms);
             lines.push(json!({"vehicle_id": format!("V{v:03}"), "timestamp": timestamp, "latitude": position.lat,
                               "longitude": position.lon, "speed": speed, "engine_status": if speed > 0.0 { "on" } else { "idle" }}));
         }
@@ -99,7 +107,26 @@ fn a_fleet_day_replayed_finds_every_injected_rule_anomaly_and_nothing_else() {
         .map(|a| format!("{} {}", a["entity"].as_str().unwrap(), a["timestamp"].as_str().unwrap()))
         .collect();
     assert!(spoofed.contains(&"V003 2024-09-04T12:00:00.000Z".to_string()), "{spoofed:?}");
-    assert!(spoofed.iter().all(|s| ["V003", "V005", "V007"].contains(&&s[..4])), "{spoofed:?}");
+    let spoofers = ["V003", "V005", "V007", "V009", "V011", "V013", "V014"];
+    assert!(spoofed.iter().all(|s| spoofers.contains(&&s[..4])), "{spoofed:?}");
+    let with_reason = |prefix: &str| -> Vec<String> {
+        anomalies
+            .iter()
+            .filter(|a| a["detector"] == "spoofing" && a["reason"].as_str().unwrap().starts_with(prefix))
+            .map(|a| format!("{} {}", a["entity"].as_str().unwrap(), a["timestamp"].as_str().unwrap()))
+            .collect()
+    };
+    // V009 reports first at every step: it meets the others at its second report of the fix.
+    assert_eq!(
+        with_reason("reported exactly 37.761234,-122.470123 "),
+        ["V011 2024-09-04T16:00:00.000Z", "V013 2024-09-04T16:00:00.000Z", "V009 2024-09-04T16:00:30.000Z"]
+    );
+    assert_eq!(with_reason("event time 2024-09-04T17:50:00.000Z is 570 s behind"), ["V014 2024-09-04T17:50:00.000Z"]);
+    assert_eq!(
+        anomalies.iter().filter(|a| a["reason"].as_str().unwrap().starts_with("event time")).count(),
+        1,
+        "one clock anomaly for the episode"
+    );
     let rules: Vec<&Value> =
         anomalies.iter().filter(|a| a["detector"] != "zscore" && a["detector"] != "spoofing").collect();
     let summary: Vec<String> =

@@ -707,8 +707,10 @@ mod tests {
             };
             let mut findings = Findings::default();
             let enrichment = Enrichment::default();
-            detector
-                .observe(Observation { profile: &profile, reading: &reading, enrichment: &enrichment }, &mut findings);
+            detector.observe(
+                Observation { profile: &profile, reading: &reading, enrichment: &enrichment, arrival_ms: None },
+                &mut findings,
+            );
             emitted.extend(findings.anomalies.into_iter().map(|a| (i, a)));
         }
         let summary: Vec<(usize, Option<Episode>)> =

@@ -7,9 +7,12 @@
 //! - [`isolation_forest`]: Liu et al.'s isolation forest over a profile's features.
 //! - [`novelty`]: sequence novelty per entity and metric (contextual anomaly detection).
 //! - [`trend`]: slope changes per entity and metric (a drift while it drifts).
-//! - [`rules`]: track rules over enriched vehicle readings (teleport, geofence, stops).
+//! - [`rules`]: track rules over enriched vehicle readings (teleport, geofence, stops) and GPS
+//!   spoofing evidence.
+//! - [`fleet`]: the one state shared across entities, the fleet's recent fixes (for spoofing).
 //! - [`settings`]: how a profile configures each of them.
 
+pub mod fleet;
 pub mod identity;
 pub mod isolation_forest;
 pub mod novelty;
@@ -29,6 +32,10 @@ pub struct Observation<'a> {
     pub profile: &'a Profile,
     pub reading: &'a Reading,
     pub enrichment: &'a Enrichment,
+    /// When the message arrived (epoch ms), for a live source whose devices keep their own
+    /// clocks; `None` for a replayed file, the simulator and the benchmark (their event times
+    /// follow their own clock, not ours), and for state rebuilt from history.
+    pub arrival_ms: Option<i64>,
 }
 
 /// One detector's judgement of one reading (and metric, for per-metric detectors).
@@ -102,8 +109,16 @@ impl std::fmt::Debug for DetectorSet {
 
 impl DetectorSet {
     /// Every detector teleguard ships, each configured per profile; isolation-forest models
-    /// are shared through `models` (one registry per pipeline).
+    /// are shared through `models` (one registry per pipeline). The fleet's fixes are this set's
+    /// own: for one detector set over the whole stream (replay, eval).
     pub fn standard(models: Arc<isolation_forest::ModelRegistry>) -> Self {
+        Self::sharing(models, Arc::new(fleet::SharedFixes::default()))
+    }
+
+    /// [`DetectorSet::standard`] for one of several workers: the fleet's fixes are shared
+    /// through `fleet` (one per pipeline), so identical fixes of entities of different workers
+    /// meet.
+    pub fn sharing(models: Arc<isolation_forest::ModelRegistry>, fleet: Arc<fleet::SharedFixes>) -> Self {
         DetectorSet {
             detectors: vec![
                 Box::new(zscore::ZScoreDetector::default()),
@@ -111,7 +126,7 @@ impl DetectorSet {
                 Box::new(novelty::NoveltyDetector::default()),
                 Box::new(trend::TrendDetector::default()),
                 Box::new(rules::teleport::TeleportDetector::default()),
-                Box::new(rules::spoofing::SpoofingDetector::default()),
+                Box::new(rules::spoofing::SpoofingDetector::sharing(fleet)),
                 Box::new(rules::geofence::GeofenceBreachDetector::default()),
                 Box::new(rules::stop::UnusualStopDetector::default()),
             ],

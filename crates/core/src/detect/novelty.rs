@@ -511,7 +511,10 @@ mod tests {
                 };
                 let mut findings = Findings::keeping_scores();
                 let enrichment = Enrichment::default();
-                detector.observe(Observation { profile, reading: &reading, enrichment: &enrichment }, &mut findings);
+                detector.observe(
+                    Observation { profile, reading: &reading, enrichment: &enrichment, arrival_ms: None },
+                    &mut findings,
+                );
                 (findings.scores.first().map(|s| s.score), findings.anomalies)
             })
             .collect()

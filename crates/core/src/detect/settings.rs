@@ -180,8 +180,9 @@ pub struct RawTeleport {
     pub max_speed_kmh: f64,
 }
 
-/// `detectors.spoofing`: fixes that moved farther than the device's own speed allows.
-#[derive(Debug, Clone, Deserialize)]
+/// `detectors.spoofing`: fixes that moved farther than the device's own speed allows, identical
+/// fixes of several devices, clock jumps.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSpoofing {
     #[serde(default = "yes")]
@@ -211,6 +212,23 @@ pub struct RawSpoofing {
     /// and most fighters).
     #[serde(default = "default_max_vertical")]
     pub max_vertical_mps: f64,
+    /// Distinct devices (of any profile with this check) reporting exactly the same fix, to
+    /// the last digit, within `same_fix_within_ms` of each other, that make it evidence (one
+    /// receiver-wide spoofer or a replayed stream); 2 to 4, 0 turns the check off.
+    #[serde(default = "default_same_fix_devices")]
+    pub same_fix_devices: usize,
+    /// How close in event time the identical fixes must be.
+    #[serde(default = "default_same_fix_within")]
+    pub same_fix_within_ms: u64,
+    /// Only fixes of a device reporting at least this speed count: two moving devices cannot
+    /// be in one place, two parked ones may be reported at one surveyed spot.
+    #[serde(default = "default_same_fix_min_speed")]
+    pub same_fix_min_speed_kmh: f64,
+    /// A device's event time this far behind its newest one (its clock jumped back, or old
+    /// messages were replayed), or this far ahead of the message's arrival, is evidence; 0
+    /// turns the check off.
+    #[serde(default = "default_clock_jump")]
+    pub clock_jump_secs: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,6 +353,18 @@ fn default_altitude_unit() -> String {
 }
 fn default_max_vertical() -> f64 {
     150.0
+}
+fn default_same_fix_devices() -> usize {
+    2
+}
+fn default_same_fix_within() -> u64 {
+    1000
+}
+fn default_same_fix_min_speed() -> f64 {
+    5.0
+}
+fn default_clock_jump() -> f64 {
+    60.0
 }
 fn default_restricted() -> Vec<String> {
     vec!["Restricted Area".into()]
@@ -485,6 +515,19 @@ pub struct SpoofingSettings {
     /// The altitude metric and the factor that makes it metres, when watched.
     pub altitude: Option<(crate::model::MetricId, f64)>,
     pub max_vertical_mps: f64,
+    /// The fleet-wide check of identical fixes, when on.
+    pub same_fix: Option<SameFixSettings>,
+    /// The clock check's limit, when on.
+    pub clock_jump_ms: Option<i64>,
+}
+
+/// When identical fixes of several devices are evidence (`detect::rules::spoofing`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SameFixSettings {
+    /// 2 to `detect::fleet::MAX_DEVICES_COUNTED`.
+    pub devices: usize,
+    pub within_ms: i64,
+    pub min_speed_kmh: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -644,7 +687,33 @@ impl RawDetectors {
             if !(raw.max_vertical_mps.is_finite() && raw.max_vertical_mps > 0.0) {
                 errors.push(format!("detectors.spoofing.max_vertical_mps {} must be above 0", raw.max_vertical_mps));
             }
+            let most_devices = crate::detect::fleet::MAX_DEVICES_COUNTED;
+            if raw.same_fix_devices == 1 || raw.same_fix_devices > most_devices {
+                errors.push(format!(
+                    "detectors.spoofing.same_fix_devices {} must be 0 (off) or from 2 to {most_devices}",
+                    raw.same_fix_devices
+                ));
+            }
+            if !(raw.same_fix_min_speed_kmh.is_finite() && raw.same_fix_min_speed_kmh >= 0.0) {
+                errors.push(format!(
+                    "detectors.spoofing.same_fix_min_speed_kmh {} must be 0 or more",
+                    raw.same_fix_min_speed_kmh
+                ));
+            }
+            if !(raw.clock_jump_secs.is_finite() && raw.clock_jump_secs >= 0.0) {
+                errors.push(format!(
+                    "detectors.spoofing.clock_jump_secs {} must be 0 (off) or more",
+                    raw.clock_jump_secs
+                ));
+            }
+            let same_fix = (raw.same_fix_devices >= 2).then(|| SameFixSettings {
+                devices: raw.same_fix_devices.min(most_devices),
+                within_ms: i64::try_from(raw.same_fix_within_ms).unwrap_or(i64::MAX),
+                min_speed_kmh: raw.same_fix_min_speed_kmh,
+            });
             SpoofingSettings {
+                same_fix,
+                clock_jump_ms: (raw.clock_jump_secs > 0.0).then_some((raw.clock_jump_secs * 1000.0) as i64),
                 altitude,
                 max_vertical_mps: raw.max_vertical_mps,
                 speed_metric,

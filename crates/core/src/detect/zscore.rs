@@ -567,7 +567,10 @@ mod tests {
                 };
                 let mut findings = Findings::default();
                 let enrichment = Enrichment::default();
-                detector.observe(Observation { profile, reading: &reading, enrichment: &enrichment }, &mut findings);
+                detector.observe(
+                    Observation { profile, reading: &reading, enrichment: &enrichment, arrival_ms: None },
+                    &mut findings,
+                );
                 findings.anomalies
             })
             .collect()
@@ -800,7 +803,8 @@ mod tests {
                 attributes: vec![],
             };
             let enrichment = Enrichment::default();
-            let observation = Observation { profile: &profile, reading: &reading, enrichment: &enrichment };
+            let observation =
+                Observation { profile: &profile, reading: &reading, enrichment: &enrichment, arrival_ms: None };
             detector.observe(observation, &mut Findings::default());
         }
         let settings = profile.detectors.zscore.as_ref().unwrap();
@@ -831,7 +835,10 @@ mod tests {
                 };
                 let mut findings = Findings::keeping_scores();
                 let enrichment = Enrichment::default();
-                detector.observe(Observation { profile, reading: &reading, enrichment: &enrichment }, &mut findings);
+                detector.observe(
+                    Observation { profile, reading: &reading, enrichment: &enrichment, arrival_ms: None },
+                    &mut findings,
+                );
                 (findings.scores, findings.anomalies)
             })
             .collect()

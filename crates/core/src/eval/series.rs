@@ -58,7 +58,10 @@ pub fn detect_series(
             reading.event_time_ms = time_ms;
             reading.metrics[0].1 = value;
             findings.clear();
-            detectors.observe(Observation { profile, reading: &reading, enrichment: &enrichment }, &mut findings);
+            detectors.observe(
+                Observation { profile, reading: &reading, enrichment: &enrichment, arrival_ms: None },
+                &mut findings,
+            );
             findings.scores.iter().find(|s| s.detector == detector).map_or(
                 RowScore { score: None, threshold: None, is_anomaly: false },
                 |s| RowScore { score: Some(s.score), threshold: Some(s.threshold), is_anomaly: s.is_anomaly },

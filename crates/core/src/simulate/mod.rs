@@ -6,6 +6,12 @@
 //! are simulated beside it. Anomalies are injected per entity as a Poisson process of
 //! `anomaly_rate` per entity-hour, never in the first [`WARM_UP_MS`] (detectors are still
 //! learning then) and never two at once on one entity; each becomes a [`Label`] once it ends.
+//!
+//! Two kinds come from streams of their own, so that adding them changed nothing else of an
+//! entity's day: clock jumps ([`ClockFaults`], a stream per entity) and a spoofer that makes
+//! several vehicles report one fix (`vehicle::FleetSpoofer`, a stream per fleet). Each waits for
+//! a moment when the entity has no anomaly of its own running or due, so every other label, and
+//! every reading outside these episodes, is the same with or without them.
 
 mod aircraft;
 mod drone;
@@ -32,6 +38,8 @@ pub const WARM_UP_MS: i64 = 15 * 60_000;
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimMessage {
     pub profile: &'static str,
+    /// The simulated time it is sent at: its event time, unless the device's clock is off (a
+    /// `clock_jump`).
     pub event_time_ms: i64,
     pub payload: Vec<u8>,
 }
@@ -90,6 +98,8 @@ struct Core {
     start_ms: i64,
     /// Event time of the last reading sent.
     last_sent_ms: Option<i64>,
+    /// What the entity's random streams derive from: `rng`'s seed, and the side streams'.
+    stream: u64,
 }
 
 impl Core {
@@ -97,8 +107,16 @@ impl Core {
         let stream = seed ^ crate::model::stable_hash(&[profile.as_bytes(), &index.to_le_bytes()]);
         let mean_gap_ms = (rate_per_hour > 0.0).then(|| 3_600_000.0 / rate_per_hour);
         let rng = SmallRng::seed_from_u64(stream);
-        let mut core =
-            Core { id, rng, next_anomaly_ms: i64::MAX, mean_gap_ms, announced: false, start_ms, last_sent_ms: None };
+        let mut core = Core {
+            id,
+            rng,
+            next_anomaly_ms: i64::MAX,
+            mean_gap_ms,
+            announced: false,
+            start_ms,
+            last_sent_ms: None,
+            stream,
+        };
         core.next_anomaly_ms = start_ms + WARM_UP_MS + core.gap();
         core
     }
@@ -114,6 +132,17 @@ impl Core {
     /// Whether an anomaly should start now.
     fn anomaly_due(&self, at_ms: i64) -> bool {
         at_ms >= self.next_anomaly_ms
+    }
+
+    /// Whether none of the entity's own anomalies can start before `until_ms` and a minute more
+    /// (what a side stream's episode must leave alone).
+    fn free_until(&self, until_ms: i64) -> bool {
+        self.next_anomaly_ms > until_ms.saturating_add(60_000)
+    }
+
+    /// A random stream of its own for `purpose`, independent of `rng`.
+    fn side_stream(&self, purpose: &str) -> SmallRng {
+        SmallRng::seed_from_u64(self.stream ^ crate::model::stable_hash(&[purpose.as_bytes()]))
     }
 
     /// Schedules the next anomaly after one that ended (or was skipped) at `at_ms`.
@@ -206,6 +235,113 @@ impl Emit<'_> {
     }
 }
 
+/// Clock jumps come at a tenth of the rate of an entity's own anomalies: rarer than any fault of
+/// the device itself.
+const CLOCK_JUMPS_PER_ANOMALY: f64 = 0.1;
+const CLOCK_JUMP: Kind = Kind { name: "clock_jump", detectors: &["spoofing"] };
+/// How far a jumped clock reads behind at most, and how long until it is set right at most
+/// (always shorter than the jump, so every reading of the episode is older than the device's
+/// newest from before it).
+const CLOCK_BEHIND_MAX_MS: i64 = 60 * 60_000;
+const CLOCK_BEHIND_MIN_MS: i64 = 2 * 60_000;
+const CLOCK_OFF_MS: std::ops::Range<i64> = 90_000..240_000;
+
+/// A device clock that now and then jumps back and is set right minutes later, from a random
+/// stream of its own: the tracker reboots while the entity is parked and its clock restarts
+/// from a stale time (or a spoofed GPS time sets it). Only while parked, and never further back
+/// than the stop began, so the readings it mislabels show the entity where it really was then:
+/// a history sorted by event time (the store, the hunts) stays a plausible track.
+#[derive(Debug)]
+struct ClockFaults {
+    rng: SmallRng,
+    mean_gap_ms: Option<f64>,
+    next_ms: i64,
+    running: Option<ClockFault>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ClockFault {
+    behind_ms: i64,
+    until_ms: i64,
+    /// The times the clock showed on the first and the last reading so far.
+    shown_ms: Option<(i64, i64)>,
+}
+
+impl ClockFaults {
+    fn new(core: &Core) -> ClockFaults {
+        let mut faults = ClockFaults {
+            rng: core.side_stream("clock"),
+            mean_gap_ms: core.mean_gap_ms.map(|gap| gap / CLOCK_JUMPS_PER_ANOMALY),
+            next_ms: i64::MAX,
+            running: None,
+        };
+        faults.next_ms = faults.after(core.start_ms + WARM_UP_MS);
+        faults
+    }
+
+    fn after(&mut self, at_ms: i64) -> i64 {
+        match self.mean_gap_ms {
+            Some(mean) => at_ms.saturating_add((-(1.0 - self.rng.random::<f64>()).ln() * mean) as i64),
+            None => i64::MAX,
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// The time the entity's clock shows for a reading at `at_ms`. A due jump starts while the
+    /// entity is parked (`parked`: since how long, and for how much longer) and `free` says it
+    /// is free until the jump's end. Labels a jump that ends here (this reading is right again).
+    fn shown_ms(
+        &mut self,
+        core: &Core,
+        at_ms: i64,
+        parked: Option<(i64, i64)>,
+        free: impl Fn(i64) -> bool,
+        labels: &mut Vec<Label>,
+        profile: &'static str,
+    ) -> i64 {
+        if let Some(fault) = self.running
+            && at_ms >= fault.until_ms
+        {
+            if let Some((first, last)) = fault.shown_ms {
+                labels.push(core.label(profile, CLOCK_JUMP, first, last, None));
+            }
+            self.running = None;
+            self.next_ms = self.after(at_ms);
+        }
+        if self.running.is_none()
+            && at_ms >= self.next_ms
+            && let Some((parked_ms, remaining_ms)) = parked
+        {
+            let most_behind_ms = (parked_ms - 10_000).min(CLOCK_BEHIND_MAX_MS);
+            let longest_off_ms = (remaining_ms - 10_000).min(CLOCK_OFF_MS.end);
+            if most_behind_ms > CLOCK_BEHIND_MIN_MS
+                && longest_off_ms > CLOCK_OFF_MS.start
+                && at_ms - most_behind_ms >= core.start_ms + WARM_UP_MS
+            {
+                let behind_ms = self.rng.random_range(CLOCK_BEHIND_MIN_MS..most_behind_ms);
+                let off_ms = self.rng.random_range(CLOCK_OFF_MS.start..longest_off_ms.min(behind_ms - 10_000));
+                if free(at_ms + off_ms) {
+                    self.running = Some(ClockFault { behind_ms, until_ms: at_ms + off_ms, shown_ms: None });
+                }
+            }
+        }
+        let Some(fault) = &mut self.running else { return at_ms };
+        let shown = at_ms - fault.behind_ms;
+        fault.shown_ms = Some((fault.shown_ms.map_or(shown, |(first, _)| first), shown));
+        shown
+    }
+
+    /// Labels a jump still running at the end of the simulation.
+    fn finish(&mut self, core: &Core, profile: &'static str, labels: &mut Vec<Label>) {
+        if let Some(ClockFault { shown_ms: Some((first, last)), .. }) = self.running.take() {
+            labels.push(core.label(profile, CLOCK_JUMP, first, last, None));
+        }
+    }
+}
+
 /// A kind of injected anomaly and the detectors meant to catch it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Kind {
@@ -240,6 +376,13 @@ trait EntityModel {
     fn emit(&mut self, emit: &mut Emit<'_>);
     /// Ends a running anomaly at the end of the simulation, labelling what it affected.
     fn finish(&mut self, profile: &'static str, labels: &mut Vec<Label>);
+    /// Whether a spoofer may take over the position this entity reports from `at_ms` to
+    /// `until_ms`: only when it has no anomaly of its own running or due then.
+    fn can_capture(&self, _at_ms: i64, _until_ms: i64) -> bool {
+        false
+    }
+    /// Makes the entity report `fix` from `at_ms` until `until_ms` (labelled by the entity).
+    fn capture(&mut self, _fix: GeoPoint, _at_ms: i64, _until_ms: i64) {}
 }
 
 struct Fleet {
@@ -247,6 +390,8 @@ struct Fleet {
     interval_ms: i64,
     next_ms: i64,
     entities: Vec<Box<dyn EntityModel + Send>>,
+    /// Makes several of the fleet's entities report one fix now and then (vehicles only).
+    spoofer: Option<vehicle::FleetSpoofer>,
 }
 
 /// Generates messages in event-time order for all requested profiles.
@@ -298,9 +443,11 @@ impl Simulator {
             let core = |index: usize, id: String| {
                 Core::new(id, settings.seed, profile, index, settings.start_ms, settings.anomaly_rate)
             };
+            let mut spoofer = None;
             let entities: Vec<Box<dyn EntityModel + Send>> = match profile {
                 "vehicle" => {
                     let world = world.get_or_insert_with(|| Arc::new(vehicle::World::new(bundled_zones()))).clone();
+                    spoofer = vehicle::FleetSpoofer::new(settings, world.clone());
                     (0..count)
                         .map(|i| {
                             let model = vehicle::Vehicle::new(core(i, format!("V{:03}", i + 1)), world.clone(), i);
@@ -321,7 +468,7 @@ impl Simulator {
                     .map(|i| Box::new(sensors::Vibration::new(core(i, format!("vib-{:02}", i + 1)), i + 1)) as Box<_>)
                     .collect(),
             };
-            fleets.push(Fleet { profile, interval_ms, next_ms: settings.start_ms, entities });
+            fleets.push(Fleet { profile, interval_ms, next_ms: settings.start_ms, entities, spoofer });
         }
         Ok(Simulator { fleets, json: JsonWriter::default(), labels: Vec::new(), seen: Vec::new(), finished: false })
     }
@@ -342,6 +489,9 @@ impl Simulator {
             let Some(fleet) = self.fleets.iter_mut().filter(|f| f.next_ms <= until_ms).min_by_key(|f| f.next_ms) else {
                 return;
             };
+            if let Some(spoofer) = &mut fleet.spoofer {
+                spoofer.tick(fleet.next_ms, &mut fleet.entities);
+            }
             let mut emit = Emit {
                 profile: fleet.profile,
                 at_ms: fleet.next_ms,

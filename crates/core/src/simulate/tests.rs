@@ -22,16 +22,27 @@ fn run(settings: &SimSettings, hours: f64) -> (Vec<SimMessage>, Vec<Label>, Vec<
 #[test]
 fn every_simulated_message_passes_its_profile() {
     let registry = ProfileRegistry::with_builtins(Default::default()).unwrap();
-    let (out, _, entities) = run(&settings(&SIMULATED_PROFILES, 7, 2.0), 2.0);
+    let (out, labels, entities) = run(&settings(&SIMULATED_PROFILES, 7, 2.0), 2.0);
     assert_eq!(entities.iter().filter(|(p, _)| *p == "vehicle").count(), 15);
     assert_eq!(entities.iter().filter(|(p, _)| *p == "environment").count(), 10);
     assert!(out.len() > 100_000, "{}", out.len());
+    let mut clock_off = 0;
     for message in &out {
         let profile = registry.by_name(message.profile).unwrap();
         let reading = validate(profile, &message.payload)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&message.payload)));
-        assert_eq!(reading.event_time_ms, message.event_time_ms);
+        if reading.event_time_ms != message.event_time_ms {
+            // Only a jumped clock shows another time than the simulated one, within its label.
+            clock_off += 1;
+            let jumped = labels.iter().any(|l| {
+                l.kind == "clock_jump"
+                    && *l.entity == *reading.entity
+                    && (l.start_ms..=l.end_ms).contains(&reading.event_time_ms)
+            });
+            assert!(jumped, "{}", String::from_utf8_lossy(&message.payload));
+        }
     }
+    assert!(clock_off > 0, "a clock jump in two hours of 15 vehicles at rate 2");
     assert!(out.windows(2).all(|w| w[0].event_time_ms <= w[1].event_time_ms), "event-time order");
 }
 
@@ -57,6 +68,7 @@ fn unknown_profile_is_named() {
 
 #[test]
 fn labels_lie_in_the_simulated_range_and_name_simulated_entities() {
+    let registry = ProfileRegistry::with_builtins(Default::default()).unwrap();
     let (out, labels, entities) = run(&settings(&SIMULATED_PROFILES, 11, 3.0), 6.0);
     let last_ms = out.last().unwrap().event_time_ms;
     assert!(labels.len() > 100, "{}", labels.len());
@@ -66,10 +78,15 @@ fn labels_lie_in_the_simulated_range_and_name_simulated_entities() {
             "{label:?}"
         );
         assert!(entities.iter().any(|(p, e)| label.profile == *p && *e == label.entity), "{label:?}");
+        // A jumped clock's label is in the times the device showed.
+        let shown = |m: &SimMessage| match label.kind.as_str() {
+            "clock_jump" => validate(registry.by_name(m.profile).unwrap(), &m.payload).unwrap().event_time_ms,
+            _ => m.event_time_ms,
+        };
         let affected = out.iter().any(|m| {
             label.profile == m.profile
-                && m.event_time_ms == label.start_ms
                 && std::str::from_utf8(&m.payload).unwrap().contains(&format!("\"{}\"", label.entity))
+                && shown(m) == label.start_ms
         });
         assert!(affected, "no reading of {label:?} at its start");
     }
@@ -84,6 +101,8 @@ fn labels_lie_in_the_simulated_range_and_name_simulated_entities() {
         "battery_collapse",
         "altitude_drop",
         "vibration_burst",
+        "fleet_spoof",
+        "clock_jump",
     ] {
         assert!(labels.iter().any(|l| l.kind == kind), "no {kind} in {} labels", labels.len());
     }
@@ -136,4 +155,37 @@ fn clean_vehicles_break_no_rule() {
         }
     }
     assert!(moving > out.len() / 3, "vehicles mostly drive: {moving} of {}", out.len());
+}
+
+/// Every attack of the fleet's spoofer holds two to four driving vehicles at one fix, to the
+/// last digit, from its first reading to the one before the last.
+#[test]
+fn a_fleet_spoof_holds_several_driving_vehicles_at_one_fix() {
+    let registry = ProfileRegistry::with_builtins(Default::default()).unwrap();
+    let profile = registry.by_name("vehicle").unwrap();
+    let (out, labels, _) = run(&settings(&["vehicle"], 5, 2.0), 24.0);
+    let mut attacks: std::collections::BTreeMap<i64, Vec<&Label>> = Default::default();
+    for label in labels.iter().filter(|l| l.kind == "fleet_spoof") {
+        attacks.entry(label.start_ms).or_default().push(label);
+    }
+    assert!(attacks.len() >= 5, "{} attacks in a day at rate 2", attacks.len());
+    for (start_ms, victims) in &attacks {
+        assert!((2..=4).contains(&victims.len()), "{victims:?}");
+        let mut fixes = std::collections::BTreeSet::new();
+        for victim in victims {
+            let held: Vec<_> = out
+                .iter()
+                .filter(|m| (victim.start_ms..victim.end_ms).contains(&m.event_time_ms))
+                .map(|m| validate(profile, &m.payload).unwrap())
+                .filter(|r| *r.entity == *victim.entity)
+                .collect();
+            assert!(held.len() >= 12, "a minute or more of readings: {victim:?}");
+            assert!(held[0].metrics[0].1 > 10.0, "driving when taken: {victim:?}");
+            for reading in &held {
+                let fix = reading.position.unwrap();
+                fixes.insert((fix.lat.to_bits(), fix.lon.to_bits()));
+            }
+        }
+        assert_eq!(fixes.len(), 1, "one fix for every victim of the attack at {start_ms}");
+    }
 }

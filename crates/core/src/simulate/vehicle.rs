@@ -2,9 +2,11 @@
 //! areas, service centre and customers, along street-grid routes that keep out of restricted
 //! zones; they accelerate and brake within plausible limits, wait at lights, dwell where they
 //! stop (never 30 minutes outside a safe zone) and report engine status to match. Injected:
-//! GPS teleports, out-of-hours visits to a restricted zone, and long stops outside safe zones.
+//! GPS teleports, out-of-hours visits to a restricted zone, long stops outside safe zones, a
+//! position dragged away (GPS spoofing), clock jumps while parked, and now and then a spoofer
+//! that makes several driving vehicles report the same fix (the [`FleetSpoofer`]).
 
-use super::{Core, Emit, EntityModel, Kind, Label, displacement, offset};
+use super::{ClockFaults, Core, Emit, EntityModel, Kind, Label, SimSettings, WARM_UP_MS, displacement, offset};
 use crate::geo::GeofenceIndex;
 use crate::model::GeoPoint;
 use rand::rngs::SmallRng;
@@ -15,6 +17,13 @@ const TELEPORT: Kind = Kind { name: "teleport", detectors: &["teleport"] };
 const RESTRICTED_ZONE: Kind = Kind { name: "restricted_zone", detectors: &["geofence_breach"] };
 const LONG_STOP: Kind = Kind { name: "long_stop", detectors: &["unusual_stop"] };
 const GPS_SPOOF: Kind = Kind { name: "gps_spoof", detectors: &["spoofing"] };
+const FLEET_SPOOF: Kind = Kind { name: "fleet_spoof", detectors: &["spoofing"] };
+
+/// Attacks of the fleet-wide spoofer per hour, at anomaly rate 1 (it scales with the rate).
+const FLEET_SPOOFS_PER_HOUR: f64 = 0.25;
+/// How long an attack holds its victims, and how many it takes (as many as are driving free).
+const FLEET_SPOOF_SECONDS: std::ops::Range<f64> = 60.0..180.0;
+const FLEET_SPOOF_VICTIMS: std::ops::RangeInclusive<usize> = 2..=4;
 
 /// The zone name vehicles keep out of, and when they may be there (UTC, as the built-in
 /// vehicle profile's geofence rule is configured).
@@ -209,6 +218,19 @@ pub struct Vehicle {
     /// The anomaly kind chosen for the due injection (0 restricted visit, 1 long stop,
     /// 2 teleport), and since when it waits for a moment it can happen.
     planned: Option<(usize, i64)>,
+    /// A fleet-wide spoofer's hold on the reported position.
+    capture: Option<Capture>,
+    clock: ClockFaults,
+}
+
+/// The fix a spoofer makes the vehicle report from `start_ms` until `until_ms`; `last_ms`: the
+/// last reading so far.
+#[derive(Debug, Clone, Copy)]
+struct Capture {
+    fix: GeoPoint,
+    start_ms: i64,
+    until_ms: i64,
+    last_ms: i64,
 }
 
 /// How long a planned anomaly may wait for its moment (night, driving) before another is chosen.
@@ -228,6 +250,8 @@ impl Vehicle {
             phase: Phase::Stopped { since_ms: core.start_ms, until_ms, reason: StopReason::Dwell },
             fault: None,
             planned: None,
+            capture: None,
+            clock: ClockFaults::new(&core),
             world,
             core,
         }
@@ -477,6 +501,21 @@ impl EntityModel for Vehicle {
             let seconds = (at_ms - *start_ms) as f64 / 1000.0;
             reported = offset(self.position, *east_mps * seconds, *north_mps * seconds);
         }
+        if let Some(capture) = &mut self.capture
+            && at_ms < capture.until_ms
+        {
+            capture.last_ms = at_ms;
+            reported = capture.fix;
+        }
+        let (fault, capture, core) = (&self.fault, &self.capture, &self.core);
+        let free = |until_ms: i64| fault.is_none() && capture.is_none() && core.free_until(until_ms);
+        let parked = match self.phase {
+            Phase::Stopped { since_ms, until_ms, reason: StopReason::Dwell } => {
+                Some((at_ms - since_ms, until_ms - at_ms))
+            }
+            _ => None,
+        };
+        let shown_ms = self.clock.shown_ms(core, at_ms, parked, free, emit.labels, emit.profile);
         let speed = if self.speed > 0.0 { (self.speed + self.core.gauss(0.0, 0.8)).max(0.0) } else { 0.0 };
         let engine = match self.phase {
             Phase::Stopped { since_ms, until_ms, .. }
@@ -489,13 +528,33 @@ impl EntityModel for Vehicle {
         };
         let json = emit.begin();
         json.str("vehicle_id", &self.core.id);
-        json.timestamp("timestamp", at_ms);
+        json.timestamp("timestamp", shown_ms);
         json.fixed("latitude", reported.lat, 6);
         json.fixed("longitude", reported.lon, 6);
         json.fixed("speed", speed, 2);
         json.str("engine_status", engine);
         emit.send(&mut self.core);
         self.track_fault(emit, speed);
+        if let Some(capture) = self.capture
+            && capture.until_ms <= at_ms
+        {
+            // Locked back onto the real signal: this reading is the first true one again.
+            emit.label(&self.core, FLEET_SPOOF, capture.start_ms, at_ms, None);
+            self.capture = None;
+        }
+    }
+
+    fn can_capture(&self, _at_ms: i64, until_ms: i64) -> bool {
+        let driving = self.phase == Phase::Driving && self.speed > 10.0;
+        driving
+            && self.fault.is_none()
+            && self.capture.is_none()
+            && !self.clock.running()
+            && self.core.free_until(until_ms)
+    }
+
+    fn capture(&mut self, fix: GeoPoint, at_ms: i64, until_ms: i64) {
+        self.capture = Some(Capture { fix, start_ms: at_ms, until_ms, last_ms: at_ms });
     }
 
     fn finish(&mut self, profile: &'static str, labels: &mut Vec<Label>) {
@@ -512,5 +571,80 @@ impl EntityModel for Vehicle {
         if let Some((kind, start, end)) = label {
             labels.push(self.core.label(profile, kind, start, end, None));
         }
+        if let Some(capture) = self.capture.take() {
+            labels.push(self.core.label(profile, FLEET_SPOOF, capture.start_ms, capture.last_ms, None));
+        }
+        self.clock.finish(&self.core, profile, labels);
+    }
+}
+
+/// A spoofer (or a meaconer rebroadcasting what its own antenna receives) strong enough to
+/// capture the receivers of several vehicles at once: every captured vehicle reports the one
+/// fix it sends, while driving on and reporting its true speed. It strikes as a Poisson process
+/// of its own random stream, at [`FLEET_SPOOFS_PER_HOUR`] times the anomaly rate, and takes 2
+/// to 4 of the vehicles that are driving with no anomaly of their own running or due (waiting,
+/// a reading at a time, until at least two are).
+#[derive(Debug)]
+pub(super) struct FleetSpoofer {
+    rng: SmallRng,
+    mean_gap_ms: f64,
+    next_ms: i64,
+    /// How long the due attack lasts, drawn when it became due.
+    planned_ms: Option<i64>,
+    world: Arc<World>,
+}
+
+impl FleetSpoofer {
+    /// The fleet's spoofer, or none for clean data.
+    pub(super) fn new(settings: &SimSettings, world: Arc<World>) -> Option<FleetSpoofer> {
+        let rate = settings.anomaly_rate * FLEET_SPOOFS_PER_HOUR;
+        if rate <= 0.0 {
+            return None;
+        }
+        let stream = settings.seed ^ crate::model::stable_hash(&[b"vehicle", b"fleet spoofer"]);
+        let mut spoofer = FleetSpoofer {
+            rng: SmallRng::seed_from_u64(stream),
+            mean_gap_ms: 3_600_000.0 / rate,
+            next_ms: 0,
+            planned_ms: None,
+            world,
+        };
+        spoofer.next_ms = spoofer.after(settings.start_ms + WARM_UP_MS);
+        Some(spoofer)
+    }
+
+    fn after(&mut self, at_ms: i64) -> i64 {
+        at_ms.saturating_add((-(1.0 - self.rng.random::<f64>()).ln() * self.mean_gap_ms) as i64)
+    }
+
+    /// Before the fleet's readings at `at_ms`: starts an attack if one is due and enough
+    /// vehicles are free.
+    pub(super) fn tick(&mut self, at_ms: i64, vehicles: &mut [Box<dyn EntityModel + Send>]) {
+        if at_ms < self.next_ms {
+            return;
+        }
+        let duration_ms =
+            *self.planned_ms.get_or_insert_with(|| (self.rng.random_range(FLEET_SPOOF_SECONDS) * 1000.0) as i64);
+        let until_ms = at_ms + duration_ms;
+        let mut free: Vec<usize> = (0..vehicles.len()).filter(|&i| vehicles[i].can_capture(at_ms, until_ms)).collect();
+        if free.len() < *FLEET_SPOOF_VICTIMS.start() {
+            return;
+        }
+        let victims = self.rng.random_range(FLEET_SPOOF_VICTIMS).min(free.len());
+        // A fix in the fleet's area, outside every zone.
+        let mut fix = GeoPoint { lat: 37.7, lon: -122.35 };
+        for _ in 0..10 {
+            fix = GeoPoint { lat: self.rng.random_range(37.63..37.80), lon: self.rng.random_range(-122.48..-122.21) };
+            if self.world.zones.zone_at(fix).is_none() {
+                break;
+            }
+        }
+        for taken in 0..victims {
+            let pick = self.rng.random_range(taken..free.len());
+            free.swap(taken, pick);
+            vehicles[free[taken]].capture(fix, at_ms, until_ms);
+        }
+        self.planned_ms = None;
+        self.next_ms = self.after(until_ms);
     }
 }

@@ -56,7 +56,12 @@ pub fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Reads and validates one file; rejected records are counted and the first five named on
 /// standard error. Records are sorted by their full-precision event time (file order among
-/// equal times), so readings a fraction of a millisecond apart keep their order.
+/// equal times), so readings a fraction of a millisecond apart keep their order, but the records
+/// of a device that mostly go forward in the file keep their file order: a file has no arrival
+/// times, so its order stands for the order such a device's readings arrived in, and a record
+/// older than an earlier one of its device stays after it (a clock that jumped back shows as the
+/// step back it was). A file in event-time order is sorted exactly as by event time alone, and
+/// one exported newest first is sorted by event time.
 pub fn read_file(profile: &Profile, path: &Path) -> anyhow::Result<DataFile> {
     let messages = read_messages(path)?;
     let mut timestamp_only = FieldTable::default();
@@ -86,8 +91,40 @@ pub fn read_file(profile: &Profile, path: &Path) -> anyhow::Result<DataFile> {
             records.len()
         );
     }
-    records.sort_by_key(|record| record.time.nanos);
-    Ok(DataFile { records, total: messages.len() })
+    Ok(DataFile { records: sort_keeping_each_device_in_file_order(records), total: messages.len() })
+}
+
+/// `records` (in file order) ordered by event time across devices. A device whose records mostly
+/// go forward in time in the file (the order a live stream arrives in) keeps its file order, each
+/// record placed by the newest event time its device had reached by then; a device whose records
+/// mostly go back (an export newest first, a shuffled one) is sorted by event time. The sort is
+/// stable, so a file in event-time order stays as it is.
+fn sort_keeping_each_device_in_file_order(records: Vec<Record>) -> Vec<Record> {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    // Per device: its last time in file order, and its steps forward minus its steps back.
+    let mut steps: HashMap<Arc<str>, (i64, i64)> = HashMap::new();
+    for record in &records {
+        let at = record.time.nanos;
+        let (last, balance) = steps.entry(record.reading.entity.clone()).or_insert((at, 0));
+        *balance += (at - *last).signum();
+        *last = at;
+    }
+    let mut newest: HashMap<Arc<str>, i64> = HashMap::new();
+    let mut keyed: Vec<(i64, Record)> = records
+        .into_iter()
+        .map(|record| {
+            let at = record.time.nanos;
+            if steps.get(&record.reading.entity).is_some_and(|(_, balance)| *balance < 0) {
+                return (at, record);
+            }
+            let reached = newest.entry(record.reading.entity.clone()).or_insert(at);
+            *reached = (*reached).max(at);
+            (*reached, record)
+        })
+        .collect();
+    keyed.sort_by_key(|(key, _)| *key);
+    keyed.into_iter().map(|(_, record)| record).collect()
 }
 
 /// The event time of a message validation accepted, to the precision it was written with.

@@ -2,6 +2,8 @@
 //! each file in event-time order with detectors of its own, as fast as the machine allows;
 //! NDJSON findings out, with each reading's timestamp as precise as it came. Isolation forests
 //! are trained on the head of each file, or taken from `--models` (`teleguard train`).
+//! A file has no arrival times, so its order stands for the order each device's readings
+//! arrived in (`input::read_file`): a clock that jumped back shows as the step back it was.
 
 use super::input::{expand, read_file};
 use anyhow::{Context as _, bail};
@@ -154,7 +156,7 @@ fn replay_file(
         let (index, reading) = (&record.index, &record.reading);
         findings.clear();
         let enrichment = enricher.enrich(profile, reading);
-        detectors.observe(Observation { profile, reading, enrichment: &enrichment }, &mut findings);
+        detectors.observe(Observation { profile, reading, enrichment: &enrichment, arrival_ms: None }, &mut findings);
         // Formatted only for readings that get a line (most get none without --all-scores).
         let timestamp = || record.time.format();
         let common =

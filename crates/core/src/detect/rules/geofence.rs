@@ -35,7 +35,7 @@ impl Detector for GeofenceBreachDetector {
     }
 
     fn observe(&mut self, observation: Observation<'_>, findings: &mut Findings) {
-        let Observation { profile, reading, enrichment } = observation;
+        let Observation { profile, reading, enrichment, .. } = observation;
         let Some(settings) = &profile.detectors.geofence_breach else { return };
         let Some((_, breach)) = self.tracks.advance(reading.profile, &reading.entity, reading.event_time_ms, false)
         else {

@@ -28,7 +28,7 @@ impl Detector for UnusualStopDetector {
     }
 
     fn observe(&mut self, observation: Observation<'_>, findings: &mut Findings) {
-        let Observation { profile, reading, enrichment } = observation;
+        let Observation { profile, reading, enrichment, .. } = observation;
         let Some(settings) = &profile.detectors.unusual_stop else { return };
         let Some(speed) = reading.metric(settings.speed_metric) else { return };
         let Some((_, stop)) = self.tracks.advance(reading.profile, &reading.entity, reading.event_time_ms, false)

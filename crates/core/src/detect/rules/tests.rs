@@ -59,7 +59,10 @@ impl Harness {
             .map(|reading| {
                 let enrichment = self.enricher.enrich(profile, reading);
                 let mut findings = Findings::default();
-                detector.observe(Observation { profile, reading, enrichment: &enrichment }, &mut findings);
+                detector.observe(
+                    Observation { profile, reading, enrichment: &enrichment, arrival_ms: None },
+                    &mut findings,
+                );
                 findings.anomalies
             })
             .collect()

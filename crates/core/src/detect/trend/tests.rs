@@ -57,7 +57,10 @@ fn run(profile: &Arc<Profile>, hours: i64, mut signal: impl FnMut(i64) -> f64) -
             metrics: vec![(0, signal(t))],
             attributes: Vec::new(),
         };
-        detector.observe(Observation { profile, reading: &reading, enrichment: &enrichment }, &mut findings);
+        detector.observe(
+            Observation { profile, reading: &reading, enrichment: &enrichment, arrival_ms: None },
+            &mut findings,
+        );
         t += 5 * SECOND;
     }
     if std::env::var("TREND_DEBUG").is_ok() {

@@ -1,16 +1,27 @@
-//! GPS spoofing as evidence: a device's fixes moved farther than its own reported speed can
-//! have taken it. A path is never shorter than the straight line between its ends, so the
-//! distance between two fixes of one device is at most the distance its speed covered
-//! between them (the reported speeds integrated over time), plus the error of two fixes and
-//! some under-reporting. A fix beyond that did not come from where the device was: a spoofed
-//! or replayed position (or a broken GPS), raised with the evidence instead of dropped.
+//! GPS spoofing as evidence, raised as security anomalies instead of dropped fixes:
+//! - a device's fixes moved farther than its own reported speed can have taken it (below);
+//! - an aircraft's altitude changed faster than any airframe climbs or descends (below);
+//! - the same coordinates, to the last digit, from several moving devices at once
+//!   ([`same_fix`], over state shared by the whole fleet);
+//! - a device's clock jumped: its event time far behind its own newest, or far ahead of the
+//!   message's arrival ([`clock`]).
 //!
-//! Each fix is compared with every fix of the last `window_secs` of the same device, so a
-//! position dragged away slowly (which no single step shows) is found once it has gone farther
-//! than the device could. One anomaly per episode: after one, the device is quiet until a
-//! whole window passes without evidence. Catches what the `teleport` rule's fixed speed limit
+//! A path is never shorter than the straight line between its ends, so the distance between
+//! two fixes of one device is at most the distance its speed covered between them (the
+//! reported speeds integrated over time), plus the error of two fixes and some under-reporting.
+//! A fix beyond that did not come from where the device was: a spoofed or replayed position (or
+//! a broken GPS). Each fix is compared with every fix of the last `window_secs` of the same
+//! device, so a position dragged away slowly (which no single step shows) is found once it has
+//! gone farther than the device could. Catches what the `teleport` rule's fixed speed limit
 //! cannot: a vehicle reporting 40 km/h whose fixes imply 200 km/h.
+//!
+//! One anomaly per episode and kind of evidence: after one, the device is quiet for that kind
+//! until a whole window passes without evidence of it (clock jumps: see [`clock`]).
 
+mod clock;
+mod same_fix;
+
+use crate::detect::fleet::SharedFixes;
 use crate::detect::{Detector, EntityMap, Findings, Observation, for_people};
 use crate::geo::haversine_km;
 use crate::model::{Anomaly, GeoPoint, Severity, anomaly_id};
@@ -37,13 +48,40 @@ struct Fix {
 #[derive(Debug, Default)]
 struct Track {
     fixes: VecDeque<Fix>,
-    /// The last reading with evidence, while an episode is open.
+    /// The last reading with evidence of the speed or altitude checks, while an episode is open.
     episode_evidence_ms: Option<i64>,
+    /// The same for the fleet-wide check of identical fixes.
+    same_fix_evidence_ms: Option<i64>,
+    clock: clock::Clock,
+}
+
+/// Whether a reading at `now_ms` opens an episode of a kind of evidence whose last evidence was
+/// at `last_evidence_ms` (which it updates): with evidence, when none is open; an open episode
+/// closes after a whole `window_ms` without evidence.
+fn episode_opens(last_evidence_ms: &mut Option<i64>, evidence: bool, now_ms: i64, window_ms: i64) -> bool {
+    if !evidence {
+        if last_evidence_ms.is_some_and(|last| now_ms - last > window_ms) {
+            *last_evidence_ms = None;
+        }
+        return false;
+    }
+    let opens = last_evidence_ms.is_none();
+    *last_evidence_ms = Some(last_evidence_ms.map_or(now_ms, |last| last.max(now_ms)));
+    opens
 }
 
 #[derive(Debug, Default)]
 pub struct SpoofingDetector {
     tracks: EntityMap<Track>,
+    /// The fixes of every device, shared with the other workers' detectors.
+    fleet: Arc<SharedFixes>,
+}
+
+impl SpoofingDetector {
+    /// A detector that compares fixes with every other detector sharing `fleet`.
+    pub fn sharing(fleet: Arc<SharedFixes>) -> Self {
+        SpoofingDetector { tracks: EntityMap::default(), fleet }
+    }
 }
 
 impl Detector for SpoofingDetector {
@@ -52,18 +90,29 @@ impl Detector for SpoofingDetector {
     }
 
     fn observe(&mut self, observation: Observation<'_>, findings: &mut Findings) {
-        let Observation { profile, reading, .. } = observation;
-        let (Some(settings), Some(here)) = (&profile.detectors.spoofing, reading.position) else { return };
-        let Some(reported) = reading.metrics.iter().find(|(id, _)| *id == settings.speed_metric).map(|(_, v)| *v)
-        else {
-            return;
-        };
+        let Observation { profile, reading, arrival_ms, .. } = observation;
+        let Some(settings) = &profile.detectors.spoofing else { return };
+        let track = self.tracks.get_or_insert_with(reading.profile, &reading.entity, Track::default);
+        let now_ms = reading.event_time_ms;
+        if let Some(limit_ms) = settings.clock_jump_ms
+            && let Some(jump) = track.clock.judge(now_ms, arrival_ms, limit_ms)
+        {
+            findings.anomalies.push(clock_jump(profile, reading, limit_ms, jump));
+        }
+        let Some(here) = reading.position else { return };
+        let Some(reported) = reading.metric(settings.speed_metric) else { return };
         let speed_kmh = reported.max(0.0) * settings.to_kmh;
+        if let Some(same_fix) = &settings.same_fix {
+            let witnesses = same_fix::witnesses(&self.fleet, same_fix, settings.window_ms, reading, here, speed_kmh);
+            if episode_opens(&mut track.same_fix_evidence_ms, witnesses.is_some(), now_ms, settings.window_ms)
+                && let Some(witnesses) = witnesses
+            {
+                findings.anomalies.push(same_fix::anomaly(profile, reading, here, speed_kmh, same_fix, &witnesses));
+            }
+        }
         let altitude_m = settings
             .altitude
             .and_then(|(metric, to_m)| reading.metrics.iter().find(|(id, _)| *id == metric).map(|(_, v)| v * to_m));
-        let track = self.tracks.get_or_insert_with(reading.profile, &reading.entity, Track::default);
-        let now_ms = reading.event_time_ms;
         let travelled_km = match track.fixes.back() {
             // Out of order or repeated: the track does not go back in time.
             Some(last) if now_ms <= last.at_ms => return,
@@ -99,15 +148,7 @@ impl Detector for SpoofingDetector {
         let vertical_ratio = vertical.map_or(0.0, |(_, _, r)| r);
         let evidence = ratio > 1.0 || vertical_ratio > 1.0;
         findings.score(NAME, || None, ratio.max(vertical_ratio), 1.0, evidence);
-        if !evidence {
-            if track.episode_evidence_ms.is_some_and(|last| now_ms - last > settings.window_ms) {
-                track.episode_evidence_ms = None;
-            }
-            return;
-        }
-        let opens = track.episode_evidence_ms.is_none();
-        track.episode_evidence_ms = Some(now_ms);
-        if !opens {
+        if !episode_opens(&mut track.episode_evidence_ms, evidence, now_ms, settings.window_ms) {
             return;
         }
         if vertical_ratio > ratio
@@ -145,6 +186,61 @@ impl Detector for SpoofingDetector {
             ],
             episode: None,
         });
+    }
+}
+
+/// The anomaly of a device's clock that jumped by more than `limit_ms`.
+fn clock_jump(
+    profile: &crate::profile::Profile,
+    reading: &crate::model::Reading,
+    limit_ms: i64,
+    jump: clock::Jump,
+) -> Anomaly {
+    let (by_ms, reason, features) = match jump {
+        clock::Jump::Back { by_ms, newest_ms } => (
+            by_ms,
+            format!(
+                "event time {} is {} s behind this device's newest reading ({}), more than the {} s delivery \
+                 reorders a live stream by: its clock jumped back (a reset, a spoofed GPS time) or old messages \
+                 are being replayed",
+                format_millis(reading.event_time_ms),
+                for_people(by_ms as f64 / 1000.0),
+                format_millis(newest_ms),
+                for_people(limit_ms as f64 / 1000.0)
+            ),
+            vec![
+                (Arc::from("clock_step_s"), -(by_ms as f64) / 1000.0),
+                (Arc::from("newest_event_time_ms"), newest_ms as f64),
+            ],
+        ),
+        clock::Jump::Ahead { by_ms, arrival_ms } => (
+            by_ms,
+            format!(
+                "event time {} is {} s ahead of the message's arrival ({}), more than the {} s allowed: a message \
+                 cannot arrive before it was made, so the device's clock jumped ahead (or a spoofed GPS time set it)",
+                format_millis(reading.event_time_ms),
+                for_people(by_ms as f64 / 1000.0),
+                format_millis(arrival_ms),
+                for_people(limit_ms as f64 / 1000.0)
+            ),
+            vec![
+                (Arc::from("ahead_of_arrival_s"), by_ms as f64 / 1000.0),
+                (Arc::from("arrival_time_ms"), arrival_ms as f64),
+            ],
+        ),
+    };
+    let score = by_ms as f64 / limit_ms as f64;
+    Anomaly {
+        id: anomaly_id(&profile.name, &reading.entity, reading.event_time_ms, NAME, "clock"),
+        detector: NAME,
+        metric: None,
+        value: Some(by_ms as f64 / 1000.0),
+        score,
+        threshold: 1.0,
+        severity: Severity::from_excess(score, 1.0),
+        reason,
+        features,
+        episode: None,
     }
 }
 
@@ -186,38 +282,4 @@ fn impossible_climb(
 }
 
 #[cfg(test)]
-mod tests {
-    use crate::detect::{DetectorSet, Findings, Observation};
-    use crate::model::Enrichment;
-    use crate::profile::ProfileRegistry;
-    use crate::validate::validate;
-    use std::sync::Arc;
-
-    #[test]
-    fn an_altitude_report_no_airframe_can_fly_is_evidence() {
-        let registry = ProfileRegistry::with_builtins(Default::default()).unwrap();
-        let aircraft = registry.by_name("aircraft").unwrap();
-        let mut detectors = DetectorSet::standard(Arc::new(Default::default()));
-        let mut flagged = Vec::new();
-        // 450 kn, 10 s apart, along a parallel; 2,000 ft/min is a climb, 6,000 ft in 10 s is not.
-        let altitudes = [30_000.0, 30_330.0, 30_660.0, 36_660.0, 36_990.0, 37_320.0];
-        for (i, altitude) in altitudes.iter().enumerate() {
-            let json = format!(
-                r#"{{"timestamp": {}, "flight_id": "F1", "lat": 40.0, "lon": {}, "altitude": {altitude}, "speed": 450, "heading": 90, "status": "cruise"}}"#,
-                1_725_446_400_000_i64 + i as i64 * 10_000,
-                -100.0 + i as f64 * 450.0 * 1.852 / 360.0 / 85.0
-            );
-            let reading = validate(aircraft, json.as_bytes()).unwrap();
-            let mut findings = Findings::default();
-            let enrichment = Enrichment::default();
-            detectors
-                .observe(Observation { profile: aircraft, reading: &reading, enrichment: &enrichment }, &mut findings);
-            for anomaly in findings.anomalies.iter().filter(|a| a.detector == super::NAME) {
-                flagged.push((i, anomaly.reason.clone()));
-            }
-        }
-        assert_eq!(flagged.len(), 1, "{flagged:?}");
-        assert_eq!(flagged[0].0, 3);
-        assert!(flagged[0].1.starts_with("altitude rose by 1,828.8 m in 10 s (182.88 m/s)"), "{}", flagged[0].1);
-    }
-}
+mod tests;
