@@ -201,6 +201,14 @@ fn three_whole_days_and_a_clean_one_meet_the_promised_figures() {
         for kind in &report.by_type {
             assert!(kind.recall.unwrap() >= 0.95, "seed {seed}: {} recall {:?}", kind.kind, kind.recall);
         }
+        // The rules: everything they define is labelled (injected or not), so they are exact.
+        for rule in ["teleport", "restricted_zone", "long_stop", "fleet_spoof", "clock_jump", "gps_spoof"] {
+            let kind = report.by_type.iter().find(|t| t.kind == rule).unwrap();
+            assert_eq!(kind.precision, Some(1.0), "seed {seed}: {rule} {kind:?}");
+            if rule != "gps_spoof" {
+                assert_eq!(kind.recall, Some(1.0), "seed {seed}: {rule} {kind:?}");
+            }
+        }
         assert!(overall.precision.unwrap() >= 0.90, "seed {seed}: precision {:?}", overall.precision);
         assert!(overall.false_alarms_per_entity_hour.unwrap() <= 0.05, "seed {seed}: {overall:?}");
     }

@@ -4,7 +4,10 @@
 //! stop (never 30 minutes outside a safe zone) and report engine status to match. Injected:
 //! GPS teleports, out-of-hours visits to a restricted zone, long stops outside safe zones, a
 //! position dragged away (GPS spoofing), clock jumps while parked, and now and then a spoofer
-//! that makes several driving vehicles report the same fix (the [`FleetSpoofer`]).
+//! that makes several driving vehicles report the same fix (the [`FleetSpoofer`]). Every long
+//! stop and out-of-hours restricted visit a vehicle really makes is labelled, injected or not
+//! (a dwell that follows a restricted visit can run past 30 minutes; a visit in hours can
+//! overrun 17:00): the labels are what happened, so the rules are judged against the truth.
 
 use super::{ClockFaults, Core, Emit, EntityModel, Kind, Label, SimSettings, WARM_UP_MS, displacement, offset};
 use crate::geo::GeofenceIndex;
@@ -33,6 +36,8 @@ const ALLOWED_HOURS: std::ops::Range<i64> = 9..17;
 const STOPPED_BELOW_KMH: f64 = 5.0;
 /// A stop outside a safe zone becomes unusual after this long (the built-in rule's setting).
 const LONG_STOP_MS: i64 = 30 * 60_000;
+/// Where a vehicle may stop as long as it likes (the built-in unusual-stop rule's safe zones).
+const SAFE_ZONES: [&str; 3] = ["Warehouse", "Rest Area", "Service Center"];
 
 /// km/h gained per second at most (1.2 m/s²), and lost when braking (2 m/s²).
 const ACCELERATION_KMH_PER_S: f64 = 4.32;
@@ -221,6 +226,60 @@ pub struct Vehicle {
     /// A fleet-wide spoofer's hold on the reported position.
     capture: Option<Capture>,
     clock: ClockFaults,
+    /// What the vehicle really did that the rules define, injected or not.
+    truth: RuleTruth,
+}
+
+/// The long stops and out-of-hours restricted visits a vehicle really made, labelled whether an
+/// injection caused them or the day's course did (a dwell after a restricted visit that ran
+/// past 30 minutes, a visit in hours that overran 17:00): ground truth is what happened, so a
+/// rule that flags it is right. An episode an injection already labelled is not labelled twice.
+#[derive(Debug, Default)]
+struct RuleTruth {
+    /// First and last shown time of the stop under way outside safe zones.
+    stop: Option<(i64, i64)>,
+    /// First and last shown time of the visit under way in a restricted zone out of hours.
+    visit: Option<(i64, i64)>,
+    /// The injected episodes labelled so far, (kind name, start, end), the newest last.
+    injected: Vec<(&'static str, i64, i64)>,
+}
+
+impl RuleTruth {
+    /// Takes a reading: `stopped` below the stop speed outside safe zones, `breaching` in a
+    /// restricted zone out of hours; pushes what ended to `labels` as (kind, start, end).
+    fn observe(&mut self, shown_ms: i64, stopped: bool, breaching: bool, ended: &mut Vec<(Kind, i64, i64)>) {
+        for (on, span, kind) in [(stopped, &mut self.stop, LONG_STOP), (breaching, &mut self.visit, RESTRICTED_ZONE)] {
+            match (*span, on) {
+                (Some((start, _)), true) => *span = Some((start, shown_ms.max(start))),
+                (None, true) => *span = Some((shown_ms, shown_ms)),
+                (Some((start, end)), false) => {
+                    *span = None;
+                    ended.push((kind, start, end));
+                }
+                (None, false) => {}
+            }
+        }
+        let injected = &self.injected;
+        ended.retain(|(kind, start, end)| {
+            let long_enough = kind.name != LONG_STOP.name || end - start > LONG_STOP_MS;
+            long_enough && !injected.iter().any(|(k, s, e)| *k == kind.name && s <= end && start <= e)
+        });
+    }
+
+    /// Whatever is under way when the simulation ends.
+    fn finish(&mut self, ended: &mut Vec<(Kind, i64, i64)>) {
+        self.observe(i64::MAX, false, false, ended);
+    }
+
+    fn injected(&mut self, kind: Kind, start: i64, end: i64) {
+        if kind.name == LONG_STOP.name || kind.name == RESTRICTED_ZONE.name {
+            self.injected.push((kind.name, start, end));
+            // Only recent episodes can overlap what is under way.
+            if self.injected.len() > 8 {
+                self.injected.remove(0);
+            }
+        }
+    }
 }
 
 /// The fix a spoofer makes the vehicle report from `start_ms` until `until_ms`; `last_ms`: the
@@ -252,6 +311,7 @@ impl Vehicle {
             planned: None,
             capture: None,
             clock: ClockFaults::new(&core),
+            truth: RuleTruth::default(),
             world,
             core,
         }
@@ -467,6 +527,7 @@ impl Vehicle {
             self.core.schedule_after(at_ms);
         } else if let Some((kind, start, end)) = ended {
             emit.label(&self.core, kind, start, end, None);
+            self.truth.injected(kind, start, end);
             self.fault = None;
             self.core.schedule_after(at_ms);
         }
@@ -535,6 +596,15 @@ impl EntityModel for Vehicle {
         json.str("engine_status", engine);
         emit.send(&mut self.core);
         self.track_fault(emit, speed);
+        let zone = self.world.zones.zone_at(self.position);
+        let stopped = speed < STOPPED_BELOW_KMH && !zone.is_some_and(|z| SAFE_ZONES.contains(&&*z.name));
+        let hour = at_ms.rem_euclid(86_400_000) / 3_600_000;
+        let breaching = zone.is_some_and(|z| &*z.name == RESTRICTED) && !ALLOWED_HOURS.contains(&hour);
+        let mut natural = Vec::new();
+        self.truth.observe(shown_ms, stopped, breaching, &mut natural);
+        for (kind, start, end) in natural {
+            emit.label(&self.core, kind, start, end, None);
+        }
         if let Some(capture) = self.capture
             && capture.until_ms <= at_ms
         {
@@ -569,6 +639,12 @@ impl EntityModel for Vehicle {
             _ => None,
         };
         if let Some((kind, start, end)) = label {
+            labels.push(self.core.label(profile, kind, start, end, None));
+            self.truth.injected(kind, start, end);
+        }
+        let mut natural = Vec::new();
+        self.truth.finish(&mut natural);
+        for (kind, start, end) in natural {
             labels.push(self.core.label(profile, kind, start, end, None));
         }
         if let Some(capture) = self.capture.take() {
@@ -646,5 +722,51 @@ impl FleetSpoofer {
         }
         self.planned_ms = None;
         self.next_ms = self.after(until_ms);
+    }
+}
+
+#[cfg(test)]
+mod rule_truth_tests {
+    use super::*;
+
+    const MINUTE: i64 = 60_000;
+
+    /// Feeds one reading a minute from `minutes`, stopped or breaching as `state` says.
+    fn feed(
+        truth: &mut RuleTruth,
+        minutes: std::ops::Range<i64>,
+        stopped: bool,
+        breaching: bool,
+    ) -> Vec<(&str, i64, i64)> {
+        let mut ended = Vec::new();
+        for minute in minutes {
+            truth.observe(minute * MINUTE, stopped, breaching, &mut ended);
+        }
+        ended.into_iter().map(|(kind, start, end)| (kind.name, start / MINUTE, end / MINUTE)).collect()
+    }
+
+    #[test]
+    fn a_stop_is_labelled_once_it_lasted_the_rules_half_hour_and_not_twice_when_injected() {
+        let mut truth = RuleTruth::default();
+        assert_eq!(feed(&mut truth, 0..20, true, false), []);
+        assert_eq!(feed(&mut truth, 20..21, false, false), [], "a 19-minute stop is no anomaly");
+        assert_eq!(feed(&mut truth, 21..60, true, false), []);
+        assert_eq!(feed(&mut truth, 60..61, false, false), [("long_stop", 21, 59)]);
+        // An injected stop, already labelled, is not labelled again.
+        truth.injected(LONG_STOP, 100 * MINUTE, 140 * MINUTE);
+        assert_eq!(feed(&mut truth, 100..141, true, false), []);
+        assert_eq!(feed(&mut truth, 141..142, false, false), []);
+    }
+
+    #[test]
+    fn a_visit_out_of_hours_is_labelled_from_its_first_reading_and_one_under_way_at_the_end_too() {
+        let mut truth = RuleTruth::default();
+        assert_eq!(feed(&mut truth, 0..5, false, true), []);
+        assert_eq!(feed(&mut truth, 5..6, false, false), [("restricted_zone", 0, 4)]);
+        assert_eq!(feed(&mut truth, 6..40, true, true), []);
+        let mut ended = Vec::new();
+        truth.finish(&mut ended);
+        let ended: Vec<_> = ended.into_iter().map(|(k, s, e)| (k.name, s / MINUTE, e / MINUTE)).collect();
+        assert_eq!(ended, [("long_stop", 6, 39), ("restricted_zone", 6, 39)]);
     }
 }
