@@ -6,12 +6,14 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
+use teleguard_core::detect::fleet::SharedFixes;
 use teleguard_core::detect::isolation_forest::{IsolationForest, IsolationForestDetector, ModelRegistry};
 use teleguard_core::detect::novelty::NoveltyDetector;
 use teleguard_core::detect::rules::{
-    geofence::GeofenceBreachDetector, stop::UnusualStopDetector, teleport::TeleportDetector,
+    geofence::GeofenceBreachDetector, spoofing::SpoofingDetector, stop::UnusualStopDetector, teleport::TeleportDetector,
 };
 use teleguard_core::detect::settings::{ProfileShape, RawDetectors};
+use teleguard_core::detect::trend::TrendDetector;
 use teleguard_core::detect::zscore::ZScoreDetector;
 use teleguard_core::detect::{Detector, Findings, Observation};
 use teleguard_core::enrich::{Enricher, parse_drivers};
@@ -87,6 +89,10 @@ fn main() {
         observe_all(&mut zscore, &registry, &drones, &none)
     });
 
+    // The built-in environment profile runs the trend detector on every metric.
+    let mut trend = TrendDetector::default();
+    report("trend", "updates", n, || observe_all(&mut trend, &registry, &environment, &none));
+
     let environment_profile = with_novelty(registry.by_name("environment").unwrap());
     let mut novelty = NoveltyDetector::default();
     report("novelty", "updates", n, || observe_all_as(&mut novelty, &environment_profile, &environment, &none));
@@ -128,5 +134,9 @@ fn main() {
         observe_all(&mut teleport, &registry, &vehicles, &enrichments);
         observe_all(&mut geofence, &registry, &vehicles, &enrichments);
         observe_all(&mut stop, &registry, &vehicles, &enrichments);
+    });
+    let mut spoofing = SpoofingDetector::sharing(Arc::new(SharedFixes::default()));
+    report("spoofing (reported speed, altitude, shared fixes, clock)", "readings", n, || {
+        observe_all(&mut spoofing, &registry, &vehicles, &enrichments)
     });
 }
