@@ -121,6 +121,28 @@ fn a_simulated_day_of_every_profile_is_found_with_few_false_alarms() {
 }
 
 #[test]
+fn every_altitude_no_airframe_can_fly_is_spoofing_evidence() {
+    // An aircraft's altitude glitch (1,500 ft or more within one second) is a climb or descent
+    // far beyond 150 m/s: the spoofing rule raises it, whatever the statistical detectors say.
+    let (labels, detections) = simulated_and_detected(7, 8, 1.0);
+    let glitches: Vec<_> = labels
+        .labels
+        .iter()
+        .filter(|l| l.profile == "aircraft" && l.kind == "spike" && l.metric.as_deref() == Some("altitude"))
+        .collect();
+    assert!(glitches.len() >= 3, "{} altitude glitches", glitches.len());
+    for label in glitches {
+        let found = detections.iter().any(|d| {
+            d.detector == "spoofing"
+                && d.entity == label.entity
+                && d.time_ms >= label.start_ms
+                && d.time_ms <= label.end_ms + DEFAULT_GRACE_MS
+        });
+        assert!(found, "no spoofing evidence for {label:?}");
+    }
+}
+
+#[test]
 fn every_drift_that_ends_within_the_stretch_is_found() {
     // The z-score's window (120 readings, 10 min of a station) follows a drift of 10 to 16 σ
     // over one to three hours, so the drift is found when the sensor snaps back. The drifts

@@ -9,6 +9,9 @@ use crate::model::GeoPoint;
 const DETECTORS: &[&str] = &["zscore", "isolation_forest"];
 const ALTITUDE_DROP: Kind = Kind { name: "altitude_drop", detectors: DETECTORS };
 const SPIKE: Kind = Kind { name: "spike", detectors: DETECTORS };
+/// An altitude glitch of 1,500 ft or more in one reading (a second) is a climb or descent no
+/// airframe can fly: evidence the `spoofing` rule raises too (spoofed or broken altitude).
+const ALTITUDE_SPIKE: Kind = Kind { name: "spike", detectors: &["zscore", "isolation_forest", "spoofing"] };
 
 const AIRPORTS: [(f64, f64); 10] = [
     (37.6189, -122.3750), // SFO
@@ -255,11 +258,11 @@ impl EntityModel for Aircraft {
         json.str("status", status);
         emit.send(&mut self.core);
         if let Some(spike) = spike {
-            let metric = match spike {
-                Spike::Speed(_) => "speed",
-                Spike::Altitude(_) => "altitude",
+            let (kind, metric) = match spike {
+                Spike::Speed(_) => (SPIKE, "speed"),
+                Spike::Altitude(_) => (ALTITUDE_SPIKE, "altitude"),
             };
-            emit.label(&self.core, SPIKE, at_ms, at_ms, Some(metric));
+            emit.label(&self.core, kind, at_ms, at_ms, Some(metric));
         }
         if let Some(drop) = self.drop.as_ref().filter(|d| at_ms + 1 >= d.until_ms || landed) {
             emit.label(&self.core, ALTITUDE_DROP, drop.start_ms, at_ms, Some("altitude"));
