@@ -10,7 +10,7 @@ use teleguard_core::detect::{DetectorSet, Findings, Observation};
 use teleguard_core::enrich::{Enricher, parse_drivers};
 use teleguard_core::eval::detections::Detection;
 use teleguard_core::eval::labels::LabelSet;
-use teleguard_core::eval::matching::{DEFAULT_GRACE_MS, MatchReport, evaluate};
+use teleguard_core::eval::matching::{DEFAULT_GRACE_MS, MatchReport, evaluate, matches};
 use teleguard_core::geo::{BUNDLED_GEOFENCES, GeofenceIndex};
 use teleguard_core::model::Anomaly;
 use teleguard_core::profile::ProfileRegistry;
@@ -132,12 +132,7 @@ fn every_altitude_no_airframe_can_fly_is_spoofing_evidence() {
         .collect();
     assert!(glitches.len() >= 3, "{} altitude glitches", glitches.len());
     for label in glitches {
-        let found = detections.iter().any(|d| {
-            d.detector == "spoofing"
-                && d.entity == label.entity
-                && d.time_ms >= label.start_ms
-                && d.time_ms <= label.end_ms + DEFAULT_GRACE_MS
-        });
+        let found = detections.iter().any(|d| d.detector == "spoofing" && matches(label, d, DEFAULT_GRACE_MS));
         assert!(found, "no spoofing evidence for {label:?}");
     }
 }
@@ -189,11 +184,7 @@ fn three_whole_days_and_a_clean_one_meet_the_promised_figures() {
         let report = evaluate(&labels, &detections, DEFAULT_GRACE_MS);
         let mut by_detector = std::collections::BTreeMap::<&str, (usize, usize)>::new();
         for detection in &detections {
-            let true_one = labels.labels.iter().any(|l| {
-                l.entity == detection.entity
-                    && detection.time_ms >= l.start_ms
-                    && detection.time_ms <= l.end_ms + DEFAULT_GRACE_MS
-            });
+            let true_one = labels.labels.iter().any(|l| matches(l, detection, DEFAULT_GRACE_MS));
             let tally = by_detector.entry(detection.detector.as_str()).or_default();
             tally.0 += usize::from(true_one);
             tally.1 += usize::from(!true_one);

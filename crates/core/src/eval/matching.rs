@@ -114,9 +114,13 @@ pub fn evaluate_labels(labels: &[Label], entity_hours: f64, detections: &[Detect
     }
 }
 
-fn matches(label: &Label, detection: &Detection, grace_ms: i64) -> bool {
+/// Whether `detection` falls on `label`: the same entity (and profile, when the detection
+/// names one), at an event time in `[start, end + grace_ms]`.
+pub fn matches(label: &Label, detection: &Detection, grace_ms: i64) -> bool {
     let same_profile = detection.profile.as_deref().is_none_or(|p| p == label.profile);
-    same_profile && (label.start_ms..=label.end_ms.saturating_add(grace_ms)).contains(&detection.time_ms)
+    label.entity == detection.entity
+        && same_profile
+        && (label.start_ms..=label.end_ms.saturating_add(grace_ms)).contains(&detection.time_ms)
 }
 
 fn labels_by_entity(labels: &[Label]) -> HashMap<&str, Vec<usize>> {
