@@ -13,6 +13,7 @@ impl RowBinary {
         RowBinary { bytes: Vec::with_capacity(bytes) }
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }

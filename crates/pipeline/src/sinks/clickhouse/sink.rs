@@ -109,8 +109,12 @@ impl Http {
         Ok(())
     }
 
-    /// Inserts a RowBinary body of `columns` into `table`.
+    /// Inserts a RowBinary body of `columns` into `table`; an empty body has nothing to insert
+    /// and sends nothing.
     async fn insert(&self, table: &str, columns: &str, rows: Vec<u8>) -> Result<(), TargetError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let query = format!("INSERT INTO {table} ({columns}) FORMAT RowBinary");
         self.send(self.request(Some(&query)).body(rows), &format!("insert into {table}")).await.map(drop)
     }
@@ -192,18 +196,8 @@ impl Target for ClickHouseTarget {
         // The two tables' inserts go at once, so the server takes both on its cores; the batch
         // is confirmed only when both are (a retry writes both again, and ids make it once).
         let (vehicles_written, others_written) = tokio::join!(
-            async {
-                match vehicles.is_empty() {
-                    true => Ok(()),
-                    false => http.insert(&vehicle_table, VEHICLE_COLUMNS, vehicles.into_bytes()).await,
-                }
-            },
-            async {
-                match others.is_empty() {
-                    true => Ok(()),
-                    false => http.insert(&history_table, HISTORY_COLUMNS, others.into_bytes()).await,
-                }
-            },
+            http.insert(&vehicle_table, VEHICLE_COLUMNS, vehicles.into_bytes()),
+            http.insert(&history_table, HISTORY_COLUMNS, others.into_bytes()),
         );
         vehicles_written.and(others_written)
     }
