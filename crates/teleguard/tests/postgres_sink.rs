@@ -1,6 +1,7 @@
 //! The PostgreSQL sink against a real PostgreSQL on a loopback port, through the real binary:
 //! a simulated fleet arrives exactly once although the server is stopped mid-stream while
-//! ingest goes on; a server that is not there at start is waited for; a bad URL stops the start.
+//! ingest goes on; a server that is not there at start is waited for; a bad URL stops the start;
+//! a batch written again after a crash is merged, and every value arrives exact.
 //!
 //! Skipped (with a message) only when PostgreSQL is not installed and `CI` is unset;
 //! `scripts/test` installs Debian's postgresql.
@@ -14,6 +15,9 @@ use common::{
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use teleguard_pipeline::sinks::ReadingRecord;
+use teleguard_pipeline::sinks::Target;
+use teleguard_pipeline::sinks::postgres::{PostgresSinkConfig, PostgresTarget, RawPostgresSink};
 
 fn write_config(dir: &Path, url: &str) -> PathBuf {
     let path = dir.join("teleguard.toml");
@@ -196,4 +200,81 @@ fn a_bad_url_stops_the_start_and_names_the_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("sinks.postgres.url"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "the password is not printed: {stderr}");
+}
+
+/// A reading as the sink copies it, at `timestamp_ms`.
+fn record(id: i64, timestamp_ms: i64) -> ReadingRecord {
+    ReadingRecord {
+        id,
+        profile: "vehicle".into(),
+        entity_id: format!("V{:03}", id % 3),
+        timestamp_ms,
+        latitude: Some(51.5 + id as f64 * 1e-4),
+        longitude: None,
+        metrics: format!(r#"{{"speed_kmh":{id}.5,"engine_temp_c":90}}"#),
+        attributes: r#"{"note":"quote \" and é"}"#.into(),
+        driver_name: (id % 2 == 0).then(|| "Alice".to_string()),
+        current_zone: None,
+        processed_at_ms: timestamp_ms + 7,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_written_again_after_a_crash_is_merged_and_every_value_arrives_exact() {
+    let Some(bin) = postgres_or_skip("a_batch_written_again_after_a_crash_is_merged_and_every_value_arrives_exact")
+    else {
+        return;
+    };
+    let postgres = Postgres::new(bin, free_port());
+    postgres.start();
+    let mut errors = Vec::new();
+    let raw = RawPostgresSink { url: postgres.url(), batch_rows: None, batch_ms: None, connect_timeout_ms: None };
+    let config = PostgresSinkConfig::validate(raw, &mut errors).expect("a valid sink config");
+    let mut target = PostgresTarget::new(config);
+    target.connect(42).await.unwrap();
+
+    // Millisecond times either side of the Unix and PostgreSQL epochs, one before both.
+    let times = [1_725_436_800_123, 946_684_799_999, -1_500, 0, 1_725_436_801_000];
+    let first: Vec<ReadingRecord> = (1..=3).map(|id| record(id, times[id as usize - 1])).collect();
+    target.write_readings(&first).await.unwrap();
+    // The sink crashed after the server's confirmation and before its cursor's commit: the
+    // next batch starts again inside the first.
+    let again: Vec<ReadingRecord> = (2..=5).map(|id| record(id, times[id as usize - 1])).collect();
+    target.write_readings(&again).await.unwrap();
+
+    let client = postgres.client().await;
+    let rows = client
+        .query(
+            r#"SELECT id, entity_id, (extract(epoch FROM "timestamp") * 1000)::bigint,
+                      (extract(epoch FROM processed_at) * 1000)::bigint, latitude, longitude,
+                      metrics->>'speed_kmh', attributes->>'note', driver_name, current_zone
+               FROM readings ORDER BY id"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 5, "every reading once");
+    for (row, id) in rows.iter().zip(1i64..) {
+        let want = record(id, times[id as usize - 1]);
+        assert_eq!(row.get::<_, i64>(0), id);
+        assert_eq!(row.get::<_, String>(1), want.entity_id);
+        assert_eq!(row.get::<_, i64>(2), want.timestamp_ms, "timestamp of reading {id}");
+        assert_eq!(row.get::<_, i64>(3), want.processed_at_ms, "processed_at of reading {id}");
+        assert_eq!(row.get::<_, Option<f64>>(4), want.latitude);
+        assert_eq!(row.get::<_, Option<f64>>(5), None);
+        assert_eq!(row.get::<_, String>(6), format!("{id}.5"));
+        assert_eq!(row.get::<_, String>(7), "quote \" and é");
+        assert_eq!(row.get::<_, Option<String>>(8), want.driver_name);
+        assert_eq!(row.get::<_, Option<String>>(9), None);
+    }
+
+    // A document the server cannot take fails the batch with the server's reason, and the
+    // connection is made again for the next batch.
+    let mut broken = record(6, times[0]);
+    broken.metrics = "{not json".into();
+    let error = target.write_readings(&[broken]).await.unwrap_err().to_string();
+    assert!(error.contains("copy readings") && error.contains("json"), "{error}");
+    target.connect(42).await.unwrap();
+    target.write_readings(&[record(6, times[0])]).await.unwrap();
+    assert_eq!(postgres.count("SELECT count(*) FROM readings").await, 6);
 }

@@ -1,12 +1,15 @@
-//! The PostgreSQL target: schema migrations at connect, batches by binary COPY into a temporary
-//! table and one `INSERT ... ON CONFLICT` from it, so a batch written twice changes nothing.
+//! The PostgreSQL target: schema migrations at connect; readings by binary COPY straight into
+//! `readings` (timestamps and JSONB in their binary forms), and a batch the table already holds
+//! part of (written again after a crash) through a temporary table and `INSERT ... ON CONFLICT`,
+//! as every anomaly batch, so a batch written twice changes nothing.
 
 use super::PostgresSinkConfig;
 use crate::sinks::error_chain;
 use crate::sinks::{AnomalyRecord, ReadingRecord, Target, TargetError};
 use futures_util::pin_mut;
+use std::error::Error;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls};
 
 /// The target's schema, version by version; `teleguard_schema` records the version applied.
@@ -102,6 +105,30 @@ const ANOMALY_TYPES: &[Type] = &[
     Type::INT8,
     Type::INT8,
 ];
+
+/// The columns of `readings` in [`COPY_READINGS`]' order, in their binary wire types.
+const READING_COLUMN_TYPES: &[Type] = &[
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::JSONB,
+    Type::JSONB,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+];
+
+const COPY_READINGS: &str = r#"
+    COPY readings (id, profile, entity_id, "timestamp", latitude, longitude, metrics, attributes, driver_name,
+                   current_zone, processed_at)
+    FROM STDIN (FORMAT binary)
+"#;
+
+/// The SQLSTATE of a unique violation: the batch holds rows the table has.
+const UNIQUE_VIOLATION: &str = "23505";
 
 const INSERT_READINGS: &str = r#"
     INSERT INTO readings (id, profile, entity_id, "timestamp", latitude, longitude, metrics, attributes,
@@ -282,6 +309,102 @@ impl PostgresTarget {
     }
 }
 
+impl PostgresTarget {
+    /// COPYs `rows` straight into `readings` in one transaction; a row the table holds already
+    /// fails the whole COPY with [`CopyFailure::AlreadyHeld`] and leaves the table as it was.
+    async fn copy_readings(&mut self, rows: &[ReadingRecord]) -> Result<(), CopyFailure> {
+        let describe = self.config.describe.clone();
+        let fail = |what: &str, e: tokio_postgres::Error| {
+            if e.code().is_some_and(|c| c.code() == UNIQUE_VIOLATION) {
+                return CopyFailure::AlreadyHeld;
+            }
+            CopyFailure::Failed(TargetError(format!("postgresql {describe} {what}: {}", error_text(&e))))
+        };
+        let client = self.client().map_err(CopyFailure::Failed)?;
+        let result = async {
+            let tx = client.transaction().await.map_err(|e| fail("begin", e))?;
+            let copy = tx.copy_in(COPY_READINGS).await.map_err(|e| fail("copy readings", e))?;
+            let writer = BinaryCopyInWriter::new(copy, READING_COLUMN_TYPES);
+            pin_mut!(writer);
+            for r in rows {
+                let (timestamp, processed_at) = (EpochMs(r.timestamp_ms), EpochMs(r.processed_at_ms));
+                let (metrics, attributes) = (JsonText(&r.metrics), JsonText(&r.attributes));
+                let values: [&(dyn ToSql + Sync); 11] = [
+                    &r.id,
+                    &r.profile,
+                    &r.entity_id,
+                    &timestamp,
+                    &r.latitude,
+                    &r.longitude,
+                    &metrics,
+                    &attributes,
+                    &r.driver_name,
+                    &r.current_zone,
+                    &processed_at,
+                ];
+                writer.as_mut().write(&values).await.map_err(|e| fail("copy readings", e))?;
+            }
+            writer.finish().await.map_err(|e| fail("copy readings", e))?;
+            tx.commit().await.map_err(|e| fail("commit", e))
+        }
+        .await;
+        if matches!(result, Err(CopyFailure::Failed(_))) {
+            // A broken connection is replaced at the next connect.
+            self.client = None;
+        }
+        result
+    }
+}
+
+/// Why [`PostgresTarget::copy_readings`] wrote nothing.
+enum CopyFailure {
+    /// Some row's id is in `readings` already; the batch goes through the merge instead.
+    AlreadyHeld,
+    Failed(TargetError),
+}
+
+/// Milliseconds since the Unix epoch, sent as a binary `timestamptz` (microseconds since
+/// 2000-01-01 UTC), so the server does no conversion.
+#[derive(Debug)]
+struct EpochMs(i64);
+
+/// Microseconds from the Unix epoch to PostgreSQL's, 2000-01-01T00:00:00Z.
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+impl ToSql for EpochMs {
+    fn to_sql(&self, _: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        let micros = self.0.checked_mul(1000).and_then(|us| us.checked_sub(POSTGRES_EPOCH_MICROS));
+        let micros = micros.ok_or_else(|| format!("timestamp {} ms is out of PostgreSQL's range", self.0))?;
+        bytes::BufMut::put_i64(out, micros);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+
+    to_sql_checked!();
+}
+
+/// A JSON document the store holds as text, sent as binary `jsonb` (format version 1, then
+/// the text) without parsing it here.
+#[derive(Debug)]
+struct JsonText<'a>(&'a str);
+
+impl ToSql for JsonText<'_> {
+    fn to_sql(&self, _: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        bytes::BufMut::put_u8(out, 1);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
 impl Target for PostgresTarget {
     fn name(&self) -> &'static str {
         "postgres"
@@ -305,6 +428,17 @@ impl Target for PostgresTarget {
     }
 
     async fn write_readings(&mut self, rows: &[ReadingRecord]) -> Result<(), TargetError> {
+        match self.copy_readings(rows).await {
+            Err(CopyFailure::AlreadyHeld) => {}
+            Err(CopyFailure::Failed(e)) => return Err(e),
+            Ok(()) => return Ok(()),
+        }
+        tracing::debug!(
+            "postgresql {}: readings {}..{} are partly there already (written before a restart); merging",
+            self.config.describe,
+            rows.first().map_or(0, |r| r.id),
+            rows.last().map_or(0, |r| r.id)
+        );
         self.copy_and_merge(rows, "readings_incoming", READING_TYPES, INSERT_READINGS, |r| {
             vec![
                 &r.id,
