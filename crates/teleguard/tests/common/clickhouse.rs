@@ -1,7 +1,7 @@
 //! A real ClickHouse server for tests: a minimal config on free loopback ports, its data in a
 //! folder the test gives it (recipe: ../shared/SERVICES.md's ClickHouse 18.16 notes).
 
-use super::{client, free_port, installed_or_skip, wait_for};
+use super::{client, free_port, installed_or_skip, wait_for_within};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -61,7 +61,7 @@ impl ClickHouse {
         self.child = Some(child);
         let ping = format!("{}/ping", self.url());
         let http = client();
-        wait_for("clickhouse-server to answer /ping", || async {
+        wait_for_within("clickhouse-server to answer /ping", Duration::from_secs(60), || async {
             http.get(&ping).send().await.ok().filter(|r| r.status().is_success()).map(drop)
         })
         .await;

@@ -116,12 +116,22 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
 }
 
 /// Polls `attempt` until it gives a value or 15 s pass.
-pub async fn wait_for<T, F, Fut>(what: &str, mut attempt: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, attempt: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    wait_for_within(what, Duration::from_secs(15), attempt).await
+}
+
+/// Polls `attempt` until it gives a value or `limit` passes (a server starting on a loaded
+/// machine needs longer than a request).
+pub async fn wait_for_within<T, F, Fut>(what: &str, limit: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(value) = attempt().await {
             return value;
