@@ -634,3 +634,66 @@ async fn the_history_role_writes_the_enriched_topic_to_clickhouse() {
     let stats = get_json(&http, &history.url("/api/stats")).await;
     assert_eq!(stats["totals"]["anomalies"], 0, "the history role runs no detectors: {stats}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_forwards_its_rejects_to_the_dead_letter_topic_from_its_store_across_a_kill() {
+    let test = "the_gateway_forwards_its_rejects_to_the_dead_letter_topic_from_its_store_across_a_kill";
+    let (Some(binary), Some(python)) = (tansu_or_skip(test), python_or_skip(test)) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(binary, &folder.path().join("tansu"));
+    let config = write_config(folder.path(), &tansu, "");
+    // The sink holds a batch for 4 s, so the kill below comes before anything was produced.
+    let text = std::fs::read_to_string(&config).unwrap().replace("batch_ms = 50", "batch_ms = 4000");
+    std::fs::write(&config, text).unwrap();
+    let gateway = role(folder.path(), "gateway", &config);
+    let http = client();
+    let valid = r#"{"drone_id":"D-1","timestamp":1725436800000,"latitude":40.7,"longitude":-74.0,"altitude":120.0,"velocity":12.0,"acceleration_x":0.1,"acceleration_y":0.1,"acceleration_z":9.8,"battery_level":80.0,"signal_strength":-60.0}"#;
+    let body = [
+        valid.to_string(),
+        r#"{"drone_id": "D-2", "timestamp": "yesterday"}"#.to_string(),
+        "{\"drone_id\": \"D-3\", \"timest".to_string(),
+        valid.replace("D-1", "D-4").replace("120.0", "\"high\""),
+    ]
+    .join("\n");
+    let (status, report) = common::post(&http, &gateway, "drone", body).await;
+    assert_eq!(status, 202, "{report}");
+    assert_eq!(report["accepted"], 1, "{report}");
+    let codes: BTreeSet<String> =
+        report["errors"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap().to_string()).collect();
+    assert_eq!(codes, ["invalid_timestamp", "malformed_json", "schema"].map(String::from).into(), "{report}");
+    gateway.kill_hard();
+    let before = python_consume(&python, &tansu.brokers(), "telemetry-dead-letters", usize::MAX, 3);
+    assert!(before.is_empty(), "killed before its sink produced anything: {before:?}");
+
+    // Started again on the same store, the sink finds the rejects after its cursor.
+    let gateway = role(folder.path(), "gateway", &config);
+    let letters = python_consume(&python, &tansu.brokers(), "telemetry-dead-letters", 3, 30);
+    let by_code: BTreeMap<String, &serde_json::Value> =
+        letters.iter().map(|l| (l["headers"]["reason_code"].as_str().unwrap().to_string(), l)).collect();
+    assert_eq!(by_code.keys().cloned().collect::<BTreeSet<String>>(), codes, "{letters:?}");
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter["key"], "drone", "{letter}");
+        assert!(letter["headers"]["origin"].as_str().unwrap().starts_with("http/bronze/"), "{letter}");
+        assert!(!letter["headers"]["error"].as_str().unwrap().is_empty(), "{letter}");
+    }
+    assert_eq!(by_code["invalid_timestamp"]["value"]["timestamp"], "yesterday", "the message as it was sent");
+    assert!(by_code["schema"]["headers"]["error"].as_str().unwrap().contains("altitude"), "{letters:?}");
+    let validated = python_consume(&python, &tansu.brokers(), "telemetry-validated", 1, 30);
+    assert_eq!(validated.len(), 1, "the valid reading goes on to the raw topic");
+    // Nothing more once the cursor is past them: a clean stop and start produces no copies.
+    wait_for("the dead-letter cursor to be recorded", || async {
+        let cursor = store_rows(
+            &gateway.data_dir,
+            "SELECT CAST(position AS TEXT) FROM sink_cursors WHERE sink = 'kafka' AND layer = 'dead_letters'",
+        );
+        (!cursor.is_empty()).then_some(())
+    })
+    .await;
+    assert!(gateway.terminate().success());
+    let gateway = role(folder.path(), "gateway", &config);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = python_consume(&python, &tansu.brokers(), "telemetry-dead-letters", usize::MAX, 3);
+    assert_eq!(after.len(), 3, "{after:?}");
+    drop(gateway);
+}

@@ -75,11 +75,17 @@ pub struct RolePlan {
     pub produce_readings: BTreeMap<String, String>,
     /// Anomalies produced to this topic.
     pub produce_anomalies: Option<String>,
+    /// Rejects of the edge sources (bronze dead letters) produced to this topic.
+    pub produce_dead_letters: Option<String>,
 }
 
 impl RolePlan {
     /// `--role all`: every stage in this process, publishing what it is given to publish.
-    fn all_in_one(produce_readings: BTreeMap<String, String>, produce_anomalies: Option<String>) -> RolePlan {
+    fn all_in_one(
+        produce_readings: BTreeMap<String, String>,
+        produce_anomalies: Option<String>,
+        produce_dead_letters: Option<String>,
+    ) -> RolePlan {
         RolePlan {
             roles: vec![Role::All],
             edge_sources: true,
@@ -89,6 +95,7 @@ impl RolePlan {
             group: String::new(),
             produce_readings,
             produce_anomalies,
+            produce_dead_letters,
         }
     }
 
@@ -98,7 +105,7 @@ impl RolePlan {
         let names: Vec<&str> = roles.iter().map(|r| r.name()).collect();
         let Some(kafka) = kafka else {
             if has(Role::All) {
-                return Ok(RolePlan::all_in_one(BTreeMap::new(), None));
+                return Ok(RolePlan::all_in_one(BTreeMap::new(), None, None));
             }
             return Err(format!(
                 "--role {} connects stages over Kafka: add [kafka] brokers = \"HOST:PORT\" to the config",
@@ -110,7 +117,8 @@ impl RolePlan {
             // One process, and its results published for whoever listens.
             let mut readings = topics.raw.clone();
             readings.extend(topics.enriched.clone());
-            return Ok(RolePlan::all_in_one(readings, Some(topics.anomalies.clone())));
+            let (anomalies, dead_letters) = (topics.anomalies.clone(), topics.dead_letters.clone());
+            return Ok(RolePlan::all_in_one(readings, Some(anomalies), Some(dead_letters)));
         }
         let (gateway, enrich, detect, history) =
             (has(Role::Gateway), has(Role::Enrich), has(Role::Detect), has(Role::History));
@@ -144,12 +152,13 @@ impl RolePlan {
             group: format!("{}-{}", kafka.group_prefix, names.join("-")),
             produce_readings,
             produce_anomalies: detect.then(|| topics.anomalies.clone()),
+            produce_dead_letters: gateway.then(|| topics.dead_letters.clone()),
         })
     }
 
     /// Whether this process publishes anything (and so runs the Kafka sink).
     pub fn produces(&self) -> bool {
-        !self.produce_readings.is_empty() || self.produce_anomalies.is_some()
+        !self.produce_readings.is_empty() || self.produce_anomalies.is_some() || self.produce_dead_letters.is_some()
     }
 
     /// Every topic this process reads or writes, for creation at start.
@@ -157,6 +166,7 @@ impl RolePlan {
         let mut topics: Vec<String> = self.consume.iter().map(|(t, _)| t.clone()).collect();
         topics.extend(self.produce_readings.values().cloned());
         topics.extend(self.produce_anomalies.clone());
+        topics.extend(self.produce_dead_letters.clone());
         if !self.consume.is_empty() {
             topics.push(kafka.topics.dead_letters.clone());
         }
@@ -214,5 +224,13 @@ mod tests {
         assert!(error.contains("[kafka]"), "{error}");
         assert!(Role::parse_list("detect,router").unwrap_err().contains("\"router\""));
         assert!(Role::parse_list("all,detect").is_err());
+    }
+
+    #[test]
+    fn edge_sources_forward_their_rejects_to_the_dead_letter_topic() {
+        assert_eq!(plan("gateway").produce_dead_letters.as_deref(), Some("telemetry-dead-letters"));
+        assert_eq!(plan("all").produce_dead_letters.as_deref(), Some("telemetry-dead-letters"));
+        assert_eq!(plan("enrich").produce_dead_letters, None, "the Kafka source forwards its own");
+        assert_eq!(RolePlan::of(&[Role::All], None).unwrap().produce_dead_letters, None);
     }
 }
