@@ -635,6 +635,146 @@ async fn the_history_role_writes_the_enriched_topic_to_clickhouse() {
     assert_eq!(stats["totals"]["anomalies"], 0, "the history role runs no detectors: {stats}");
 }
 
+/// `SELECT`s one text column of `sql` from the store in `data_dir` as a set.
+fn store_set(data_dir: &Path, sql: &str) -> BTreeSet<String> {
+    store_rows(data_dir, sql).into_iter().collect()
+}
+
+/// Each anomaly as its id and episode end, and each alert as its first anomaly and count: what a
+/// repeated or reordered message must not change.
+const ANOMALY_STATES: &str = "SELECT id || ' end ' || coalesce(episode_end_ms, '-') FROM telemetry_anomalies";
+const ALERT_COUNTS: &str = "SELECT first_anomaly_id || ' x' || anomalies FROM alerts";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_role_keeps_each_anomaly_once_whatever_the_topic_repeats_and_files_hostile_messages() {
+    let test = "the_serving_role_keeps_each_anomaly_once_whatever_the_topic_repeats_and_files_hostile_messages";
+    let (Some(binary), Some(python)) = (tansu_or_skip(test), python_or_skip(test)) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(binary, &folder.path().join("tansu"));
+    let config = write_config(folder.path(), &tansu, "");
+    let detect = role(folder.path(), "detect", &config);
+    let serve_dir = folder.path().join("serve");
+    let serve = role(folder.path(), "serve", &config);
+    let http = client();
+
+    // A night of vehicles with injected anomalies goes to the detector; its store's anomalies
+    // reach the anomalies topic and from there the serving process.
+    let night = folder.path().join("night.ndjson");
+    simulate_file("vehicle", 5, "2024-09-04T00:00:00Z", "1h", &["--anomaly-rate", "3"], &night);
+    python_produce(&python, &tansu.brokers(), "vehicle_events_enriched", &night);
+    let sent = std::fs::read_to_string(&night).unwrap().lines().count() as i64;
+    let analysed_now = settle(|| analysed(&http, &detect), |n| *n >= sent).await;
+    assert_eq!(analysed_now, sent);
+    wait_for("the detector's anomalies to be produced", || async {
+        let sink = sink_stats(&http, &detect, "kafka").await;
+        (sink["up"] == true && sink["lag_anomalies"] == 0).then_some(())
+    })
+    .await;
+    // Stopped, so that nothing more comes (its fleet watch would find the vehicles silent and
+    // raise `offline` anomalies); what it holds is produced before it exits.
+    let detect_dir = detect.data_dir.clone();
+    assert!(detect.terminate().success());
+    let detected = store_set(&detect_dir, ANOMALY_STATES);
+    assert!(detected.len() > 10, "the night has anomalies to serve: {}", detected.len());
+    assert!(detected.iter().any(|a| !a.ends_with("end -")), "some are closed episodes (stops, zone visits)");
+    let served = settle(|| async { store_set(&serve_dir, ANOMALY_STATES) }, |s| *s == detected).await;
+    assert_eq!(served, detected, "the serving store holds the detector's anomalies, closed as they closed");
+    let detector_alerts = store_set(&detect_dir, ALERT_COUNTS);
+    assert_eq!(store_set(&serve_dir, ALERT_COUNTS), detector_alerts, "the same alerts, one per episode");
+    // And it serves them: the API's list is the detector's anomalies, most anomalous first.
+    let listed = get_json(&http, &serve.url("/api/anomalies?limit=10000")).await;
+    let listed_ids: BTreeSet<String> =
+        listed.as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_string()).collect();
+    let detected_ids = store_set(&detect_dir, "SELECT id FROM telemetry_anomalies");
+    assert_eq!(listed_ids, detected_ids);
+    let alerts = get_json(&http, &serve.url("/api/alerts?limit=10000")).await;
+    assert_eq!(alerts.as_array().unwrap().len(), detector_alerts.len());
+
+    // The whole topic again (as after a producer's retry or a replay), an episode whose close
+    // arrives before its opening, hostile messages, and one new anomaly after them.
+    let everything = python_consume(&python, &tansu.brokers(), "telemetry-anomalies", usize::MAX, 5);
+    assert!(everything.len() >= detected.len(), "every change of every anomaly is on the topic");
+    let template = everything.iter().map(|m| m["value"].clone()).find(|v| v["detector"] == "teleport").unwrap();
+    let variant = |id: &str, change_seq: i64, end: Option<i64>| {
+        let mut anomaly = template.clone();
+        anomaly["id"] = id.into();
+        anomaly["change_seq"] = change_seq.into();
+        anomaly["detector"] = "unusual_stop".into();
+        anomaly["entity_id"] = format!("V-{id}").into(); // an alert of its own
+        anomaly["episode_start_ms"] = 1_725_400_000_000_i64.into();
+        anomaly["episode_end_ms"] = end.map_or(serde_json::Value::Null, Into::into);
+        anomaly.to_string()
+    };
+    let mut lines: Vec<String> = everything.iter().map(|m| m["value"].to_string()).collect();
+    lines.push(variant("episode-x", 101, Some(1_725_403_000_000)));
+    lines.push(variant("episode-x", 100, None));
+    let mut missing_id = template.clone();
+    missing_id.as_object_mut().unwrap().remove("id");
+    let mut numeric_id = template.clone();
+    numeric_id["id"] = 5.into();
+    let mut unknown_detector = template.clone();
+    unknown_detector["detector"] = "tea_leaves".into();
+    let hostile = [
+        "{\"id\": \"cut short".to_string(),
+        missing_id.to_string(),
+        numeric_id.to_string(),
+        "[\"an\", \"array\"]".to_string(),
+        unknown_detector.to_string(),
+    ];
+    lines.extend(hostile.iter().cloned());
+    lines.push(variant("after-the-hostile-ones", 102, None));
+    let file = folder.path().join("again.ndjson");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    python_produce(&python, &tansu.brokers(), "telemetry-anomalies", &file);
+
+    let mut expected = detected.clone();
+    expected.insert("episode-x end 1725403000000".into());
+    expected.insert("after-the-hostile-ones end -".into());
+    let served = settle(|| async { store_set(&serve_dir, ANOMALY_STATES) }, |s| *s == expected).await;
+    assert_eq!(served, expected, "repeats change nothing; the close wins over the older opening");
+    let mut expected_alerts = detector_alerts.clone();
+    expected_alerts.insert("episode-x x1".into());
+    expected_alerts.insert("after-the-hostile-ones x1".into());
+    assert_eq!(store_set(&serve_dir, ALERT_COUNTS), expected_alerts, "no alert raised or counted twice");
+    let letters = settle(
+        || async { get_json(&http, &serve.url("/api/dead-letters?limit=100")).await },
+        |l| l.as_array().unwrap().len() >= hostile.len(),
+    )
+    .await;
+    let reasons: Vec<String> = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| format!("{} {}", l["reason_code"].as_str().unwrap(), l["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(reasons.len(), hostile.len(), "{reasons:#?}");
+    for expected_reason in [
+        "malformed_json not an anomaly message at telemetry-anomalies/",
+        "field `id`: missing",
+        "field `id`: expected a string, got a number",
+        "invalid_message not an anomaly message at telemetry-anomalies/",
+        "\"tea_leaves\" is not a detector",
+    ] {
+        assert!(reasons.iter().any(|r| r.contains(expected_reason)), "{expected_reason:?} in {reasons:#?}");
+    }
+    let topic_letters = python_consume(&python, &tansu.brokers(), "telemetry-dead-letters", hostile.len(), 10);
+    assert_eq!(topic_letters.len(), hostile.len(), "and on the dead-letter topic: {topic_letters:?}");
+
+    // kill -9 and start again: the committed offsets hold, whatever comes again changes nothing.
+    serve.kill_hard();
+    let serve = role(folder.path(), "serve", &config);
+    let late = folder.path().join("late.ndjson");
+    std::fs::write(&late, variant("after-the-restart", 103, None) + "\n").unwrap();
+    python_produce(&python, &tansu.brokers(), "telemetry-anomalies", &late);
+    expected.insert("after-the-restart end -".into());
+    let served = settle(|| async { store_set(&serve_dir, ANOMALY_STATES) }, |s| *s == expected).await;
+    assert_eq!(served, expected);
+    expected_alerts.insert("after-the-restart x1".into());
+    assert_eq!(store_set(&serve_dir, ALERT_COUNTS), expected_alerts);
+    let letters = get_json(&http, &serve.url("/api/dead-letters?limit=100")).await;
+    assert_eq!(letters.as_array().unwrap().len(), hostile.len(), "no hostile message filed twice");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_forwards_its_rejects_to_the_dead_letter_topic_from_its_store_across_a_kill() {
     let test = "the_gateway_forwards_its_rejects_to_the_dead_letter_topic_from_its_store_across_a_kill";
