@@ -58,6 +58,20 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
+/// With TLS or SASL configured, what else to check when the brokers do not answer: a broker
+/// may leave a refused SASL exchange unanswered (tansu 0.6 does), so the client sees only a
+/// timeout.
+fn security_hint(config: &KafkaConfig) -> String {
+    let protocol = config.client.iter().find(|(key, _)| key == "security.protocol").map(|(_, value)| value);
+    match protocol.filter(|p| !p.eq_ignore_ascii_case("plaintext")) {
+        Some(protocol) => format!(
+            " Are the [kafka.client] security settings right (security.protocol = {protocol:?}, and the ssl.* / sasl.* \
+             credentials)?"
+        ),
+        None => String::new(),
+    }
+}
+
 /// Creates each of `topics` that does not exist yet (with `kafka.partitions`), unless
 /// `kafka.create_topics` is off. An error names the topic, the brokers and what to do.
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), String> {
@@ -76,9 +90,10 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), 
         .request_timeout(Some(Duration::from_secs(5)));
     let results = admin.create_topics(&wanted, &options).await.map_err(|e| {
         format!(
-            "cannot create Kafka topics {topics:?} on {}: {e}; is the broker up? Create them yourself and set \
+            "cannot create Kafka topics {topics:?} on {}: {e}; is the broker up?{} Create them yourself and set \
              kafka.create_topics = false if this client may not",
-            config.brokers
+            config.brokers,
+            security_hint(config)
         )
     })?;
     for result in results {
