@@ -7,7 +7,9 @@
 //! - [`wire`]: readings and anomalies as the reference designs put them on a topic.
 //! - [`crate::sources::kafka`]: the consumer (offsets committed after bronze), with the state
 //!   rebuild of a partition taken over.
-//! - [`crate::sinks::kafka`]: the producer that follows the store into topics (acks=all).
+//! - [`crate::sources::kafka_anomalies`]: the serving role's consumer of the anomalies topic.
+//! - [`crate::sinks::kafka`]: the producer that follows the store into topics (acks=all), the
+//!   edge's dead letters included.
 //!
 //! # Delivery
 //! A consumed message's offset is committed only after its bronze row is committed, and what it
