@@ -923,3 +923,98 @@ async fn sasl_scram_through_the_client_settings_moves_messages_and_a_wrong_passw
     assert_eq!(sink["lag_readings"], sent, "the readings wait in its store: {sink}");
     assert_eq!(sink["written_readings"], 0, "{sink}");
 }
+
+/// A plain, anonymous mosquitto on a free loopback port (Debian's `mosquitto`), for the gateway's
+/// MQTT source.
+struct Mosquitto {
+    port: u16,
+    child: Child,
+}
+
+impl Mosquitto {
+    fn start_or_skip(test: &str, folder: &Path) -> Option<Mosquitto> {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].map(PathBuf::from).into_iter().find(|p| p.is_file());
+        let binary = installed_or_skip(binary, test, "mosquitto", "mosquitto and mosquitto-clients")?;
+        std::fs::create_dir_all(folder).unwrap();
+        let port = free_port();
+        let config = folder.join("mosquitto.conf");
+        std::fs::write(&config, format!("user root\nallow_anonymous true\nlistener {port} 127.0.0.1\n")).unwrap();
+        let child = Command::new(binary).arg("-c").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+        let mosquitto = Mosquitto { port, child: child.expect("start mosquitto") };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(mosquitto);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mosquitto did not listen on 127.0.0.1:{port}");
+    }
+
+    /// `mosquitto_pub` of `message` to the reference topic, QoS 1.
+    fn publish(&self, message: &str) {
+        let output = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1", "-t", "iot/telemetry", "-m", message])
+            .output()
+            .expect("mosquitto_pub (Debian's mosquitto-clients) runs");
+        assert!(output.status.success(), "mosquitto_pub: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_forwards_the_rejects_of_its_mqtt_source_to_the_dead_letter_topic() {
+    let test = "the_gateway_forwards_the_rejects_of_its_mqtt_source_to_the_dead_letter_topic";
+    let (Some(binary), Some(python)) = (tansu_or_skip(test), python_or_skip(test)) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    let Some(mosquitto) = Mosquitto::start_or_skip(test, &folder.path().join("mosquitto")) else { return };
+    let tansu = Tansu::start(binary, &folder.path().join("tansu"));
+    let config = write_config(folder.path(), &tansu, "");
+    let text = std::fs::read_to_string(&config).unwrap()
+        + &format!(
+            "\n[[sources.mqtt]]\nurl = \"mqtt://127.0.0.1:{}\"\nclient_id = \"teleguard-gateway\"\n\
+             reconnect_min_ms = 50\nreconnect_max_ms = 500\n",
+            mosquitto.port
+        );
+    std::fs::write(&config, text).unwrap();
+    let gateway = role(folder.path(), "gateway", &config);
+    let drone = |entity: &str, second: i64| {
+        format!(
+            r#"{{"timestamp": {}, "drone_id": "{entity}", "latitude": 37.77, "longitude": -122.41, "altitude": 120.0, "velocity": 12.0, "acceleration_x": 0.1, "acceleration_y": -0.1, "acceleration_z": 0.0, "battery_level": 80.0, "signal_strength": -60.0}}"#,
+            1_725_446_400_000 + second * 1000
+        )
+    };
+    // Valid probes until one is stored: the source has subscribed.
+    let http = client();
+    let mut second = 0;
+    wait_for("the MQTT source to subscribe", || {
+        second += 1;
+        mosquitto.publish(&drone("probe", second));
+        let url = gateway.url("/api/readings?entity=probe");
+        let http = http.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            (!get_json(&http, &url).await.as_array()?.is_empty()).then_some(())
+        }
+    })
+    .await;
+    mosquitto.publish("{\"timestamp\": 1725446400000, \"drone_id\": ");
+    mosquitto.publish(&drone("d-bad", 1).replace("\"velocity\": 12.0", "\"velocity\": \"fast\""));
+
+    let letters = python_consume(&python, &tansu.brokers(), "telemetry-dead-letters", 2, 30);
+    let codes: BTreeSet<&str> = letters.iter().map(|l| l["headers"]["reason_code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["malformed_json", "schema"].into(), "{letters:?}");
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for letter in &letters {
+        assert!(letter["headers"]["origin"].as_str().unwrap().starts_with("mqtt/bronze/"), "{letter}");
+        assert_eq!(letter["key"], "drone", "{letter}");
+    }
+    let schema = letters.iter().find(|l| l["headers"]["reason_code"] == "schema").unwrap();
+    assert!(schema["headers"]["error"].as_str().unwrap().contains("velocity"), "{schema}");
+    assert_eq!(schema["value"]["drone_id"], "d-bad", "the message as it was published");
+}
