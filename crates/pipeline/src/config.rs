@@ -320,7 +320,10 @@ impl Config {
             sinks.clickhouse.as_ref().filter(|_| external).map(|_| "clickhouse"),
             kafka_sink.then_some("kafka"),
         ];
-        let retention = raw.store.retention.validate(sink_names.into_iter().flatten().collect(), &mut errors);
+        let mut retention = raw.store.retention.validate(sink_names.into_iter().flatten().collect(), &mut errors);
+        if kafka_sink && plan.produce_dead_letters.is_some() {
+            retention.dead_letter_sinks = vec!["kafka"];
+        }
         let models = overrides.models.or(raw.models);
         if let Some(path) = models.as_ref().filter(|path| !path.exists()) {
             errors.push(format!(

@@ -180,7 +180,11 @@ impl Pipeline {
                         (profile.clone(), (topic.clone(), enriched))
                     })
                     .collect();
-                let outputs = sinks::kafka::KafkaOutputs { readings, anomalies: plan.produce_anomalies.clone() };
+                let outputs = sinks::kafka::KafkaOutputs {
+                    readings,
+                    anomalies: plan.produce_anomalies.clone(),
+                    dead_letters: plan.produce_dead_letters.clone(),
+                };
                 let target = sinks::kafka::KafkaTarget::new(kafka.clone(), outputs, config.profiles.clone());
                 tracing::info!("sink kafka: following the store into {}", target.describe());
                 sink_handles.push(sinks::runner::spawn(target, sink_context(kafka.batching))?);

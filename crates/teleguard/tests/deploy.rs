@@ -39,9 +39,18 @@ fn the_compose_stack_refers_to_files_commands_and_roles_that_exist() {
         return;
     };
     let services = compose["services"].as_object().expect("services");
-    for wanted in
-        ["redpanda", "clickhouse", "mosquitto", "prometheus", "grafana", "gateway", "enrich", "detect", "history"]
-    {
+    for wanted in [
+        "redpanda",
+        "clickhouse",
+        "mosquitto",
+        "prometheus",
+        "grafana",
+        "gateway",
+        "enrich",
+        "detect",
+        "history",
+        "serve",
+    ] {
         assert!(services.contains_key(wanted), "the stack has {wanted}");
     }
     let mut roles_run = Vec::new();
@@ -92,7 +101,7 @@ fn the_compose_config_is_valid_for_every_role() {
     assert!(status.success());
     let text = std::fs::read_to_string(deploy().join("compose/teleguard.toml")).unwrap();
     let text = text.replace("\"/certs/", &format!("\"{}/", certs.display()));
-    for role in ["gateway", "enrich", "detect", "history"] {
+    for role in ["gateway", "enrich", "detect", "history", "serve"] {
         let raw: RawConfig = toml::from_str(&text).expect("the compose config is TOML");
         let overrides = Overrides { role: Some(role.into()), ..Default::default() };
         let config = Config::validate(raw, overrides).unwrap_or_else(|e| panic!("--role {role}: {e}"));

@@ -1,6 +1,7 @@
 //! The distributed shape against a real Kafka-protocol broker (tansu, started on a free loopback
 //! port in a temporary folder): reference 000's chain across processes with kafka-python at both
-//! ends, and two detectors sharing a group when one of them is killed.
+//! ends, two detectors sharing a group when one of them is killed, the serving role, the
+//! gateway's dead letters and SASL (SCRAM) authentication.
 
 mod common;
 
@@ -17,6 +18,8 @@ struct Tansu {
     port: u16,
     /// `memory://tansu/`, or `sqlite://tansu.db` (in `folder`) to survive a restart.
     storage: &'static str,
+    /// `--authentication`: clients must authenticate (SASL), `tansu topic list` included.
+    authentication: bool,
     child: Option<Child>,
 }
 
@@ -41,7 +44,7 @@ impl Tansu {
     /// A broker on a port of its own, not started yet.
     fn stopped(binary: PathBuf, folder: &Path, storage: &'static str) -> Tansu {
         std::fs::create_dir_all(folder).unwrap();
-        Tansu { binary, folder: folder.to_path_buf(), port: free_port(), storage, child: None }
+        Tansu { binary, folder: folder.to_path_buf(), port: free_port(), storage, authentication: false, child: None }
     }
 
     /// kill -9, then the same broker again on the same port and storage.
@@ -63,12 +66,24 @@ impl Tansu {
         let child = Command::new(&self.binary)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", self.storage])
+            .args(self.authentication.then_some("--authentication"))
             .current_dir(&self.folder)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start tansu");
         self.child = Some(child);
+        if self.authentication {
+            // `tansu topic list` cannot authenticate: ready once it accepts connections.
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    std::thread::sleep(Duration::from_millis(300));
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("tansu did not listen on {url}; its log: {}", self.folder.join("tansu.log").display());
+        }
         for _ in 0..100 {
             let listed = Command::new(&self.binary)
                 .args(["topic", "list", "--broker", &url])
@@ -633,4 +648,373 @@ async fn the_history_role_writes_the_enriched_topic_to_clickhouse() {
     assert_eq!(sink["up"], true, "{sink}");
     let stats = get_json(&http, &history.url("/api/stats")).await;
     assert_eq!(stats["totals"]["anomalies"], 0, "the history role runs no detectors: {stats}");
+}
+
+/// `SELECT`s one text column of `sql` from the store in `data_dir` as a set.
+fn store_set(data_dir: &Path, sql: &str) -> BTreeSet<String> {
+    store_rows(data_dir, sql).into_iter().collect()
+}
+
+/// Each anomaly as its id and episode end, and each alert as its first anomaly and count: what a
+/// repeated or reordered message must not change.
+const ANOMALY_STATES: &str = "SELECT id || ' end ' || coalesce(episode_end_ms, '-') FROM telemetry_anomalies";
+const ALERT_COUNTS: &str = "SELECT first_anomaly_id || ' x' || anomalies FROM alerts";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_role_keeps_each_anomaly_once_whatever_the_topic_repeats_and_files_hostile_messages() {
+    let test = "the_serving_role_keeps_each_anomaly_once_whatever_the_topic_repeats_and_files_hostile_messages";
+    let (Some(binary), Some(python)) = (tansu_or_skip(test), python_or_skip(test)) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(binary, &folder.path().join("tansu"));
+    // A member that stops heartbeating leaves the group after 6 s (see the restart below).
+    let config =
+        write_config(folder.path(), &tansu, "\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"");
+    let detect = role(folder.path(), "detect", &config);
+    let serve_dir = folder.path().join("serve");
+    let serve = role(folder.path(), "serve", &config);
+    let http = client();
+
+    // A night of vehicles with injected anomalies goes to the detector; its store's anomalies
+    // reach the anomalies topic and from there the serving process.
+    let night = folder.path().join("night.ndjson");
+    simulate_file("vehicle", 5, "2024-09-04T00:00:00Z", "1h", &["--anomaly-rate", "3"], &night);
+    python_produce(&python, &tansu.brokers(), "vehicle_events_enriched", &night);
+    let sent = std::fs::read_to_string(&night).unwrap().lines().count() as i64;
+    let analysed_now = settle(|| analysed(&http, &detect), |n| *n >= sent).await;
+    assert_eq!(analysed_now, sent);
+    wait_for("the detector's anomalies to be produced", || async {
+        let sink = sink_stats(&http, &detect, "kafka").await;
+        (sink["up"] == true && sink["lag_anomalies"] == 0).then_some(())
+    })
+    .await;
+    // Stopped, so that nothing more comes (its fleet watch would find the vehicles silent and
+    // raise `offline` anomalies); what it holds is produced before it exits.
+    let detect_dir = detect.data_dir.clone();
+    assert!(detect.terminate().success());
+    let detected = store_set(&detect_dir, ANOMALY_STATES);
+    assert!(detected.len() > 10, "the night has anomalies to serve: {}", detected.len());
+    assert!(detected.iter().any(|a| !a.ends_with("end -")), "some are closed episodes (stops, zone visits)");
+    let served = settle(|| async { store_set(&serve_dir, ANOMALY_STATES) }, |s| *s == detected).await;
+    assert_eq!(served, detected, "the serving store holds the detector's anomalies, closed as they closed");
+    let detector_alerts = store_set(&detect_dir, ALERT_COUNTS);
+    assert_eq!(store_set(&serve_dir, ALERT_COUNTS), detector_alerts, "the same alerts, one per episode");
+    // And it serves them: the API's list is the detector's anomalies, most anomalous first.
+    let listed = get_json(&http, &serve.url("/api/anomalies?limit=10000")).await;
+    let listed_ids: BTreeSet<String> =
+        listed.as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_string()).collect();
+    let detected_ids = store_set(&detect_dir, "SELECT id FROM telemetry_anomalies");
+    assert_eq!(listed_ids, detected_ids);
+    let alerts = get_json(&http, &serve.url("/api/alerts?limit=10000")).await;
+    assert_eq!(alerts.as_array().unwrap().len(), detector_alerts.len());
+
+    // The whole topic again (as after a producer's retry or a replay), an episode whose close
+    // arrives before its opening, hostile messages, and one new anomaly after them.
+    let everything = python_consume(&python, &tansu.brokers(), "telemetry-anomalies", usize::MAX, 5);
+    assert!(everything.len() >= detected.len(), "every change of every anomaly is on the topic");
+    let template = everything.iter().map(|m| m["value"].clone()).find(|v| v["detector"] == "teleport").unwrap();
+    let variant = |id: &str, change_seq: i64, end: Option<i64>| {
+        let mut anomaly = template.clone();
+        anomaly["id"] = id.into();
+        anomaly["change_seq"] = change_seq.into();
+        anomaly["detector"] = "unusual_stop".into();
+        anomaly["entity_id"] = format!("V-{id}").into(); // an alert of its own
+        anomaly["episode_start_ms"] = 1_725_400_000_000_i64.into();
+        anomaly["episode_end_ms"] = end.map_or(serde_json::Value::Null, Into::into);
+        anomaly.to_string()
+    };
+    let mut lines: Vec<String> = everything.iter().map(|m| m["value"].to_string()).collect();
+    lines.push(variant("episode-x", 101, Some(1_725_403_000_000)));
+    lines.push(variant("episode-x", 100, None));
+    let mut missing_id = template.clone();
+    missing_id.as_object_mut().unwrap().remove("id");
+    let mut numeric_id = template.clone();
+    numeric_id["id"] = 5.into();
+    let mut unknown_detector = template.clone();
+    unknown_detector["detector"] = "tea_leaves".into();
+    let hostile = [
+        "{\"id\": \"cut short".to_string(),
+        missing_id.to_string(),
+        numeric_id.to_string(),
+        "[\"an\", \"array\"]".to_string(),
+        unknown_detector.to_string(),
+    ];
+    lines.extend(hostile.iter().cloned());
+    lines.push(variant("after-the-hostile-ones", 102, None));
+    let file = folder.path().join("again.ndjson");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    python_produce(&python, &tansu.brokers(), "telemetry-anomalies", &file);
+
+    let mut expected = detected.clone();
+    expected.insert("episode-x end 1725403000000".into());
+    expected.insert("after-the-hostile-ones end -".into());
+    let served = settle(|| async { store_set(&serve_dir, ANOMALY_STATES) }, |s| *s == expected).await;
+    assert_eq!(served, expected, "repeats change nothing; the close wins over the older opening");
+    let mut expected_alerts = detector_alerts.clone();
+    expected_alerts.insert("episode-x x1".into());
+    expected_alerts.insert("after-the-hostile-ones x1".into());
+    assert_eq!(store_set(&serve_dir, ALERT_COUNTS), expected_alerts, "no alert raised or counted twice");
+    let letters = settle(
+        || async { get_json(&http, &serve.url("/api/dead-letters?limit=100")).await },
+        |l| l.as_array().unwrap().len() >= hostile.len(),
+    )
+    .await;
+    let reasons: Vec<String> = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| format!("{} {}", l["reason_code"].as_str().unwrap(), l["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(reasons.len(), hostile.len(), "{reasons:#?}");
+    for expected_reason in [
+        "malformed_json not an anomaly message at telemetry-anomalies/",
+        "field `id`: missing",
+        "field `id`: expected a string, got a number",
+        "invalid_message not an anomaly message at telemetry-anomalies/",
+        "\"tea_leaves\" is not a detector",
+    ] {
+        assert!(reasons.iter().any(|r| r.contains(expected_reason)), "{expected_reason:?} in {reasons:#?}");
+    }
+    let topic_letters = python_consume(&python, &tansu.brokers(), "telemetry-dead-letters", hostile.len(), 10);
+    assert_eq!(topic_letters.len(), hostile.len(), "and on the dead-letter topic: {topic_letters:?}");
+
+    // kill -9 and start again: the committed offsets hold, whatever comes again changes nothing.
+    serve.kill_hard();
+    // tansu 0.6 gives a member that joins before the dead one's session expired no partitions
+    // in the rebalance that follows the eviction: the restart waits the session out.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let serve = role(folder.path(), "serve", &config);
+    let late = folder.path().join("late.ndjson");
+    std::fs::write(&late, variant("after-the-restart", 103, None) + "\n").unwrap();
+    python_produce(&python, &tansu.brokers(), "telemetry-anomalies", &late);
+    expected.insert("after-the-restart end -".into());
+    let served = settle(|| async { store_set(&serve_dir, ANOMALY_STATES) }, |s| *s == expected).await;
+    assert_eq!(served, expected);
+    expected_alerts.insert("after-the-restart x1".into());
+    assert_eq!(store_set(&serve_dir, ALERT_COUNTS), expected_alerts);
+    let letters = get_json(&http, &serve.url("/api/dead-letters?limit=100")).await;
+    assert_eq!(letters.as_array().unwrap().len(), hostile.len(), "no hostile message filed twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_forwards_its_rejects_to_the_dead_letter_topic_from_its_store_across_a_kill() {
+    let test = "the_gateway_forwards_its_rejects_to_the_dead_letter_topic_from_its_store_across_a_kill";
+    let (Some(binary), Some(python)) = (tansu_or_skip(test), python_or_skip(test)) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(binary, &folder.path().join("tansu"));
+    let config = write_config(folder.path(), &tansu, "");
+    // The sink holds a batch for 4 s, so the kill below comes before anything was produced.
+    let text = std::fs::read_to_string(&config).unwrap().replace("batch_ms = 50", "batch_ms = 4000");
+    std::fs::write(&config, text).unwrap();
+    let gateway = role(folder.path(), "gateway", &config);
+    let http = client();
+    let valid = r#"{"drone_id":"D-1","timestamp":1725436800000,"latitude":40.7,"longitude":-74.0,"altitude":120.0,"velocity":12.0,"acceleration_x":0.1,"acceleration_y":0.1,"acceleration_z":9.8,"battery_level":80.0,"signal_strength":-60.0}"#;
+    let body = [
+        valid.to_string(),
+        r#"{"drone_id": "D-2", "timestamp": "yesterday"}"#.to_string(),
+        "{\"drone_id\": \"D-3\", \"timest".to_string(),
+        valid.replace("D-1", "D-4").replace("120.0", "\"high\""),
+    ]
+    .join("\n");
+    let (status, report) = common::post(&http, &gateway, "drone", body).await;
+    assert_eq!(status, 202, "{report}");
+    assert_eq!(report["accepted"], 1, "{report}");
+    let codes: BTreeSet<String> =
+        report["errors"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap().to_string()).collect();
+    assert_eq!(codes, ["invalid_timestamp", "malformed_json", "schema"].map(String::from).into(), "{report}");
+    gateway.kill_hard();
+    let before = python_consume(&python, &tansu.brokers(), "telemetry-dead-letters", usize::MAX, 3);
+    assert!(before.is_empty(), "killed before its sink produced anything: {before:?}");
+
+    // Started again on the same store, the sink finds the rejects after its cursor.
+    let gateway = role(folder.path(), "gateway", &config);
+    let letters = python_consume(&python, &tansu.brokers(), "telemetry-dead-letters", 3, 30);
+    let by_code: BTreeMap<String, &serde_json::Value> =
+        letters.iter().map(|l| (l["headers"]["reason_code"].as_str().unwrap().to_string(), l)).collect();
+    assert_eq!(by_code.keys().cloned().collect::<BTreeSet<String>>(), codes, "{letters:?}");
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter["key"], "drone", "{letter}");
+        assert!(letter["headers"]["origin"].as_str().unwrap().starts_with("http/bronze/"), "{letter}");
+        assert!(!letter["headers"]["error"].as_str().unwrap().is_empty(), "{letter}");
+    }
+    assert_eq!(by_code["invalid_timestamp"]["value"]["timestamp"], "yesterday", "the message as it was sent");
+    assert!(by_code["schema"]["headers"]["error"].as_str().unwrap().contains("altitude"), "{letters:?}");
+    let validated = python_consume(&python, &tansu.brokers(), "telemetry-validated", 1, 30);
+    assert_eq!(validated.len(), 1, "the valid reading goes on to the raw topic");
+    // Nothing more once the cursor is past them: a clean stop and start produces no copies.
+    wait_for("the dead-letter cursor to be recorded", || async {
+        let cursor = store_rows(
+            &gateway.data_dir,
+            "SELECT CAST(position AS TEXT) FROM sink_cursors WHERE sink = 'kafka' AND layer = 'dead_letters'",
+        );
+        (!cursor.is_empty()).then_some(())
+    })
+    .await;
+    assert!(gateway.terminate().success());
+    let gateway = role(folder.path(), "gateway", &config);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = python_consume(&python, &tansu.brokers(), "telemetry-dead-letters", usize::MAX, 3);
+    assert_eq!(after.len(), 3, "{after:?}");
+    drop(gateway);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_scram_through_the_client_settings_moves_messages_and_a_wrong_password_keeps_them_in_the_store() {
+    let test = "sasl_scram_through_the_client_settings_moves_messages_and_a_wrong_password_keeps_them_in_the_store";
+    let Some(binary) = tansu_or_skip(test) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    // tansu keeps SCRAM credentials in its storage; they are made while it does not ask for
+    // them yet (`tansu user create` cannot authenticate), then it restarts asking.
+    let mut tansu = Tansu::start_with(binary.clone(), &folder.path().join("tansu"), "sqlite://tansu.db");
+    let created = Command::new(&binary)
+        .args(["user", "create", "--broker", &format!("tcp://{}", tansu.brokers()), "teleguard", "s3cret"])
+        .args(["--mechanism", "scram512"])
+        .status()
+        .unwrap();
+    assert!(created.success(), "tansu user create");
+    tansu.authentication = true;
+    tansu.restart();
+    let sasl = |password: &str| {
+        format!(
+            "[kafka.client]\n\"security.protocol\" = \"sasl_plaintext\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
+             \"sasl.username\" = \"teleguard\"\n\"sasl.password\" = \"{password}\"\n"
+        )
+    };
+    let config = write_config(folder.path(), &tansu, "");
+    let text = std::fs::read_to_string(&config).unwrap() + &sasl("s3cret");
+    std::fs::write(&config, text).unwrap();
+    // The gateway produces what it is posted, the enricher consumes it: topics, producer,
+    // consumer group and commits all through SCRAM-SHA-512.
+    let gateway = role(folder.path(), "gateway", &config);
+    let enrich = role(folder.path(), "enrich", &config);
+    let night = folder.path().join("night.ndjson");
+    simulate_file("vehicle", 2, "2024-09-04T02:00:00Z", "5m", &[], &night);
+    let body = std::fs::read_to_string(&night).unwrap();
+    let sent = body.lines().count() as i64;
+    let http = client();
+    let (status, report) = common::post(&http, &gateway, "vehicle", body).await;
+    assert_eq!((status, report["accepted"].as_i64()), (202, Some(sent)), "{report}");
+    let enriched = settle(|| analysed(&http, &enrich), |n| *n >= sent).await;
+    assert_eq!(enriched, sent, "every reading crossed the authenticated broker");
+    assert_eq!(sink_stats(&http, &gateway, "kafka").await["up"], true);
+
+    // The same with a wrong password: the gateway takes readings in (they wait in its store)
+    // and says why it cannot deliver them.
+    let wrong = folder.path().join("wrong.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace("\"s3cret\"", "\"wrong\"");
+    std::fs::write(&wrong, text).unwrap();
+    let log_path = folder.path().join("wrong.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let refused = Server::start_with_stderr(
+        &folder.path().join("refused"),
+        &["--config", wrong.to_str().unwrap(), "--role", "gateway"],
+        log,
+    );
+    let (status, _) = common::post(&http, &refused, "vehicle", std::fs::read_to_string(&night).unwrap()).await;
+    assert_eq!(status, 202);
+    // tansu leaves the refused SCRAM exchange unanswered, so librdkafka sees only a timeout;
+    // the error names the brokers and the settings to check.
+    let said = wait_for_log(&log_path, "sink kafka: target down").await;
+    eprintln!("with a wrong password: {said}");
+    assert!(said.contains(&tansu.brokers()), "the error names the brokers: {said}");
+    assert!(said.contains("security.protocol = \"sasl_plaintext\""), "and what to check: {said}");
+    let sink = sink_stats(&http, &refused, "kafka").await;
+    assert_eq!(sink["up"], false, "{sink}");
+    assert_eq!(sink["lag_readings"], sent, "the readings wait in its store: {sink}");
+    assert_eq!(sink["written_readings"], 0, "{sink}");
+}
+
+/// A plain, anonymous mosquitto on a free loopback port (Debian's `mosquitto`), for the gateway's
+/// MQTT source.
+struct Mosquitto {
+    port: u16,
+    child: Child,
+}
+
+impl Mosquitto {
+    fn start_or_skip(test: &str, folder: &Path) -> Option<Mosquitto> {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].map(PathBuf::from).into_iter().find(|p| p.is_file());
+        let binary = installed_or_skip(binary, test, "mosquitto", "mosquitto and mosquitto-clients")?;
+        std::fs::create_dir_all(folder).unwrap();
+        let port = free_port();
+        let config = folder.join("mosquitto.conf");
+        std::fs::write(&config, format!("user root\nallow_anonymous true\nlistener {port} 127.0.0.1\n")).unwrap();
+        let child = Command::new(binary).arg("-c").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+        let mosquitto = Mosquitto { port, child: child.expect("start mosquitto") };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(mosquitto);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mosquitto did not listen on 127.0.0.1:{port}");
+    }
+
+    /// `mosquitto_pub` of `message` to the reference topic, QoS 1.
+    fn publish(&self, message: &str) {
+        let output = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1", "-t", "iot/telemetry", "-m", message])
+            .output()
+            .expect("mosquitto_pub (Debian's mosquitto-clients) runs");
+        assert!(output.status.success(), "mosquitto_pub: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_forwards_the_rejects_of_its_mqtt_source_to_the_dead_letter_topic() {
+    let test = "the_gateway_forwards_the_rejects_of_its_mqtt_source_to_the_dead_letter_topic";
+    let (Some(binary), Some(python)) = (tansu_or_skip(test), python_or_skip(test)) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    let Some(mosquitto) = Mosquitto::start_or_skip(test, &folder.path().join("mosquitto")) else { return };
+    let tansu = Tansu::start(binary, &folder.path().join("tansu"));
+    let config = write_config(folder.path(), &tansu, "");
+    let text = std::fs::read_to_string(&config).unwrap()
+        + &format!(
+            "\n[[sources.mqtt]]\nurl = \"mqtt://127.0.0.1:{}\"\nclient_id = \"teleguard-gateway\"\n\
+             reconnect_min_ms = 50\nreconnect_max_ms = 500\n",
+            mosquitto.port
+        );
+    std::fs::write(&config, text).unwrap();
+    let gateway = role(folder.path(), "gateway", &config);
+    let drone = |entity: &str, second: i64| {
+        format!(
+            r#"{{"timestamp": {}, "drone_id": "{entity}", "latitude": 37.77, "longitude": -122.41, "altitude": 120.0, "velocity": 12.0, "acceleration_x": 0.1, "acceleration_y": -0.1, "acceleration_z": 0.0, "battery_level": 80.0, "signal_strength": -60.0}}"#,
+            1_725_446_400_000 + second * 1000
+        )
+    };
+    // Valid probes until one is stored: the source has subscribed.
+    let http = client();
+    let mut second = 0;
+    wait_for("the MQTT source to subscribe", || {
+        second += 1;
+        mosquitto.publish(&drone("probe", second));
+        let url = gateway.url("/api/readings?entity=probe");
+        let http = http.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            (!get_json(&http, &url).await.as_array()?.is_empty()).then_some(())
+        }
+    })
+    .await;
+    mosquitto.publish("{\"timestamp\": 1725446400000, \"drone_id\": ");
+    mosquitto.publish(&drone("d-bad", 1).replace("\"velocity\": 12.0", "\"velocity\": \"fast\""));
+
+    let letters = python_consume(&python, &tansu.brokers(), "telemetry-dead-letters", 2, 30);
+    let codes: BTreeSet<&str> = letters.iter().map(|l| l["headers"]["reason_code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["malformed_json", "schema"].into(), "{letters:?}");
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for letter in &letters {
+        assert!(letter["headers"]["origin"].as_str().unwrap().starts_with("mqtt/bronze/"), "{letter}");
+        assert_eq!(letter["key"], "drone", "{letter}");
+    }
+    let schema = letters.iter().find(|l| l["headers"]["reason_code"] == "schema").unwrap();
+    assert!(schema["headers"]["error"].as_str().unwrap().contains("velocity"), "{schema}");
+    assert_eq!(schema["value"]["drone_id"], "d-bad", "the message as it was published");
 }

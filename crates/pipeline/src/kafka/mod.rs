@@ -7,7 +7,9 @@
 //! - [`wire`]: readings and anomalies as the reference designs put them on a topic.
 //! - [`crate::sources::kafka`]: the consumer (offsets committed after bronze), with the state
 //!   rebuild of a partition taken over.
-//! - [`crate::sinks::kafka`]: the producer that follows the store into topics (acks=all).
+//! - [`crate::sources::kafka_anomalies`]: the serving role's consumer of the anomalies topic.
+//! - [`crate::sinks::kafka`]: the producer that follows the store into topics (acks=all), the
+//!   edge's dead letters included.
 //!
 //! # Delivery
 //! A consumed message's offset is committed only after its bronze row is committed, and what it
@@ -58,6 +60,20 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
+/// With TLS or SASL configured, what else to check when the brokers do not answer: a broker
+/// may leave a refused SASL exchange unanswered (tansu 0.6 does), so the client sees only a
+/// timeout.
+fn security_hint(config: &KafkaConfig) -> String {
+    let protocol = config.client.iter().find(|(key, _)| key == "security.protocol").map(|(_, value)| value);
+    match protocol.filter(|p| !p.eq_ignore_ascii_case("plaintext")) {
+        Some(protocol) => format!(
+            " Are the [kafka.client] security settings right (security.protocol = {protocol:?}, and the ssl.* / sasl.* \
+             credentials)?"
+        ),
+        None => String::new(),
+    }
+}
+
 /// Creates each of `topics` that does not exist yet (with `kafka.partitions`), unless
 /// `kafka.create_topics` is off. An error names the topic, the brokers and what to do.
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), String> {
@@ -76,9 +92,10 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), 
         .request_timeout(Some(Duration::from_secs(5)));
     let results = admin.create_topics(&wanted, &options).await.map_err(|e| {
         format!(
-            "cannot create Kafka topics {topics:?} on {}: {e}; is the broker up? Create them yourself and set \
+            "cannot create Kafka topics {topics:?} on {}: {e}; is the broker up?{} Create them yourself and set \
              kafka.create_topics = false if this client may not",
-            config.brokers
+            config.brokers,
+            security_hint(config)
         )
     })?;
     for result in results {

@@ -19,10 +19,13 @@ pub enum Role {
     /// The external history stores (ClickHouse, PostgreSQL) fed from the enriched topics
     /// (reference 000's `sync_to_clickhouse`).
     History,
+    /// The anomalies topic → this process's gold table and alerts, served by the API and the
+    /// dashboard: one dashboard for a fleet of detector processes.
+    Serve,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [Role::All, Role::Gateway, Role::Enrich, Role::Detect, Role::History];
+    pub const ALL: [Role; 6] = [Role::All, Role::Gateway, Role::Enrich, Role::Detect, Role::History, Role::Serve];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -31,6 +34,7 @@ impl Role {
             Role::Enrich => "enrich",
             Role::Detect => "detect",
             Role::History => "history",
+            Role::Serve => "serve",
         }
     }
 
@@ -47,10 +51,15 @@ impl Role {
             }
         }
         if roles.is_empty() {
-            return Err("--role needs a role: all, gateway, enrich, detect or history".into());
+            return Err("--role needs a role: all, gateway, enrich, detect, history or serve".into());
         }
         if roles.contains(&Role::All) && roles.len() > 1 {
             return Err("--role all already runs every stage; name it alone".into());
+        }
+        if roles.contains(&Role::Serve) && roles.contains(&Role::Detect) {
+            return Err("--role serve reads the anomalies topic that detect writes (its store would send them back \
+                        there); run serve in a process of its own"
+                .into());
         }
         roles.sort();
         Ok(roles)
@@ -69,17 +78,27 @@ pub struct RolePlan {
     pub external_sinks: bool,
     /// Topics consumed, each with the profile its messages are (empty: no Kafka source).
     pub consume: Vec<(String, String)>,
-    /// The consumer group: `PREFIX-ROLE[-ROLE...]`, so processes of the same roles share work.
+    /// The consumer group of the reading topics: `PREFIX-ROLE[-ROLE...]` (without `serve`), so
+    /// processes of the same roles share work.
     pub group: String,
     /// Readings produced: profile → topic.
     pub produce_readings: BTreeMap<String, String>,
     /// Anomalies produced to this topic.
     pub produce_anomalies: Option<String>,
+    /// Rejects of the edge sources (bronze dead letters) produced to this topic.
+    pub produce_dead_letters: Option<String>,
+    /// `serve`: the anomalies topic consumed into the store, and the consumer group doing it
+    /// (`PREFIX-serve`, whatever other roles the process has).
+    pub consume_anomalies: Option<(String, String)>,
 }
 
 impl RolePlan {
     /// `--role all`: every stage in this process, publishing what it is given to publish.
-    fn all_in_one(produce_readings: BTreeMap<String, String>, produce_anomalies: Option<String>) -> RolePlan {
+    fn all_in_one(
+        produce_readings: BTreeMap<String, String>,
+        produce_anomalies: Option<String>,
+        produce_dead_letters: Option<String>,
+    ) -> RolePlan {
         RolePlan {
             roles: vec![Role::All],
             edge_sources: true,
@@ -89,6 +108,8 @@ impl RolePlan {
             group: String::new(),
             produce_readings,
             produce_anomalies,
+            produce_dead_letters,
+            consume_anomalies: None,
         }
     }
 
@@ -98,7 +119,7 @@ impl RolePlan {
         let names: Vec<&str> = roles.iter().map(|r| r.name()).collect();
         let Some(kafka) = kafka else {
             if has(Role::All) {
-                return Ok(RolePlan::all_in_one(BTreeMap::new(), None));
+                return Ok(RolePlan::all_in_one(BTreeMap::new(), None, None));
             }
             return Err(format!(
                 "--role {} connects stages over Kafka: add [kafka] brokers = \"HOST:PORT\" to the config",
@@ -106,15 +127,21 @@ impl RolePlan {
             ));
         };
         let topics = &kafka.topics;
+        // Serving anomalies does not change which group a process's reading stages join.
+        let mut reading_stages: Vec<&str> = roles.iter().filter(|r| **r != Role::Serve).map(|r| r.name()).collect();
+        if reading_stages.is_empty() {
+            reading_stages = names.clone();
+        }
         if has(Role::All) {
             // One process, and its results published for whoever listens.
             let mut readings = topics.raw.clone();
             readings.extend(topics.enriched.clone());
-            return Ok(RolePlan::all_in_one(readings, Some(topics.anomalies.clone())));
+            let (anomalies, dead_letters) = (topics.anomalies.clone(), topics.dead_letters.clone());
+            return Ok(RolePlan::all_in_one(readings, Some(anomalies), Some(dead_letters)));
         }
-        let (gateway, enrich, detect, history) =
-            (has(Role::Gateway), has(Role::Enrich), has(Role::Detect), has(Role::History));
-        let consume: Vec<(String, String)> = if gateway {
+        let (gateway, enrich, detect, history, serve) =
+            (has(Role::Gateway), has(Role::Enrich), has(Role::Detect), has(Role::History), has(Role::Serve));
+        let consume: Vec<(String, String)> = if gateway || !(enrich || detect || history) {
             Vec::new()
         } else if enrich {
             topics
@@ -141,15 +168,18 @@ impl RolePlan {
             detect,
             external_sinks: history,
             consume,
-            group: format!("{}-{}", kafka.group_prefix, names.join("-")),
+            group: format!("{}-{}", kafka.group_prefix, reading_stages.join("-")),
             produce_readings,
             produce_anomalies: detect.then(|| topics.anomalies.clone()),
+            produce_dead_letters: gateway.then(|| topics.dead_letters.clone()),
+            consume_anomalies: serve
+                .then(|| (topics.anomalies.clone(), format!("{}-{}", kafka.group_prefix, Role::Serve.name()))),
         })
     }
 
     /// Whether this process publishes anything (and so runs the Kafka sink).
     pub fn produces(&self) -> bool {
-        !self.produce_readings.is_empty() || self.produce_anomalies.is_some()
+        !self.produce_readings.is_empty() || self.produce_anomalies.is_some() || self.produce_dead_letters.is_some()
     }
 
     /// Every topic this process reads or writes, for creation at start.
@@ -157,7 +187,9 @@ impl RolePlan {
         let mut topics: Vec<String> = self.consume.iter().map(|(t, _)| t.clone()).collect();
         topics.extend(self.produce_readings.values().cloned());
         topics.extend(self.produce_anomalies.clone());
-        if !self.consume.is_empty() {
+        topics.extend(self.produce_dead_letters.clone());
+        topics.extend(self.consume_anomalies.iter().map(|(topic, _)| topic.clone()));
+        if !self.consume.is_empty() || self.consume_anomalies.is_some() {
             topics.push(kafka.topics.dead_letters.clone());
         }
         topics.sort();
@@ -214,5 +246,25 @@ mod tests {
         assert!(error.contains("[kafka]"), "{error}");
         assert!(Role::parse_list("detect,router").unwrap_err().contains("\"router\""));
         assert!(Role::parse_list("all,detect").is_err());
+        assert!(Role::parse_list("detect,serve").unwrap_err().contains("serve"));
+    }
+
+    #[test]
+    fn the_serving_role_consumes_only_the_anomalies_topic_in_a_group_of_its_own() {
+        let serve = plan("serve");
+        assert_eq!(serve.consume_anomalies, Some(("telemetry-anomalies".into(), "teleguard-serve".into())));
+        assert!(serve.consume.is_empty() && !serve.detect && !serve.edge_sources && !serve.produces());
+        let both = plan("enrich,serve");
+        assert_eq!(both.consume_anomalies.as_ref().map(|(_, group)| group.as_str()), Some("teleguard-serve"));
+        assert_eq!(both.group, "teleguard-enrich", "the enrich stage shares its group with plain enrich processes");
+        assert!(!both.consume.is_empty());
+    }
+
+    #[test]
+    fn edge_sources_forward_their_rejects_to_the_dead_letter_topic() {
+        assert_eq!(plan("gateway").produce_dead_letters.as_deref(), Some("telemetry-dead-letters"));
+        assert_eq!(plan("all").produce_dead_letters.as_deref(), Some("telemetry-dead-letters"));
+        assert_eq!(plan("enrich").produce_dead_letters, None, "the Kafka source forwards its own");
+        assert_eq!(RolePlan::of(&[Role::All], None).unwrap().produce_dead_letters, None);
     }
 }

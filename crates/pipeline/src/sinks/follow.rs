@@ -1,10 +1,13 @@
-//! The store reads a sink makes: silver and gold rows after its cursors, the cursors, and its lag.
+//! The store reads a sink makes: silver, gold and dead-letter rows after its cursors, the cursors,
+//! and its lag.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// The two layers a sink follows, as named in `sink_cursors`.
 pub const SILVER: &str = "silver";
 pub const GOLD: &str = "gold";
+/// The rejected bronze rows a sink that forwards dead letters follows, by bronze id.
+pub const DEAD_LETTERS: &str = "dead_letters";
 
 /// One silver row as a sink copies it.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +49,21 @@ pub struct AnomalyRecord {
     pub detected_at_ms: i64,
     pub episode_start_ms: Option<i64>,
     pub episode_end_ms: Option<i64>,
+}
+
+/// One rejected message (a bronze row of verdict `rejected`) as a sink forwards it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterRecord {
+    /// The bronze id: the sink's position in [`DEAD_LETTERS`].
+    pub id: i64,
+    /// The source that received it (`http`, `mqtt`, `simulator`, `kafka`, ...).
+    pub source: String,
+    pub profile: String,
+    /// The reason code, as in metrics (`schema`, `malformed_json`, `duplicate`, ...).
+    pub reason_code: String,
+    pub reason: String,
+    /// The message as received.
+    pub payload: Vec<u8>,
 }
 
 /// Where `sink` has got to in `layer` (0 before its first write).
@@ -124,6 +142,30 @@ pub fn anomalies_after(connection: &Connection, after: i64, limit: usize) -> rus
     rows.collect()
 }
 
+/// Rejected bronze rows with `id > after`, in id order, at most `limit` (through the partial
+/// index over rejected rows, so valid rows cost nothing).
+pub fn dead_letters_after(
+    connection: &Connection,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<DeadLetterRecord>> {
+    let mut statement = connection.prepare_cached(
+        "SELECT id, source, profile, coalesce(reason_code, 'invalid_message'), coalesce(reason, ''), payload
+         FROM bronze WHERE verdict = 'rejected' AND id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let rows = statement.query_map(params![after, limit as i64], |row| {
+        Ok(DeadLetterRecord {
+            id: row.get(0)?,
+            source: row.get(1)?,
+            profile: row.get(2)?,
+            reason_code: row.get(3)?,
+            reason: row.get(4)?,
+            payload: row.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
 /// Rows of each layer in the store that the target has not confirmed: (silver, gold).
 pub fn lag_rows(connection: &Connection, silver_cursor: i64, gold_cursor: i64) -> rusqlite::Result<(i64, i64)> {
     let silver = connection
@@ -173,5 +215,28 @@ mod tests {
         assert_eq!(changes, vec!["c", "a"]);
         assert_eq!(lag_rows(&connection, 2, 1).unwrap(), (2, 2));
         assert_eq!(cursor(&connection, "postgres", SILVER).unwrap(), 0);
+    }
+
+    #[test]
+    fn dead_letters_are_the_rejected_bronze_rows_in_id_order() {
+        let folder = tempfile::tempdir().unwrap();
+        let connection = store::open(folder.path(), Durability::Normal).unwrap();
+        for (id, verdict, code) in
+            [(1, "valid", None), (3, "rejected", Some("schema")), (4, "rejected", None), (5, "valid", None)]
+        {
+            connection
+                .execute(
+                    "INSERT INTO bronze (id, received_at_ms, source, profile, verdict, reason_code, reason, messages, payload)
+                     VALUES (?1, 0, 'http', 'drone', ?2, ?3, 'why', 1, x'7b7d')",
+                    params![id, verdict, code],
+                )
+                .unwrap();
+        }
+        let letters = dead_letters_after(&connection, 0, 10).unwrap();
+        let seen: Vec<(i64, &str)> = letters.iter().map(|l| (l.id, l.reason_code.as_str())).collect();
+        assert_eq!(seen, [(3, "schema"), (4, "invalid_message")]);
+        assert_eq!(letters[0].payload, b"{}");
+        assert_eq!(dead_letters_after(&connection, 3, 10).unwrap().len(), 1);
+        assert!(dead_letters_after(&connection, 4, 10).unwrap().is_empty());
     }
 }

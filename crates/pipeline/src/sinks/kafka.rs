@@ -2,9 +2,11 @@
 //! anomalies to the anomalies topic, keyed by entity id, each batch confirmed by the brokers
 //! (acks=all) before the sink's cursor moves. A batch produced again after a crash repeats
 //! messages whose ids (reading id, stable anomaly id) let a consumer drop the copies.
+//! In a process with edge sources (the gateway) it also follows the rejected bronze rows and
+//! produces them to the dead-letter topic with the headers the Kafka source gives its own.
 
 use crate::kafka::{KafkaConfig, ensure_topics, producer_config, wire};
-use crate::sinks::{AnomalyRecord, ReadingRecord, Target, TargetError};
+use crate::sinks::{AnomalyRecord, DeadLetterRecord, ReadingRecord, Target, TargetError};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -19,6 +21,8 @@ pub struct KafkaOutputs {
     /// profile → (topic, whether the readings carry their enrichment).
     pub readings: BTreeMap<String, (String, bool)>,
     pub anomalies: Option<String>,
+    /// Rejects of this process's edge sources (HTTP, MQTT, the simulator) go here.
+    pub dead_letters: Option<String>,
 }
 
 pub struct KafkaTarget {
@@ -41,6 +45,7 @@ impl KafkaTarget {
     fn topics(&self) -> Vec<&str> {
         let mut topics: Vec<&str> = self.outputs.readings.values().map(|(t, _)| t.as_str()).collect();
         topics.extend(self.outputs.anomalies.as_deref());
+        topics.extend(self.outputs.dead_letters.as_deref());
         topics.sort_unstable();
         topics.dedup();
         topics
@@ -103,6 +108,18 @@ async fn wait_all(pending: &mut Vec<DeliveryFuture>) -> Result<(), KafkaError> {
     Ok(())
 }
 
+/// Dead letters the Kafka source produced itself, before committing their offsets, and
+/// redeliveries (`duplicate`), which are not faults of the data: the sink skips both.
+fn forwarded_by_the_sink(letter: &DeadLetterRecord) -> bool {
+    letter.source != "kafka" && letter.reason_code != "duplicate"
+}
+
+/// Where a dead letter of the store came from, for the `origin` header: its source and bronze
+/// id (`http/bronze/17`), as the Kafka source names topic, partition and offset.
+pub fn bronze_origin(letter: &DeadLetterRecord) -> String {
+    format!("{}/bronze/{}", letter.source, letter.id)
+}
+
 /// A header naming why a message was refused, for dead letters.
 pub fn reason_headers(code: &str, error: &str, origin: &str) -> OwnedHeaders {
     OwnedHeaders::new()
@@ -147,5 +164,21 @@ impl Target for KafkaTarget {
         produce_all(producer, messages)
             .await
             .map_err(|e| TargetError(format!("kafka {}: producing anomalies to {topic}: {e}", self.config.brokers)))
+    }
+
+    fn follows_dead_letters(&self) -> bool {
+        self.outputs.dead_letters.is_some()
+    }
+
+    async fn write_dead_letters(&mut self, rows: &[DeadLetterRecord]) -> Result<(), TargetError> {
+        let Some(topic) = &self.outputs.dead_letters else { return Ok(()) };
+        let producer = self.producer()?;
+        let messages = rows.iter().filter(|row| forwarded_by_the_sink(row)).map(|row| {
+            let headers = reason_headers(&row.reason_code, &row.reason, &bronze_origin(row));
+            (topic.as_str(), row.profile.as_str(), row.payload.clone(), Some(headers))
+        });
+        produce_all(producer, messages)
+            .await
+            .map_err(|e| TargetError(format!("kafka {}: producing dead letters to {topic}: {e}", self.config.brokers)))
     }
 }

@@ -30,7 +30,7 @@ pub mod kafka;
 pub mod postgres;
 pub mod runner;
 
-pub use follow::{AnomalyRecord, ReadingRecord};
+pub use follow::{AnomalyRecord, DeadLetterRecord, ReadingRecord};
 pub use runner::{SinkHandle, SinkStatus};
 
 use std::num::NonZeroUsize;
@@ -59,6 +59,15 @@ pub trait Target {
     fn write_readings(&mut self, rows: &[ReadingRecord]) -> impl Future<Output = Result<(), TargetError>>;
     /// Writes anomaly changes (a later change of the same id replaces an earlier one).
     fn write_anomalies(&mut self, rows: &[AnomalyRecord]) -> impl Future<Output = Result<(), TargetError>>;
+    /// Whether the sink also follows the rejected bronze rows (the gateway's dead letters).
+    fn follows_dead_letters(&self) -> bool {
+        false
+    }
+    /// Forwards dead letters (it may skip some, e.g. those its source forwarded itself); the
+    /// cursor moves past every row given once this returns.
+    fn write_dead_letters(&mut self, _rows: &[DeadLetterRecord]) -> impl Future<Output = Result<(), TargetError>> {
+        async { Ok(()) }
+    }
 }
 
 /// How a sink batches, common to every target.

@@ -1,10 +1,11 @@
 //! The loop every sink runs: read after the cursors, batch, write, confirm, retry while down.
+//! A target that forwards dead letters follows the rejected bronze rows as a third layer.
 //! While the target takes one batch of readings the next is read from the store (on the
 //! blocking pool), so reading and writing overlap; the cursor still moves only after the
 //! target confirmed each batch.
 
-use super::follow::{self, GOLD, SILVER};
-use super::{AnomalyRecord, Batching, ReadingRecord, Target, TargetError};
+use super::follow::{self, DEAD_LETTERS, GOLD, SILVER};
+use super::{AnomalyRecord, Batching, DeadLetterRecord, ReadingRecord, Target, TargetError};
 use crate::metrics::{Metrics, SinkLabels, SinkLayerLabels};
 use crate::store::watermark::SilverWatermark;
 use crate::store::writer::StoreWriter;
@@ -128,6 +129,10 @@ pub fn spawn<T: Target + Send + 'static>(target: T, context: SinkContext) -> Res
     let connection = store::open_reader(&context.data_dir)?;
     let readings = Pending::new(follow::cursor(&connection, name, SILVER)?);
     let anomalies = Pending::new(follow::cursor(&connection, name, GOLD)?);
+    let dead_letters = match target.follows_dead_letters() {
+        true => Some(Pending::new(follow::cursor(&connection, name, DEAD_LETTERS)?)),
+        false => None,
+    };
     let store_uid = follow::store_uid(&connection)?;
     let status = Arc::new(SinkStatus::new(name));
     status.confirmed_silver.store(readings.confirmed, Ordering::Relaxed);
@@ -141,6 +146,7 @@ pub fn spawn<T: Target + Send + 'static>(target: T, context: SinkContext) -> Res
         stopped,
         readings,
         anomalies,
+        dead_letters,
         connected: false,
         down_since: None,
         backoff: FIRST_BACKOFF,
@@ -201,6 +207,8 @@ struct Runner<T> {
     stopped: watch::Receiver<bool>,
     readings: Pending<ReadingRecord>,
     anomalies: Pending<AnomalyRecord>,
+    /// Only for a target that [follows dead letters](Target::follows_dead_letters).
+    dead_letters: Option<Pending<DeadLetterRecord>>,
     connected: bool,
     down_since: Option<Instant>,
     backoff: Duration,
@@ -347,7 +355,30 @@ impl<T: Target> Runner<T> {
             self.confirmed(GOLD, last, count).await;
             wrote = true;
         }
+        if self.dead_letters.is_some() {
+            wrote |= self.step_dead_letters(flush).await?;
+        }
         Ok(wrote)
+    }
+
+    /// [`Runner::step`] for the dead letters: read what fits, write the batch when it is due.
+    async fn step_dead_letters(&mut self, flush: bool) -> Result<bool, Fault> {
+        let batching = self.context.batching;
+        let Some(pending) = &mut self.dead_letters else { return Ok(false) };
+        let room = pending.room(&batching);
+        if room > 0 {
+            let after = pending.rows.last().map_or(pending.confirmed, |r| r.id);
+            pending.extend(self.reader.run(move |c| Ok(follow::dead_letters_after(c, after, room)?)).await?);
+        }
+        if pending.rows.is_empty() || !(flush || pending.due(&batching)) {
+            return Ok(false);
+        }
+        self.target.write_dead_letters(&pending.rows).await?;
+        let last = pending.rows.last().map_or(pending.confirmed, |r| r.id);
+        let count = pending.rows.len();
+        *pending = Pending::new(last);
+        self.confirmed(DEAD_LETTERS, last, count).await;
+        Ok(true)
     }
 
     /// Silver rows after `after` below the watermark, at most `limit`, read on the blocking pool.
@@ -386,13 +417,15 @@ impl<T: Target> Runner<T> {
     async fn confirmed(&mut self, layer: &'static str, position: i64, rows: usize) {
         let labels = SinkLayerLabels { sink: self.name.to_string(), layer: layer.into() };
         self.context.metrics.sink_rows_written.get_or_create(&labels).inc_by(rows as u64);
-        let (written, cursor) = if layer == SILVER {
-            (&self.status.written_readings, &self.status.confirmed_silver)
-        } else {
-            (&self.status.written_anomalies, &self.status.confirmed_gold)
+        let counters = match layer {
+            SILVER => Some((&self.status.written_readings, &self.status.confirmed_silver)),
+            GOLD => Some((&self.status.written_anomalies, &self.status.confirmed_gold)),
+            _ => None,
         };
-        written.fetch_add(rows as u64, Ordering::Relaxed);
-        cursor.store(position, Ordering::Relaxed);
+        if let Some((written, cursor)) = counters {
+            written.fetch_add(rows as u64, Ordering::Relaxed);
+            cursor.store(position, Ordering::Relaxed);
+        }
         if let Err(e) = self.context.store.record_sink_cursor(self.name.clone(), layer, position).await {
             // Only while the pipeline stops; the rows are written again after the next start.
             tracing::warn!("sink {}: cannot record its {layer} cursor {position}: {e}", self.name);

@@ -62,32 +62,10 @@ pub async fn run(
     let kafka = &source.kafka;
     let mut wanted: Vec<&str> = source.topics.iter().map(|(t, _)| t.as_str()).collect();
     wanted.push(&kafka.topics.dead_letters);
-    // Brokers that are not up yet are waited for, saying so once.
-    let mut waiting = false;
-    loop {
-        match ensure_topics(kafka, &wanted).await {
-            Ok(()) => break,
-            Err(e) if !waiting => {
-                tracing::warn!("{e}; retrying every {} s", START_RETRY.as_secs());
-                waiting = true;
-            }
-            Err(_) => {}
-        }
-        tokio::select! {
-            () = tokio::time::sleep(START_RETRY) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
-        }
+    if !wait_for_topics(kafka, &wanted, &mut shutdown).await {
+        return Ok(());
     }
-    if waiting {
-        tracing::info!("kafka: brokers {} answered; topics ready", kafka.brokers);
-    }
-    let consumer: StreamConsumer = consumer_config(kafka)
-        .set("group.id", &source.group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .create()
-        .map_err(|e| format!("cannot make a Kafka consumer for {}: {e}", kafka.brokers))?;
+    let consumer = group_consumer(kafka, &source.group)?;
     let topics: Vec<&str> = source.topics.iter().map(|(t, _)| t.as_str()).collect();
     consumer.subscribe(&topics).map_err(|e| format!("cannot subscribe to Kafka topics {topics:?}: {e}"))?;
     let dead_letters =
@@ -150,6 +128,46 @@ pub async fn run(
         tracing::debug!("kafka: final commit: {e}");
     }
     Ok(())
+}
+
+/// Makes sure `wanted` exist, waiting for brokers that are not up yet and saying so once;
+/// false when `shutdown` came first.
+pub(crate) async fn wait_for_topics(
+    kafka: &KafkaConfig,
+    wanted: &[&str],
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut waiting = false;
+    loop {
+        match ensure_topics(kafka, wanted).await {
+            Ok(()) => break,
+            Err(e) if !waiting => {
+                tracing::warn!("{e}; retrying every {} s", START_RETRY.as_secs());
+                waiting = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(START_RETRY) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+        }
+    }
+    if waiting {
+        tracing::info!("kafka: brokers {} answered; topics ready", kafka.brokers);
+    }
+    true
+}
+
+/// A consumer of `group` that commits only what it is told to, from the earliest offset when
+/// the group has none.
+pub(crate) fn group_consumer(kafka: &KafkaConfig, group: &str) -> Result<StreamConsumer, String> {
+    consumer_config(kafka)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|e| format!("cannot make a Kafka consumer for {}: {e}", kafka.brokers))
 }
 
 fn owned(message: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {

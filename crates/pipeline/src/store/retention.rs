@@ -10,7 +10,8 @@
 //! - bronze (and the dedup keys of `message_keys`) by arrival time, `received_at_ms`, and only
 //!   rows whose every reading has its silver row (below the silver watermark), so a restart
 //!   can still re-process what it acknowledged. Quarantined messages are bronze rows too: they
-//!   are kept by the same age rule, so a dead letter is replayable for `bronze_days`.
+//!   are kept by the same age rule, so a dead letter is replayable for `bronze_days`, and not
+//!   before every sink that forwards dead letters (the gateway's Kafka sink) has them.
 //! - silver by the time it was stored, `processed_at_ms`, and only ids every configured sink
 //!   has confirmed.
 //! - gold by the time it was detected, `detected_at_ms`, only closed episodes and changes every
@@ -64,6 +65,8 @@ pub struct RetentionPolicy {
     pub batch_rows: NonZeroUsize,
     /// The sinks whose cursors hold silver and gold rows back (their names in `sink_cursors`).
     pub sinks: Vec<&'static str>,
+    /// The sinks whose dead-letter cursors hold rejected bronze rows back.
+    pub dead_letter_sinks: Vec<&'static str>,
 }
 
 impl Default for RetentionPolicy {
@@ -102,7 +105,7 @@ impl RawRetention {
             errors.push("store.retention.batch_rows must be at least 1".to_string());
             NonZeroUsize::MIN
         });
-        RetentionPolicy { bronze_ms, silver_ms, gold_ms, interval, batch_rows, sinks }
+        RetentionPolicy { bronze_ms, silver_ms, gold_ms, interval, batch_rows, sinks, dead_letter_sinks: Vec::new() }
     }
 }
 
@@ -134,13 +137,16 @@ pub fn step(
     let mut trimmed = Trimmed::default();
     if let Some(keep_ms) = policy.bronze_ms {
         let cutoff = now_ms.saturating_sub(keep_ms);
-        // A row's readings take ids id .. id + messages - 1; all of them must be in silver.
+        let forwarded = sink_hold(tx, &policy.dead_letter_sinks, follow::DEAD_LETTERS)?;
+        // A row's readings take ids id .. id + messages - 1; all of them must be in silver. A
+        // rejected row stays until the sinks that forward dead letters are past it.
         trimmed.bronze = tx
             .prepare_cached(
-                "DELETE FROM bronze WHERE id IN (SELECT id FROM bronze WHERE id + messages <= ?1 ORDER BY id LIMIT ?2)
+                "DELETE FROM bronze WHERE id IN (SELECT id FROM bronze WHERE id + messages <= ?1
+                   AND (verdict != 'rejected' OR id <= ?4) ORDER BY id LIMIT ?2)
                AND received_at_ms < ?3",
             )?
-            .execute(params![silver_watermark, batch, cutoff])?;
+            .execute(params![silver_watermark, batch, cutoff, forwarded])?;
         // A dedup key goes only with its bronze row: keys are by event time, which says nothing
         // about arrival (a device replaying last month's readings), so the bound is the first
         // bronze id still kept.
@@ -335,5 +341,47 @@ mod tests {
         run_step(13);
         assert_eq!(ids(&connection, "bronze"), vec![11, 12]);
         assert_eq!(ids(&connection, "silver"), vec![11, 12]);
+    }
+
+    #[test]
+    fn an_expired_dead_letter_stays_until_the_sink_that_forwards_dead_letters_is_past_it() {
+        let folder = tempfile::tempdir().unwrap();
+        let mut connection = store::open(folder.path(), Durability::Normal).unwrap();
+        let day = 86_400_000_i64;
+        let now = 100 * day;
+        // Ten days old: 1, 3 and 5 are rejected, the rest valid (with their silver rows).
+        for id in 1..=6_i64 {
+            let verdict = if id % 2 == 1 { "rejected" } else { "valid" };
+            connection
+                .execute(
+                    "INSERT INTO bronze (id, received_at_ms, source, profile, verdict, messages, payload)
+                     VALUES (?1, ?2, 'http', 'drone', ?3, 1, x'7b7d')",
+                    params![id, now - 10 * day, verdict],
+                )
+                .unwrap();
+        }
+        connection
+            .execute(
+                "INSERT INTO sink_cursors (sink, layer, position, updated_at_ms) VALUES ('kafka', 'dead_letters', 3, 0)",
+                [],
+            )
+            .unwrap();
+        let mut policy = policy(7.0, 0.0, 0.0, vec!["kafka"]);
+        policy.dead_letter_sinks = vec!["kafka"];
+        let ids = |connection: &rusqlite::Connection| -> Vec<i64> {
+            let mut statement = connection.prepare("SELECT id FROM bronze ORDER BY id").unwrap();
+            statement.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+        };
+        for _ in 0..3 {
+            let tx = connection.transaction().unwrap();
+            step(&tx, &policy, now, 7).unwrap();
+            tx.commit().unwrap();
+        }
+        assert_eq!(ids(&connection), [5], "the dead letter the sink has not produced yet stays");
+        connection.execute("UPDATE sink_cursors SET position = 5", []).unwrap();
+        let tx = connection.transaction().unwrap();
+        step(&tx, &policy, now, 7).unwrap();
+        tx.commit().unwrap();
+        assert!(ids(&connection).is_empty());
     }
 }

@@ -231,6 +231,20 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX alerts_active ON alerts (profile, entity_id) WHERE state != 'resolved';
     "#,
+    // 8: a sink that forwards dead letters (the gateway's Kafka sink) keeps a cursor over the
+    // rejected bronze rows too; SQLite cannot change a CHECK, so the table is made again.
+    r#"
+    CREATE TABLE sink_cursors_new (
+        sink TEXT NOT NULL,
+        layer TEXT NOT NULL CHECK (layer IN ('silver', 'gold', 'dead_letters')),
+        position INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (sink, layer)
+    ) WITHOUT ROWID;
+    INSERT INTO sink_cursors_new SELECT sink, layer, position, updated_at_ms FROM sink_cursors;
+    DROP TABLE sink_cursors;
+    ALTER TABLE sink_cursors_new RENAME TO sink_cursors;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -36,6 +36,9 @@ pub enum WriteCommand {
     BronzeOnce { submission: OnceSubmission, reply: oneshot::Sender<Result<OnceOutcome, String>> },
     /// Append analysed readings and their anomalies; frees `permits` in-flight slots after.
     Derived { silver: Vec<Arc<SilverRow>>, gold: Vec<GoldRow>, permits: usize },
+    /// Append anomalies another process's store produced (the serving role reads them from the
+    /// anomalies topic), through the same gold path as `Derived`'s; answered after the commit.
+    Gold { rows: Vec<GoldRow>, reply: oneshot::Sender<Result<(), String>> },
     /// Store a trained isolation-forest model under its scope label.
     Model { scope: String, json: String },
     /// Acknowledge or resolve an alert; answered after the commit.
@@ -68,6 +71,7 @@ impl WriteCommand {
                 (1 + submission.rejected.len()) * 8 + submission.accepted.len()
             }
             WriteCommand::Derived { silver, gold, .. } => silver.len() + gold.len(),
+            WriteCommand::Gold { rows, .. } => rows.len(),
             WriteCommand::Model { .. }
             | WriteCommand::Alert { .. }
             | WriteCommand::Flush { .. }
@@ -115,6 +119,15 @@ impl StoreWriter {
         self.commands
             .blocking_send(WriteCommand::Derived { silver, gold, permits })
             .map_err(|_| StoreError::WriterStopped)
+    }
+
+    /// Appends anomalies read from another store's topic and waits until they are committed.
+    /// An anomaly already stored (same id) changes nothing, the close of an open episode
+    /// updates it, and a new one opens or updates its alert, as the detecting store does.
+    pub async fn append_gold(&self, rows: Vec<GoldRow>) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(WriteCommand::Gold { rows, reply }).await.map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?.map_err(StoreError::Schema)
     }
 
     /// Queues a trained model for storage (from a worker thread).
@@ -362,6 +375,15 @@ impl Writer {
                         }
                     }
                 }
+                WriteCommand::Gold { rows, reply } => {
+                    let answer = if committed { Ok(()) } else { Err("the store could not commit; retry".to_string()) };
+                    if committed {
+                        for row in rows {
+                            self.context.live.announce(anomaly_event(row));
+                        }
+                    }
+                    let _ = reply.send(answer);
+                }
                 WriteCommand::Alert { reply, .. } => {
                     let answer = transitions.next().ok_or_else(|| "the store could not commit; retry".to_string());
                     let _ = reply.send(answer);
@@ -486,6 +508,11 @@ impl Writer {
                     silver_rows += silver.len();
                     write_silver(&tx, silver, &mut profiles, &mut entities)?;
                     gold_rows += self.gold.write(&tx, gold, self.context.alert_cooldown_ms, &mut |profile| {
+                        by_name(&mut profiles, profile, ProfileDelta::default).anomalies += 1;
+                    })?;
+                }
+                WriteCommand::Gold { rows, .. } => {
+                    gold_rows += self.gold.write(&tx, rows, self.context.alert_cooldown_ms, &mut |profile| {
                         by_name(&mut profiles, profile, ProfileDelta::default).anomalies += 1;
                     })?;
                 }

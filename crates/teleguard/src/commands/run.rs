@@ -8,6 +8,7 @@ use teleguard_pipeline::Pipeline;
 use teleguard_pipeline::config::{Config, Overrides};
 use teleguard_pipeline::notify;
 use teleguard_pipeline::sources::kafka::KafkaSourceConfig;
+use teleguard_pipeline::sources::kafka_anomalies::AnomalySourceConfig;
 use teleguard_pipeline::sources::{self, mqtt, simulator};
 use tokio::sync::watch;
 
@@ -36,7 +37,9 @@ pub struct RunArgs {
     /// Stages to run: `all` (one process, the default), or over Kafka (`[kafka]` in the
     /// config) one or more of `gateway` (simulator, MQTT, HTTP → raw topics), `enrich` (raw →
     /// enriched topics), `detect` (enriched or raw topics → detectors → anomalies topic, local
-    /// store), `history` (enriched topics → ClickHouse / PostgreSQL), e.g. `--role enrich,detect`.
+    /// store), `history` (enriched topics → ClickHouse / PostgreSQL), `serve` (anomalies topic →
+    /// this process's store, API and dashboard: one dashboard for many detectors), e.g.
+    /// `--role enrich,detect`. `gateway` also forwards its rejects to the dead-letter topic.
     #[arg(long, value_name = "ROLE[,ROLE...]")]
     role: Option<String>,
 }
@@ -84,6 +87,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             (pipeline.ingest(), pipeline.metrics.clone(), shutdown.clone(), failed_sender.clone());
         source_tasks.push(tokio::spawn(async move {
             let result = sources::kafka::run(ingest, metrics, source, stop).await;
+            if let Err(e) = &result {
+                let _ = failed_sender.send(e.clone()).await;
+            }
+            result
+        }));
+    }
+    if let Some((topic, group)) = pipeline.config.plan.consume_anomalies.clone() {
+        let kafka = pipeline.config.kafka.clone().expect("a role that consumes has [kafka]");
+        let source = AnomalySourceConfig { kafka, topic, group };
+        let (ingest, store, stop, failed_sender) =
+            (pipeline.ingest(), pipeline.store(), shutdown.clone(), failed_sender.clone());
+        source_tasks.push(tokio::spawn(async move {
+            let result = sources::kafka_anomalies::run(ingest, store, source, stop).await;
             if let Err(e) = &result {
                 let _ = failed_sender.send(e.clone()).await;
             }
