@@ -45,11 +45,11 @@ pub struct KafkaSourceConfig {
 }
 
 /// One consumed message, owned.
-struct Consumed {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    payload: Vec<u8>,
+pub(crate) struct Consumed {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) payload: Vec<u8>,
 }
 
 /// Consumes until `shutdown`; returns an error that says what failed when it cannot go on.
@@ -73,29 +73,8 @@ pub async fn run(
     tracing::info!("kafka: consuming {} in group {} from {}", topics.join(", "), source.group, kafka.brokers);
     let profile_of: HashMap<&str, &str> = source.topics.iter().map(|(t, p)| (t.as_str(), p.as_str())).collect();
     let mut consumer_state = ConsumerState { followed: HashMap::new(), error_logged: false };
-    loop {
-        let first = tokio::select! {
-            message = consumer.recv() => message,
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
-        let mut batch = match first {
-            Ok(message) => vec![owned(&message)],
-            Err(e) => {
-                if !consumer_state.error_logged {
-                    tracing::warn!("kafka: consuming from {}: {e}; retrying", kafka.brokers);
-                    consumer_state.error_logged = true;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        consumer_state.error_logged = false;
-        while batch.len() < kafka.consume_batch {
-            match tokio::time::timeout(BATCH_LINGER, consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(owned(&message)),
-                _ => break,
-            }
-        }
+    let from = format!("from {}", kafka.brokers);
+    while let Some(batch) = next_batch(&consumer, kafka, &mut shutdown, &from, &mut consumer_state.error_logged).await {
         if source.rebuild_state && kafka.rebuild_messages > 0 {
             consumer_state.rebuild(&ingest, kafka, &profile_of, &batch).await;
         }
@@ -168,6 +147,43 @@ pub(crate) fn group_consumer(kafka: &KafkaConfig, group: &str) -> Result<StreamC
         .set("enable.partition.eof", "false")
         .create()
         .map_err(|e| format!("cannot make a Kafka consumer for {}: {e}", kafka.brokers))
+}
+
+/// The next batch: a message, and the ones that follow within [`BATCH_LINGER`], up to
+/// `consume_batch`; `None` once `shutdown` comes. A consume error is logged once until a
+/// message arrives again (`from` says what is consumed) and retried.
+pub(crate) async fn next_batch(
+    consumer: &StreamConsumer,
+    kafka: &KafkaConfig,
+    shutdown: &mut watch::Receiver<bool>,
+    from: &str,
+    error_logged: &mut bool,
+) -> Option<Vec<Consumed>> {
+    loop {
+        let first = tokio::select! {
+            message = consumer.recv() => message,
+            _ = shutdown.wait_for(|stop| *stop) => return None,
+        };
+        let mut batch = match first {
+            Ok(message) => vec![owned(&message)],
+            Err(e) => {
+                if !*error_logged {
+                    tracing::warn!("kafka: consuming {from}: {e}; retrying");
+                    *error_logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        *error_logged = false;
+        while batch.len() < kafka.consume_batch {
+            match tokio::time::timeout(BATCH_LINGER, consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(owned(&message)),
+                _ => break,
+            }
+        }
+        return Some(batch);
+    }
 }
 
 fn owned(message: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {

@@ -11,18 +11,13 @@ use crate::ingest::Ingest;
 use crate::kafka::KafkaConfig;
 use crate::kafka::wire::parse_anomaly;
 use crate::sinks::kafka::{produce_all, producer, reason_headers};
-use crate::sources::kafka::{group_consumer, wait_for_topics};
+use crate::sources::kafka::{Consumed, group_consumer, next_batch, wait_for_topics};
 use crate::store::writer::StoreWriter;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
-
-/// How long a batch waits for more messages once it has one.
-const BATCH_LINGER: Duration = Duration::from_millis(5);
 
 /// What the serving process consumes, and in which group.
 #[derive(Debug, Clone)]
@@ -30,13 +25,6 @@ pub struct AnomalySourceConfig {
     pub kafka: Arc<KafkaConfig>,
     pub topic: String,
     pub group: String,
-}
-
-/// One consumed message, owned.
-struct Consumed {
-    partition: i32,
-    offset: i64,
-    payload: Vec<u8>,
 }
 
 /// A message refused, with its reason code and the reason.
@@ -66,30 +54,9 @@ pub async fn run(
     let dead_letters =
         producer(kafka).map_err(|e| format!("cannot make a Kafka producer for {}: {e}", kafka.brokers))?;
     tracing::info!("kafka: serving anomalies of {} in group {} from {}", source.topic, source.group, kafka.brokers);
+    let from = format!("{} from {}", source.topic, kafka.brokers);
     let mut error_logged = false;
-    loop {
-        let first = tokio::select! {
-            message = consumer.recv() => message,
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
-        let mut batch = match first {
-            Ok(message) => vec![owned(&message)],
-            Err(e) => {
-                if !error_logged {
-                    tracing::warn!("kafka: consuming {} from {}: {e}; retrying", source.topic, kafka.brokers);
-                    error_logged = true;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        error_logged = false;
-        while batch.len() < kafka.consume_batch {
-            match tokio::time::timeout(BATCH_LINGER, consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(owned(&message)),
-                _ => break,
-            }
-        }
+    while let Some(batch) = next_batch(&consumer, kafka, &mut shutdown, &from, &mut error_logged).await {
         store_batch(&ingest, &store, &source, &dead_letters, &batch).await?;
         // Everything up to these offsets is committed to the store: committing them is the
         // acknowledgement.
@@ -114,14 +81,6 @@ pub async fn run(
         tracing::debug!("kafka: final commit: {e}");
     }
     Ok(())
-}
-
-fn owned(message: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {
-    Consumed {
-        partition: message.partition(),
-        offset: message.offset(),
-        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-    }
 }
 
 /// Stores a batch: its refused messages as dead letters (bronze first, then the dead-letter
