@@ -1,7 +1,8 @@
 //! The distributed shape against a real Kafka-protocol broker (tansu, started on a free loopback
 //! port in a temporary folder): reference 000's chain across processes with kafka-python at both
 //! ends, two detectors sharing a group when one of them is killed, the serving role, the
-//! gateway's dead letters and SASL (SCRAM) authentication.
+//! gateway's dead letters, SASL (SCRAM) authentication and mutual TLS (through socat in front of
+//! tansu, which cannot serve TLS itself).
 
 mod common;
 
@@ -20,6 +21,8 @@ struct Tansu {
     storage: &'static str,
     /// `--authentication`: clients must authenticate (SASL), `tansu topic list` included.
     authentication: bool,
+    /// The port it tells clients to connect to: `port`, or a TLS terminator's in front of it.
+    advertised: u16,
     child: Option<Child>,
 }
 
@@ -44,7 +47,16 @@ impl Tansu {
     /// A broker on a port of its own, not started yet.
     fn stopped(binary: PathBuf, folder: &Path, storage: &'static str) -> Tansu {
         std::fs::create_dir_all(folder).unwrap();
-        Tansu { binary, folder: folder.to_path_buf(), port: free_port(), storage, authentication: false, child: None }
+        let port = free_port();
+        Tansu {
+            binary,
+            folder: folder.to_path_buf(),
+            port,
+            storage,
+            authentication: false,
+            advertised: port,
+            child: None,
+        }
     }
 
     /// kill -9, then the same broker again on the same port and storage.
@@ -56,15 +68,17 @@ impl Tansu {
         self.launch();
     }
 
+    /// What clients bootstrap from: the advertised address.
     fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised)
     }
 
     fn launch(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
         let log = std::fs::File::create(self.folder.join("tansu.log")).unwrap();
         let child = Command::new(&self.binary)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
             .args(["--storage-engine", self.storage])
             .args(self.authentication.then_some("--authentication"))
             .current_dir(&self.folder)
@@ -922,6 +936,153 @@ async fn sasl_scram_through_the_client_settings_moves_messages_and_a_wrong_passw
     assert_eq!(sink["up"], false, "{sink}");
     assert_eq!(sink["lag_readings"], sent, "the readings wait in its store: {sink}");
     assert_eq!(sink["written_readings"], 0, "{sink}");
+}
+
+/// A mutual-TLS terminator (Debian's socat) on a free loopback port in front of a plaintext
+/// broker: it presents `server.crt` of `certs` (a `teleguard certs` folder), takes only clients
+/// with a certificate its `ca.crt` signed, and forwards each connection to `target`.
+struct TlsTerminator {
+    child: Child,
+}
+
+impl TlsTerminator {
+    fn binary_or_skip(test: &str) -> Option<PathBuf> {
+        let binary = ["/usr/bin/socat", "/bin/socat"].map(PathBuf::from).into_iter().find(|p| p.is_file());
+        installed_or_skip(binary, test, "socat", "socat")
+    }
+
+    fn start(binary: &Path, port: u16, certs: &Path, target: u16, log: &Path) -> TlsTerminator {
+        let file = |name: &str| certs.join(name).to_str().unwrap().to_string();
+        let listen = format!(
+            "openssl-listen:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify=1",
+            file("server.crt"),
+            file("server.key"),
+            file("ca.crt")
+        );
+        let log_file = std::fs::File::create(log).unwrap();
+        let child = Command::new(binary)
+            .args(["-d", "-d", &listen, &format!("tcp:127.0.0.1:{target}")])
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start socat");
+        let terminator = TlsTerminator { child };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return terminator;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("socat did not listen on 127.0.0.1:{port}; its log: {}", log.display());
+    }
+}
+
+impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `teleguard certs` in `dir`: a CA, `server.crt` for 127.0.0.1 / localhost and `teleguard.crt`.
+fn make_certificates(dir: &Path) {
+    let output = Command::new(env!("CARGO_BIN_EXE_teleguard"))
+        .args(["certs", "--client", "teleguard", "--out"])
+        .arg(dir)
+        .output()
+        .expect("run teleguard certs");
+    assert!(output.status.success(), "teleguard certs: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// `[kafka.client]` for TLS with a client certificate: `ca.crt`, `teleguard.crt` and
+/// `teleguard.key` of `certs`.
+fn tls_client(certs: &Path) -> String {
+    format!(
+        "[kafka.client]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = {:?}\n\
+         \"ssl.certificate.location\" = {:?}\n\"ssl.key.location\" = {:?}\n",
+        certs.join("ca.crt"),
+        certs.join("teleguard.crt"),
+        certs.join("teleguard.key")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_through_the_client_settings_moves_messages_and_another_ca_or_no_client_certificate_keeps_them_in_the_store()
+ {
+    let test = "mutual_tls_through_the_client_settings_moves_messages_and_another_ca_or_no_client_certificate_keeps_them_in_the_store";
+    let Some(binary) = tansu_or_skip(test) else { return };
+    let Some(socat) = TlsTerminator::binary_or_skip(test) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    let (certs, other) = (folder.path().join("certs"), folder.path().join("other-ca"));
+    make_certificates(&certs);
+    make_certificates(&other);
+    // tansu listens in plaintext but advertises the terminator's port, and the clients speak
+    // only TLS, which tansu's own port does not: every connection that works, bootstrap and
+    // after metadata, went through the terminator with a client certificate.
+    let mut tansu = Tansu::stopped(binary, &folder.path().join("tansu"), "memory://tansu/");
+    tansu.advertised = free_port();
+    let _terminator =
+        TlsTerminator::start(&socat, tansu.advertised, &certs, tansu.port, &folder.path().join("socat.log"));
+    tansu.launch();
+    let config = write_config(folder.path(), &tansu, "");
+    let text = std::fs::read_to_string(&config).unwrap() + &tls_client(&certs);
+    std::fs::write(&config, text).unwrap();
+    let gateway = role(folder.path(), "gateway", &config);
+    let enrich = role(folder.path(), "enrich", &config);
+    let night = folder.path().join("night.ndjson");
+    simulate_file("vehicle", 3, "2024-09-04T02:00:00Z", "5m", &[], &night);
+    let body = std::fs::read_to_string(&night).unwrap();
+    let sent = body.lines().count() as i64;
+    let http = client();
+    let (status, report) = common::post(&http, &gateway, "vehicle", body.clone()).await;
+    assert_eq!((status, report["accepted"].as_i64()), (202, Some(sent)), "{report}");
+    let enriched = settle(|| analysed(&http, &enrich), |n| *n >= sent).await;
+    assert_eq!(enriched, sent, "every reading crossed the TLS terminator");
+    assert_eq!(sink_stats(&http, &gateway, "kafka").await["up"], true);
+
+    // A gateway that trusts another CA refuses the broker's certificate, and the terminator
+    // refuses a gateway without a client certificate: each takes readings in (they wait in its
+    // store) and says what to check. Both are started first, so their timeouts overlap.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let ca_line = format!("\"ssl.ca.location\" = {:?}\n", certs.join("ca.crt"));
+    let key_lines = format!(
+        "\"ssl.certificate.location\" = {:?}\n\"ssl.key.location\" = {:?}\n",
+        certs.join("teleguard.crt"),
+        certs.join("teleguard.key")
+    );
+    assert!(text.contains(&ca_line) && text.contains(&key_lines), "{text}");
+    let refused: Vec<(&str, Server, PathBuf)> = [
+        ("another-ca", text.replace(&ca_line, &format!("\"ssl.ca.location\" = {:?}\n", other.join("ca.crt")))),
+        ("no-client-certificate", text.replace(&key_lines, "")),
+    ]
+    .into_iter()
+    .map(|(name, text)| {
+        let config = folder.path().join(format!("{name}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let log_path = folder.path().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let args = ["--config", config.to_str().unwrap(), "--role", "gateway"];
+        (name, Server::start_with_stderr(&folder.path().join(name), &args, log), log_path)
+    })
+    .collect();
+    for (_, server, _) in &refused {
+        let (status, _) = common::post(&http, server, "vehicle", body.clone()).await;
+        assert_eq!(status, 202);
+    }
+    for (name, server, log_path) in &refused {
+        let said = wait_for_log(log_path, "sink kafka: target down").await;
+        eprintln!("{name}: {said}");
+        assert!(said.contains(&tansu.brokers()), "the error names the brokers: {said}");
+        assert!(said.contains("security.protocol = \"ssl\""), "and what to check: {said}");
+        assert!(said.contains("ssl.ca.location must hold the CA"), "the CA setting in particular: {said}");
+        assert!(said.contains("ssl.certificate.location"), "and the client certificate: {said}");
+        let sink = sink_stats(&http, server, "kafka").await;
+        assert_eq!(sink["up"], false, "{name}: {sink}");
+        assert_eq!(sink["lag_readings"], sent, "{name}: the readings wait in its store: {sink}");
+        assert_eq!(sink["written_readings"], 0, "{name}: {sink}");
+    }
+    let socat_log = std::fs::read_to_string(folder.path().join("socat.log")).unwrap();
+    assert!(socat_log.contains("peer did not return a certificate"), "the terminator refused the second: {socat_log}");
 }
 
 /// A plain, anonymous mosquitto on a free loopback port (Debian's `mosquitto`), for the gateway's

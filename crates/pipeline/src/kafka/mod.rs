@@ -61,17 +61,24 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 /// With TLS or SASL configured, what else to check when the brokers do not answer: a broker
-/// may leave a refused SASL exchange unanswered (tansu 0.6 does), so the client sees only a
-/// timeout.
+/// may leave a refused SASL exchange unanswered (tansu 0.6 does), and a failed TLS handshake
+/// reaches an admin request only as a timeout.
 fn security_hint(config: &KafkaConfig) -> String {
     let protocol = config.client.iter().find(|(key, _)| key == "security.protocol").map(|(_, value)| value);
-    match protocol.filter(|p| !p.eq_ignore_ascii_case("plaintext")) {
-        Some(protocol) => format!(
-            " Are the [kafka.client] security settings right (security.protocol = {protocol:?}, and the ssl.* / sasl.* \
-             credentials)?"
-        ),
-        None => String::new(),
-    }
+    let Some(protocol) = protocol.filter(|p| !p.eq_ignore_ascii_case("plaintext")) else {
+        return String::new();
+    };
+    const TLS: &str = "ssl.ca.location must hold the CA that signed the brokers' certificates, and \
+                       ssl.certificate.location / ssl.key.location a client certificate that they accept if they ask \
+                       for one";
+    const SASL: &str = "sasl.mechanism, sasl.username and sasl.password must be what the brokers expect";
+    let what = match protocol.to_ascii_lowercase().as_str() {
+        "ssl" => TLS.to_string(),
+        "sasl_plaintext" => SASL.to_string(),
+        "sasl_ssl" => format!("{TLS}; {SASL}"),
+        _ => "check the ssl.* / sasl.* credentials".to_string(),
+    };
+    format!(" Are the [kafka.client] security settings right (security.protocol = {protocol:?}: {what})?")
 }
 
 /// Creates each of `topics` that does not exist yet (with `kafka.partitions`), unless
