@@ -133,6 +133,11 @@ impl Target for KafkaTarget {
         "kafka"
     }
 
+    /// A role's topic output is the pipeline's next stage, not a copy beside it.
+    fn yields_cpu_to_ingest(&self) -> bool {
+        false
+    }
+
     async fn connect(&mut self, _store_uid: i64) -> Result<(), TargetError> {
         ensure_topics(&self.config, &self.topics()).await.map_err(TargetError)?;
         let producer = producer(&self.config)

@@ -10,7 +10,9 @@
 //! It writes batches bounded by rows (`batch_rows`) and by time (`batch_ms`), and moves a cursor
 //! only after the target confirmed the batch. While the target is down it keeps at most one
 //! batch per layer in memory, retries with capped exponential backoff, and logs once that the
-//! target is down and once that it is back.
+//! target is down and once that it is back. An analytics sink's threads run at a lower CPU
+//! priority than the pipeline's, so that on a busy machine ingest and detection go first and
+//! the sink's lag grows instead (it catches up when the load falls).
 //!
 //! # Delivery
 //! At least once from the store, exactly once on the target: rows carry their store ids as keys
@@ -59,6 +61,12 @@ pub trait Target {
     fn write_readings(&mut self, rows: &[ReadingRecord]) -> impl Future<Output = Result<(), TargetError>>;
     /// Writes anomaly changes (a later change of the same id replaces an earlier one).
     fn write_anomalies(&mut self, rows: &[AnomalyRecord]) -> impl Future<Output = Result<(), TargetError>>;
+    /// Whether the sink's threads run below the pipeline's CPU priority (see
+    /// [`runner::SINK_NICENESS`]): true for a copy to an analytics store, false for a target
+    /// that is the next stage of the pipeline itself (a role's Kafka output).
+    fn yields_cpu_to_ingest(&self) -> bool {
+        true
+    }
     /// Whether the sink also follows the rejected bronze rows (the gateway's dead letters).
     fn follows_dead_letters(&self) -> bool {
         false

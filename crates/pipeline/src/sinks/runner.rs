@@ -28,6 +28,11 @@ const LAG_EVERY: Duration = Duration::from_secs(1);
 const LAG_SHARE: u32 = 20;
 /// How long a stopping sink keeps writing what the store still holds.
 const FINAL_DRAIN: Duration = Duration::from_secs(10);
+/// The niceness of an analytics sink's threads (its loop and its store reads), above the
+/// pipeline's 0: when the cores are busy the scheduler gives a pipeline thread about ten times
+/// the share of a sink thread, so a sink slows by lagging rather than ingest by waiting for a
+/// core; with cores to spare it changes nothing.
+pub const SINK_NICENESS: i32 = 10;
 
 /// What the pipeline gives a sink.
 #[derive(Debug, Clone)]
@@ -155,10 +160,21 @@ pub fn spawn<T: Target + Send + 'static>(target: T, context: SinkContext) -> Res
         name: Arc::from(name),
         store_uid,
     };
+    let yields = runner.target.yields_cpu_to_ingest();
     let thread = std::thread::Builder::new()
         .name(format!("sink-{name}"))
         .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let lower_priority = move || {
+                if yields {
+                    yield_cpu_to_ingest(name);
+                }
+            };
+            lower_priority();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name(format!("sink-{name}-read"))
+                .on_thread_start(lower_priority)
+                .build();
             match runtime {
                 Ok(runtime) => runtime.block_on(runner.run()),
                 Err(e) => tracing::error!("sink {name}: cannot start its runtime: {e}"),
@@ -166,6 +182,14 @@ pub fn spawn<T: Target + Send + 'static>(target: T, context: SinkContext) -> Res
         })
         .map_err(|source| StoreError::Thread { name: "sink", source })?;
     Ok(SinkHandle { status, stop, thread })
+}
+
+/// Lowers the calling thread's CPU priority to [`SINK_NICENESS`] (on Linux a niceness is a
+/// thread's own). Where that fails the sink runs at the pipeline's priority (logged at debug).
+fn yield_cpu_to_ingest(name: &str) {
+    if let Err(e) = rustix::process::setpriority_process(None, SINK_NICENESS) {
+        tracing::debug!("sink {name}: cannot lower its CPU priority (it runs at the pipeline's): {e}");
+    }
 }
 
 /// The rows of one layer read after the confirmed cursor and not yet confirmed.
