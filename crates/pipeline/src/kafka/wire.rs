@@ -5,7 +5,10 @@
 
 use crate::sinks::{AnomalyRecord, ReadingRecord};
 use crate::store::GoldRow;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use teleguard_core::model::{Anomaly, Episode, Severity};
 use teleguard_core::profile::{Profile, ProfileRegistry};
@@ -24,36 +27,48 @@ fn known_detector(name: &str) -> Option<&'static str> {
         .find(|known| *known == name)
 }
 
-/// `record` as a message of `profile`; `enriched` adds the enrichment fields.
+/// One field of an outgoing reading: a value made here, or one copied as the store holds it.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Field<'a> {
+    Made(Value),
+    Stored(&'a RawValue),
+}
+
+/// `record` as a message of `profile`; `enriched` adds the enrichment fields. The stored
+/// metrics and attributes are copied as text (no number is parsed and written again) into an
+/// object ordered and keyed as a `serde_json::Map` would be: fields sorted by name, a later
+/// one of the same name replacing an earlier one.
 pub fn reading_payload(profile: &Profile, record: &ReadingRecord, enriched: bool) -> Vec<u8> {
-    let mut object = Map::new();
-    object.insert(profile.entity_field.clone(), Value::from(record.entity_id.as_str()));
+    let mut object: BTreeMap<String, Field<'_>> = BTreeMap::new();
+    object.insert(profile.entity_field.clone(), Field::Made(Value::from(record.entity_id.as_str())));
     let timestamp = match profile.timestamp_format {
         TimeFormat::EpochMillis => Value::from(record.timestamp_ms),
         TimeFormat::EpochSeconds => Value::from(record.timestamp_ms as f64 / 1000.0),
         TimeFormat::Auto | TimeFormat::Iso8601 => Value::from(format_millis(record.timestamp_ms)),
     };
-    object.insert(profile.timestamp_field.clone(), timestamp);
+    object.insert(profile.timestamp_field.clone(), Field::Made(timestamp));
     if let (Some(position), Some(lat), Some(lon)) = (&profile.position, record.latitude, record.longitude) {
-        object.insert(position.latitude.clone(), Value::from(lat));
-        object.insert(position.longitude.clone(), Value::from(lon));
+        object.insert(position.latitude.clone(), Field::Made(Value::from(lat)));
+        object.insert(position.longitude.clone(), Field::Made(Value::from(lon)));
     }
-    let metrics: Map<String, Value> = serde_json::from_str(&record.metrics).unwrap_or_default();
+    let metrics: BTreeMap<String, &RawValue> = serde_json::from_str(&record.metrics).unwrap_or_default();
     match &profile.metric_selector {
         // Long format: one metric per message, named in one field, its value in another.
         Some(selector) => {
             if let Some((name, value)) = metrics.into_iter().next() {
-                object.insert(selector.name_field.clone(), Value::from(name));
-                object.insert(selector.value_field.clone(), value);
+                object.insert(selector.name_field.clone(), Field::Made(Value::from(name)));
+                object.insert(selector.value_field.clone(), Field::Stored(value));
             }
         }
-        None => object.extend(metrics),
+        None => object.extend(metrics.into_iter().map(|(name, value)| (name, Field::Stored(value)))),
     }
-    let attributes: Map<String, Value> = serde_json::from_str(&record.attributes).unwrap_or_default();
-    object.extend(attributes);
+    let attributes: BTreeMap<String, &RawValue> = serde_json::from_str(&record.attributes).unwrap_or_default();
+    object.extend(attributes.into_iter().map(|(name, value)| (name, Field::Stored(value))));
     if enriched {
-        object.insert("driver_name".into(), record.driver_name.clone().map_or(Value::Null, Value::from));
-        object.insert("current_zone".into(), record.current_zone.clone().map_or(Value::Null, Value::from));
+        let text = |value: &Option<String>| Field::Made(value.as_deref().map_or(Value::Null, Value::from));
+        object.insert("driver_name".into(), text(&record.driver_name));
+        object.insert("current_zone".into(), text(&record.current_zone));
     }
     serde_json::to_vec(&object).expect("a JSON object serialises")
 }
@@ -295,6 +310,77 @@ mod tests {
         let reading = teleguard_core::validate::validate(vehicle, &payload).unwrap();
         assert_eq!(reading.event_time_ms, 1_725_436_800_000);
         assert_eq!(&*reading.entity, "V-001");
+    }
+
+    #[test]
+    fn a_reading_message_copies_its_stored_fields_and_says_what_parsing_and_writing_them_would() {
+        let profiles = ProfileRegistry::with_builtins(BTreeMap::new()).unwrap();
+        let mut records = vec![
+            record(r#"{"speed":42.5,"fuel_level":0.1,"odometer":123456789.0,"tiny":1e-300}"#),
+            record(r#"{"big":1.7976931348623157e308,"small":5e-324}"#),
+            record(r#"{"speed":-0.0,"rpm":3000.0}"#),
+            record("{}"),
+            record("not json"),
+        ];
+        records[2].attributes = r#"{"note":"tab\tquote\"é\u0001","engine_status":"on","speed":"shadowed"}"#.into();
+        records[1].attributes = r#"{"nested":{"b":[1,2.5,null],"a":true}}"#.into();
+        records[3].driver_name = None;
+        records[3].latitude = None;
+        records[4].attributes = "[1,2]".into();
+        for profile in profiles.iter() {
+            for record in &records {
+                for enriched in [false, true] {
+                    let copied = reading_payload(profile, record, enriched);
+                    let reference = reading_payload_through_values(profile, record, enriched);
+                    let what = format!(
+                        "profile {}, metrics {}, attributes {}",
+                        profile.name, record.metrics, record.attributes
+                    );
+                    let parsed = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).unwrap();
+                    assert_eq!(parsed(&copied), parsed(&reference), "{what}");
+                    // The text differs only where JSON leaves it open: an exponent (the store
+                    // writes `1e308`, as ryu does, a serde_json value `1e+308`) and the order of
+                    // a nested object's keys (kept as stored instead of sorted).
+                    if !std::ptr::eq(record, &records[1]) {
+                        assert_eq!(String::from_utf8_lossy(&copied), String::from_utf8_lossy(&reference), "{what}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The former way: every stored metric and attribute parsed into a `Value` and written again.
+    fn reading_payload_through_values(profile: &Profile, record: &ReadingRecord, enriched: bool) -> Vec<u8> {
+        let mut object = Map::new();
+        object.insert(profile.entity_field.clone(), Value::from(record.entity_id.as_str()));
+        let timestamp = match profile.timestamp_format {
+            TimeFormat::EpochMillis => Value::from(record.timestamp_ms),
+            TimeFormat::EpochSeconds => Value::from(record.timestamp_ms as f64 / 1000.0),
+            TimeFormat::Auto | TimeFormat::Iso8601 => Value::from(format_millis(record.timestamp_ms)),
+        };
+        object.insert(profile.timestamp_field.clone(), timestamp);
+        if let (Some(position), Some(lat), Some(lon)) = (&profile.position, record.latitude, record.longitude) {
+            object.insert(position.latitude.clone(), Value::from(lat));
+            object.insert(position.longitude.clone(), Value::from(lon));
+        }
+        let metrics: Map<String, Value> = serde_json::from_str(&record.metrics).unwrap_or_default();
+        match &profile.metric_selector {
+            // Long format: one metric per message, named in one field, its value in another.
+            Some(selector) => {
+                if let Some((name, value)) = metrics.into_iter().next() {
+                    object.insert(selector.name_field.clone(), Value::from(name));
+                    object.insert(selector.value_field.clone(), value);
+                }
+            }
+            None => object.extend(metrics),
+        }
+        let attributes: Map<String, Value> = serde_json::from_str(&record.attributes).unwrap_or_default();
+        object.extend(attributes);
+        if enriched {
+            object.insert("driver_name".into(), record.driver_name.clone().map_or(Value::Null, Value::from));
+            object.insert("current_zone".into(), record.current_zone.clone().map_or(Value::Null, Value::from));
+        }
+        serde_json::to_vec(&object).expect("a JSON object serialises")
     }
 
     fn anomaly_record() -> AnomalyRecord {
