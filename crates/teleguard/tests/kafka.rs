@@ -872,6 +872,25 @@ async fn the_gateway_forwards_its_rejects_to_the_dead_letter_topic_from_its_stor
     drop(gateway);
 }
 
+/// A gateway and an enricher on `config`, and a simulated night of vehicles (`seed`) posted to
+/// the gateway: returns once the enricher analysed every reading through the broker and the
+/// gateway's Kafka sink is up, with both servers, the body posted and its reading count.
+async fn a_night_from_gateway_to_enricher(folder: &Path, config: &str, seed: u64) -> (Server, Server, String, i64) {
+    let gateway = role(folder, "gateway", config);
+    let enrich = role(folder, "enrich", config);
+    let night = folder.join("night.ndjson");
+    simulate_file("vehicle", seed, "2024-09-04T02:00:00Z", "5m", &[], &night);
+    let body = std::fs::read_to_string(&night).unwrap();
+    let sent = body.lines().count() as i64;
+    let http = client();
+    let (status, report) = common::post(&http, &gateway, "vehicle", body.clone()).await;
+    assert_eq!((status, report["accepted"].as_i64()), (202, Some(sent)), "{report}");
+    let enriched = settle(|| analysed(&http, &enrich), |n| *n >= sent).await;
+    assert_eq!(enriched, sent, "every reading crossed the broker");
+    assert_eq!(sink_stats(&http, &gateway, "kafka").await["up"], true);
+    (gateway, enrich, body, sent)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_scram_through_the_client_settings_moves_messages_and_a_wrong_password_keeps_them_in_the_store() {
     let test = "sasl_scram_through_the_client_settings_moves_messages_and_a_wrong_password_keeps_them_in_the_store";
@@ -899,18 +918,8 @@ async fn sasl_scram_through_the_client_settings_moves_messages_and_a_wrong_passw
     std::fs::write(&config, text).unwrap();
     // The gateway produces what it is posted, the enricher consumes it: topics, producer,
     // consumer group and commits all through SCRAM-SHA-512.
-    let gateway = role(folder.path(), "gateway", &config);
-    let enrich = role(folder.path(), "enrich", &config);
-    let night = folder.path().join("night.ndjson");
-    simulate_file("vehicle", 2, "2024-09-04T02:00:00Z", "5m", &[], &night);
-    let body = std::fs::read_to_string(&night).unwrap();
-    let sent = body.lines().count() as i64;
+    let (_gateway, _enrich, body, sent) = a_night_from_gateway_to_enricher(folder.path(), &config, 2).await;
     let http = client();
-    let (status, report) = common::post(&http, &gateway, "vehicle", body).await;
-    assert_eq!((status, report["accepted"].as_i64()), (202, Some(sent)), "{report}");
-    let enriched = settle(|| analysed(&http, &enrich), |n| *n >= sent).await;
-    assert_eq!(enriched, sent, "every reading crossed the authenticated broker");
-    assert_eq!(sink_stats(&http, &gateway, "kafka").await["up"], true);
 
     // The same with a wrong password: the gateway takes readings in (they wait in its store)
     // and says why it cannot deliver them.
@@ -924,7 +933,7 @@ async fn sasl_scram_through_the_client_settings_moves_messages_and_a_wrong_passw
         &["--config", wrong.to_str().unwrap(), "--role", "gateway"],
         log,
     );
-    let (status, _) = common::post(&http, &refused, "vehicle", std::fs::read_to_string(&night).unwrap()).await;
+    let (status, _) = common::post(&http, &refused, "vehicle", body).await;
     assert_eq!(status, 202);
     // tansu leaves the refused SCRAM exchange unanswered, so librdkafka sees only a timeout;
     // the error names the brokers and the settings to check.
@@ -1027,18 +1036,8 @@ async fn mutual_tls_through_the_client_settings_moves_messages_and_another_ca_or
     let config = write_config(folder.path(), &tansu, "");
     let text = std::fs::read_to_string(&config).unwrap() + &tls_client(&certs);
     std::fs::write(&config, text).unwrap();
-    let gateway = role(folder.path(), "gateway", &config);
-    let enrich = role(folder.path(), "enrich", &config);
-    let night = folder.path().join("night.ndjson");
-    simulate_file("vehicle", 3, "2024-09-04T02:00:00Z", "5m", &[], &night);
-    let body = std::fs::read_to_string(&night).unwrap();
-    let sent = body.lines().count() as i64;
+    let (_gateway, _enrich, body, sent) = a_night_from_gateway_to_enricher(folder.path(), &config, 3).await;
     let http = client();
-    let (status, report) = common::post(&http, &gateway, "vehicle", body.clone()).await;
-    assert_eq!((status, report["accepted"].as_i64()), (202, Some(sent)), "{report}");
-    let enriched = settle(|| analysed(&http, &enrich), |n| *n >= sent).await;
-    assert_eq!(enriched, sent, "every reading crossed the TLS terminator");
-    assert_eq!(sink_stats(&http, &gateway, "kafka").await["up"], true);
 
     // A gateway that trusts another CA refuses the broker's certificate, and the terminator
     // refuses a gateway without a client certificate: each takes readings in (they wait in its
