@@ -42,9 +42,20 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
+/// How long librdkafka waits before fetching a partition again once its prefetch queue was full
+/// (`fetch.queue.backoff.ms`), unless the user sets it. With librdkafka's own 1,000 ms, a
+/// consumer that works on a batch between reads (validating it, committing it to bronze) drains
+/// a partition's queue and then waits for the rest of that second with nothing fetched: through
+/// a local broker that held one role at about 130,000 messages/s, against about 180,000 with
+/// 10 ms (a full queue is then looked at 100 times a second, which costs nothing measurable).
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
 /// [`client_config`] with the user's `consumer` properties.
 pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = client_config(config);
+    if !config.consumer.iter().chain(&config.client).any(|(key, _)| key == "fetch.queue.backoff.ms") {
+        client.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+    }
     for (key, value) in &config.consumer {
         client.set(key, value);
     }
@@ -119,4 +130,26 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka(consumer: &[(&str, &str)]) -> KafkaConfig {
+        let raw = RawKafka {
+            brokers: "127.0.0.1:9092".into(),
+            consumer: consumer.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        KafkaConfig::validate(raw, None, &mut Vec::new()).expect("a valid [kafka]")
+    }
+
+    #[test]
+    fn consumers_fetch_again_soon_after_a_full_queue_unless_told_otherwise() {
+        assert_eq!(consumer_config(&kafka(&[])).get("fetch.queue.backoff.ms"), Some(FETCH_QUEUE_BACKOFF_MS));
+        let told = kafka(&[("fetch.queue.backoff.ms", "500")]);
+        assert_eq!(consumer_config(&told).get("fetch.queue.backoff.ms"), Some("500"));
+        assert_eq!(producer_config(&told).get("fetch.queue.backoff.ms"), None);
+    }
 }
