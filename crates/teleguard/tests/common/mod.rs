@@ -233,9 +233,19 @@ pub async fn sink_stats(client: &reqwest::Client, server: &Server, name: &str) -
         .unwrap_or_else(|| panic!("no {name} sink in /api/stats: {stats}"))
 }
 
-/// A loopback port free right now, for a server a test starts.
+/// A loopback port free right now, for a server a test starts, and none this test process was
+/// given before (the kernel may hand a just-released port out again, so that two listeners of
+/// one server would get the same one).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// `found` (a server binary), or `None` with a loud message so that `test` is skipped, when
